@@ -1,0 +1,144 @@
+"""Command line: ``shiftlab train | datasets | download``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import textwrap
+from pathlib import Path
+
+from .config import ConfigError, build_config, describe, read_yaml
+
+EXAMPLES = """\
+examples:
+  shiftlab train                                  # the embedded demo: digits -> digits on photos
+  shiftlab train --config configs/ash/art_to_cartoon.yaml --data.root=/data --experiment.name=baseline/cartoon
+  shiftlab train --config configs/demo.yaml --train.epochs=3 --method.name=adabn
+  shiftlab train --config configs/demo.yaml --resume   # continue an interrupted run
+"""
+
+
+def _train_help() -> str:
+    from .methods.base import METHODS, get_method
+
+    get_method("source_only")  # registers the built-in methods
+    lines = ["config keys (set in YAML or as --section.key=value; later sources win):"]
+    for key, default, text in describe():
+        lines.append(f"  --{key}  (default: {default})")
+        lines += textwrap.wrap(text, width=92, initial_indent="      ", subsequent_indent="      ")
+    lines.append("\nmethods (--method.name) and their own keys:")
+    for name in sorted(METHODS):
+        cls = METHODS[name]
+        doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        lines.append(f"  {name}: {doc}")
+        for pname, field in cls.Params.model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            lines.append(f"      --method.{pname}  (default: {default})  {field.description or ''}")
+    return "\n".join(lines) + "\n\n" + EXAMPLES
+
+
+def cmd_train(argv: list[str]) -> int:
+    from .engine.loop import RunExistsError, Trainer
+
+    parser = argparse.ArgumentParser(
+        prog="shiftlab train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train one method on one source -> target pair and write runs/<experiment.name>/.",
+        epilog=_train_help())
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="YAML config (repeatable; later files override earlier ones)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in runs/<experiment.name> from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        cfg = build_config(args.config, overrides)
+        if args.resume:
+            saved = Path(cfg.experiment.output_dir) / cfg.experiment.name / "config.yaml"
+            if saved.is_file():  # the saved config is the base; what the command line gives still wins
+                cfg = build_config(args.config, overrides, start=read_yaml(saved))
+        trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
+        summary = trainer.fit()
+    except (ConfigError, RunExistsError, FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"shiftlab train: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nshiftlab train: interrupted. Completed epochs are saved in {trainer.run_dir}; "
+              f"continue with the same command and --resume.", file=sys.stderr)
+        return 130
+    sel = summary["selections"]
+    print(f"{summary['experiment']}: target accuracy {summary['target_acc']:.4f} "
+          f"(selection: {summary['selection']}, epoch {sel['source_val']['epoch']}); "
+          f"final {summary['final_target_acc']:.4f}; {summary['train_images_per_s']} train images/s; "
+          f"run folder {trainer.run_dir}")
+    return 0
+
+
+def cmd_datasets(argv: list[str]) -> int:
+    from .data.cache import data_root
+    from .data.check import check_datasets, format_report
+
+    parser = argparse.ArgumentParser(
+        prog="shiftlab datasets",
+        description="List the known datasets and their domains, and check what is on disk under a root: "
+                    "missing domains, class sets that differ between domains, empty or unreadable files.")
+    parser.add_argument("--root", default=None, help="data root (default: $SHIFTLAB_DATA, else ./data)")
+    parser.add_argument("--dataset", action="append", default=None, metavar="NAME",
+                        help="check only this dataset (repeatable); default: all")
+    parser.add_argument("--verify", action="store_true",
+                        help="decode every image to find unreadable files (slow on large datasets)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    try:
+        reports = check_datasets(data_root(args.root), args.dataset, verify=args.verify)
+    except ValueError as err:
+        print(f"shiftlab datasets: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(reports, indent=2) if args.json else format_report(reports, data_root(args.root)))
+    return 1 if any(p for r in reports for d in r["domains"] for p in d["problems"]) else 0
+
+
+def cmd_download(argv: list[str]) -> int:
+    from .data.cache import data_root
+    from .data.download import DOWNLOADABLE, DownloadError, download_dataset
+
+    parser = argparse.ArgumentParser(
+        prog="shiftlab download",
+        description="Download a dataset with a public source into the data root, verify its checksum and "
+                    "extract it safely into the layout the loaders read.")
+    parser.add_argument("name", help=f"dataset to download: {', '.join(DOWNLOADABLE)}")
+    parser.add_argument("--root", default=None, help="data root (default: $SHIFTLAB_DATA, else ./data)")
+    parser.add_argument("--checksum", default=None,
+                        help="expected SHA-256 of the archive, for a source without a published checksum")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="accept a source whose checksum is unknown (not recommended)")
+    args = parser.parse_args(argv)
+    try:
+        path = download_dataset(args.name, data_root(args.root), verify=not args.no_verify, checksum=args.checksum)
+    except DownloadError as err:
+        print(f"shiftlab download: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.name}: ready under {path}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "datasets": cmd_datasets, "download": cmd_download}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: shiftlab {train,datasets,download} [options]   (shiftlab <command> --help for more)\n\n"
+              "  train     train a method on a source -> target pair; writes runs/<experiment.name>/\n"
+              "  datasets  list known datasets and domains; check what is on disk\n"
+              "  download  download a dataset with a public source, verified and safely extracted")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nshiftlab: error: unknown command '{argv[0]}'", file=sys.stderr)
+            return 2
+        return 0
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Typed configuration: defaults, YAML files and ``--dotted.key=value`` overrides, composed in that order.
+
+Every key is a pydantic field with a description, so ``shiftlab train --help`` lists every key with
+its default and meaning, and a wrong key or value is an error that names it. A YAML file may start
+from another with ``base: other.yaml`` (a path relative to the file), so one study's table is a small
+base file plus one file per column.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message names it and lists the valid choices."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ExperimentConfig(Section):
+    name: str = Field("demo", description="run folder name under output_dir; may contain '/' (e.g. baseline/cartoon)")
+    output_dir: Path = Field(Path("runs"), description="folder that holds the run folders")
+    seed: int = Field(0, description="seed of every random number generator (data order, init, augmentation)")
+
+
+class DataConfig(Section):
+    dataset: str = Field("demo", description="registered dataset (see `shiftlab datasets`), or folder:<Dataset>")
+    root: Path | None = Field(None, description="data root; default $SHIFTLAB_DATA, else ./data (unused by 'demo')")
+    source: str = Field("digits", description="source domain: labelled training data")
+    target: str = Field("digits_photo", description="target domain: evaluated, unlabelled unless the method says otherwise")
+    image_size: int | None = Field(None, ge=8, description="square input size in pixels; default 224 for photos, 32 for digits")
+    augment: bool = Field(True, description="random resized crops and flips on photo datasets (digits are only resized)")
+    batch_size: int = Field(64, ge=1, description="images per training batch (source and target each)")
+    eval_batch_size: int | None = Field(None, ge=1, description="images per evaluation batch; default 2 x batch_size")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = load in the main process)")
+    limit: int | None = Field(None, ge=1, description="keep at most this many images per split, evenly spaced (quick runs)")
+
+
+class ModelConfig(Section):
+    name: Literal["resnet18", "resnet50", "alexnet", "small_cnn"] = Field("resnet18", description="backbone")
+    pretrained: str = Field("none", description="'none', 'imagenet' (torchvision's DEFAULT weights) or a torchvision weights name such as IMAGENET1K_V1")
+    weights: Path | None = Field(None, description="local weights file: a torchvision state dict or a shiftlab checkpoint")
+    bottleneck_dim: int = Field(0, ge=0, description="size of a Linear-BN-ReLU bottleneck before the head (0 = none)")
+
+
+class MethodConfig(BaseModel):
+    # Extra keys are the method's own hyperparameters, validated by the method's Params at build time.
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: str = Field("source_only", description="method to train (see the list of methods below)")
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "adam", "adamw"] = Field("sgd", description="optimiser")
+    lr: float = Field(0.01, gt=0, description="base learning rate (heads); the feature extractor gets lr x feature_lr_mult")
+    feature_lr_mult: float = Field(1.0, ge=0, description="learning-rate multiplier of the feature extractor (0.1 is usual with ImageNet weights)")
+    momentum: float = Field(0.9, ge=0, description="SGD momentum")
+    nesterov: bool = Field(False, description="Nesterov momentum (SGD)")
+    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay")
+    schedule: Literal["constant", "cosine", "inverse"] = Field(
+        "constant", description="learning-rate schedule over all steps; 'inverse' is lr/(1+10p)^0.75 (Ganin & Lempitsky 2015)")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=0, description="training epochs (0 = evaluate the given model only)")
+    steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (default: one pass over the main stream)")
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', 'mps'")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="'auto' = bf16 autocast on GPUs that support it, fp32 elsewhere")
+    eval_every: int = Field(1, ge=1, description="evaluate every N epochs (the last epoch is always evaluated)")
+    deterministic: bool = Field(True, description="deterministic algorithms, so a resumed CPU run matches an uninterrupted one")
+    progress: bool = Field(True, description="show a progress bar")
+
+
+class Config(Section):
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------- composing
+
+
+def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config as a nested dict, with ``base:`` files merged underneath."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in _seen:
+        raise ConfigError(f"config files include each other in a loop: {' -> '.join(map(str, _seen + (path,)))}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot parse {path}: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base:
+        data = merge(read_yaml(path.parent / base, _seen + (path.resolve(),)), data)
+    return data
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``["--data.root=/x", "--train.epochs", "3"]`` -> nested dict of raw strings."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise ConfigError(f"unexpected argument {arg!r}: overrides look like --section.key=value "
+                              f"(see `shiftlab train --help`)")
+        key, sep, value = arg[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise ConfigError(f"override --{key} has no value")
+            value = args[i + 1]
+            i += 1
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+        i += 1
+    return out
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """Turn a command-line string into the field's type where pydantic would not (null, lists, mappings)."""
+    if not isinstance(value, str):
+        return value
+    allows_none = annotation is None or type(None) in get_args(annotation)
+    if value.lower() in ("null", "none", "~", "") and allows_none:
+        return None
+    if annotation is str or get_origin(annotation) is Literal:
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def _coerce_tree(values: dict[str, Any], model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            if model.model_config.get("extra") == "allow":
+                out[key] = _coerce(value, None)
+                continue
+            hint = difflib.get_close_matches(key, model.model_fields, n=1)
+            extra = f" Did you mean '{prefix}{hint[0]}'?" if hint else ""
+            valid = ", ".join(prefix + k for k in model.model_fields)
+            raise ConfigError(f"unknown config key '{prefix}{key}'.{extra} Valid keys here: {valid}")
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{prefix}{key}' is a section; set its keys as {prefix}{key}.<key>=value")
+            out[key] = _coerce_tree(value, sub, f"{prefix}{key}.")
+        else:
+            out[key] = _coerce(value, sub)
+    return out
+
+
+def build_config(files: list[str | os.PathLike] = (), overrides: list[str] | dict[str, Any] = (),
+                 start: dict[str, Any] | None = None) -> Config:
+    """Defaults <- ``start`` (e.g. a run's saved config) <- each YAML file <- command-line overrides."""
+    tree: dict[str, Any] = dict(start or {})
+    for f in files:
+        tree = merge(tree, read_yaml(f))
+    if not isinstance(overrides, dict):
+        overrides = parse_overrides(list(overrides))
+    tree = merge(tree, overrides)
+    return validate(tree)
+
+
+def validate(tree: dict[str, Any]) -> Config:
+    try:
+        return Config(**_coerce_tree(tree, Config))
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            key = ".".join(map(str, e["loc"]))
+            problems.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+        raise ConfigError("invalid config: " + "; ".join(problems)) from None
+
+
+def describe(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """``(dotted key, default, description)`` for every key, for ``--help``."""
+    rows = []
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            rows += describe(sub, f"{prefix}{name}.")
+            continue
+        default = field.get_default(call_default_factory=True)
+        choices = get_args(sub) if get_origin(sub) is Literal else ()
+        text = field.description or ""
+        if choices:
+            text += f" [{', '.join(map(str, choices))}]"
+        rows.append((prefix + name, "null" if default is None else str(default), text))
+    return rows

@@ -1,0 +1,125 @@
+"""Datasets that every loader builds on: a list of image files, or images held in memory.
+
+Every dataset in shiftlab yields ``(PIL.Image in RGB, int label)`` before its transform, so that any
+two domains can be paired once they share a transform (same size, 3 channels).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """Bad data on disk or a bad name: the message names the file, folder or key at fault."""
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Decode one image as RGB, turning any decoding failure into a :class:`DataError` naming the file."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError as err:
+        raise DataError(f"image file is missing: {path}") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"cannot decode image {path}: {err}") from err
+
+
+class ImageListDataset(Dataset):
+    """Images read from files, one ``(path, label)`` pair per sample."""
+
+    def __init__(self, samples: Sequence[tuple[Path, int]], classes: Sequence[str],
+                 transform: Callable | None = None):
+        self.samples = list(samples)
+        self.classes = list(classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        img = load_rgb(path)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, label
+
+
+class ArrayDataset(Dataset):
+    """Images held in memory as a uint8 array (N, H, W) or (N, H, W, 3), as digits datasets ship."""
+
+    def __init__(self, images: np.ndarray, labels: Sequence[int], classes: Sequence[str],
+                 transform: Callable | None = None):
+        if images.dtype != np.uint8:
+            raise TypeError(f"ArrayDataset wants uint8 images, got {images.dtype}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.classes = list(classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def targets(self) -> list[int]:
+        return self.labels.tolist()
+
+    def __getitem__(self, index: int):
+        arr = self.images[index]
+        img = Image.fromarray(arr, mode="L" if arr.ndim == 2 else "RGB").convert("RGB")
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.labels[index])
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name so that order never depends on the file system."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def scan_class_folders(domain_dir: Path) -> dict[str, list[Path]]:
+    """``{class name: [image paths]}`` for a ``<domain>/<class>/<image>`` folder; errors name the folder at fault."""
+    if not domain_dir.is_dir():
+        raise DataError(f"domain folder not found: {domain_dir}")
+    classes = sorted(p.name for p in domain_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"no class folders in {domain_dir} (expected <domain>/<class>/<image>)")
+    found = {}
+    for name in classes:
+        images = list_images(domain_dir / name)
+        if not images:
+            raise DataError(f"class folder has no images: {domain_dir / name} "
+                            f"(extensions looked for: {', '.join(IMAGE_EXTENSIONS)})")
+        found[name] = images
+    return found
+
+
+def held_out(key: str, fraction: float = 0.1) -> bool:
+    """Deterministic train/val assignment from a sample's key (its relative path or index).
+
+    A hash keeps the split stable when files are added or the seed changes, so that every run,
+    every method and every machine sees the same validation set.
+    """
+    digest = hashlib.sha1(key.encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < fraction
+
+
+def split_by_hash(keys: Sequence[str], split: str, fraction: float = 0.1) -> list[int]:
+    """Indices of ``keys`` in ``split``: ``train`` and ``val`` partition them, ``test`` is all of them."""
+    if split == "test":
+        return list(range(len(keys)))
+    want_val = split == "val"
+    return [i for i, k in enumerate(keys) if held_out(k, fraction) == want_val]

@@ -1,0 +1,108 @@
+"""The method contract: a method says what one training step costs; the loop does everything else.
+
+A method is a small ``nn.Module`` around the backbone (and whatever heads or discriminators it adds).
+It declares which streams it reads, validates its own hyperparameters (``Params``, set from the
+``method.*`` config keys), and returns named losses from :meth:`Method.training_step`; ``"loss"`` is
+what the loop backpropagates, every other entry is logged. Register it with :func:`register_method`
+and it becomes ``--method.name=<name>``.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, ClassVar, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from ..models import Backbone
+
+
+class Batch(NamedTuple):
+    """Images and, for labelled streams only, their labels (``y`` is None for unlabelled target data)."""
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+
+
+class Method(nn.Module):
+    """Base class; subclasses override :meth:`training_step` and, where needed, the other hooks."""
+
+    name: ClassVar[str] = ""
+    uses_source: ClassVar[bool] = True
+    # "none": no target data in training; "unlabelled": target images only; "labelled": target images and labels
+    target_stream: ClassVar[Literal["none", "unlabelled", "labelled"]] = "none"
+    requires_trained_model: ClassVar[bool] = False  # e.g. fine-tuning starts from model.weights
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, backbone: Backbone, params: BaseModel, *, feature_lr_mult: float = 1.0):
+        super().__init__()
+        self.backbone = backbone
+        self.params = params
+        self.feature_lr_mult = feature_lr_mult
+
+    def training_step(self, source: Batch | None, target: Batch | None, progress: float) -> dict[str, torch.Tensor]:
+        """Named losses of one step; ``progress`` runs from 0 to 1 over the whole training."""
+        raise NotImplementedError
+
+    def param_groups(self, base_lr: float) -> list[dict[str, Any]]:
+        """Optimiser groups: the feature extractor at ``base_lr * feature_lr_mult``, everything else at ``base_lr``.
+        Frozen parameters are left out."""
+        features = [p for p in self.backbone.features.parameters() if p.requires_grad]
+        ids = {id(p) for p in self.backbone.features.parameters()}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        groups = [{"params": features, "lr": base_lr * self.feature_lr_mult, "name": "features"},
+                  {"params": rest, "lr": base_lr, "name": "heads"}]
+        return [g for g in groups if g["params"]]
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits used for evaluation."""
+        return self.backbone(x)
+
+    def before_evaluation(self, domain: str, images) -> None:
+        """Called before evaluating on ``domain`` ("source" or "target"); ``images`` yields unlabelled batches."""
+
+    def after_evaluation(self) -> None:
+        """Undo whatever :meth:`before_evaluation` changed, so training and checkpoints are unaffected."""
+
+    @staticmethod
+    def classification(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy and accuracy (detached) of a labelled batch."""
+        return F.cross_entropy(logits, y), (logits.argmax(1) == y).float().mean().detach()
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: makes ``cls`` available as ``--method.name=<cls.name>``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} needs a class attribute 'name'")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    from . import adabn, finetune, oracle, source_only  # noqa: F401  (registers the built-in methods)
+    if name not in METHODS:
+        hint = difflib.get_close_matches(name, METHODS, n=1)
+        extra = f" Did you mean '{hint[0]}'?" if hint else ""
+        raise ValueError(f"unknown method.name '{name}'; valid: {', '.join(sorted(METHODS))}.{extra}")
+    return METHODS[name]
+
+
+def method_params(name: str, values: dict[str, Any]) -> BaseModel:
+    """Validate ``method.*`` keys against the method's ``Params``; errors name the key and list valid ones."""
+    cls = get_method(name)
+    try:
+        return cls.Params(**values)
+    except ValidationError as err:
+        valid = ", ".join(f"method.{k}" for k in cls.Params.model_fields) or "(none)"
+        problems = "; ".join(f"method.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"bad parameters for method '{name}': {problems}. Valid keys: {valid}") from None
+
+
+def build_method(name: str, backbone: Backbone, values: dict[str, Any], *, feature_lr_mult: float = 1.0) -> Method:
+    return get_method(name)(backbone, method_params(name, values), feature_lr_mult=feature_lr_mult)
