@@ -15,6 +15,7 @@ decides: the label is taken from the path, and a mismatch is logged once), and t
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from .base import DataError, ImageListDataset, scan_class_folders
@@ -45,7 +46,7 @@ def read_split(list_file: Path, image_root: Path) -> list[tuple[Path, int]]:
         if not line.strip():
             continue
         parts = line.split()
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+        if len(parts) != 2 or not re.fullmatch(r"-?[0-9]+", parts[1]):
             raise DataError(f"{list_file}:{lineno}: expected '<domain>/<class>/<file> <label>', got {line!r}")
         rel, listed = parts[0], int(parts[1])
         path = image_root / rel
@@ -59,7 +60,7 @@ def read_split(list_file: Path, image_root: Path) -> list[tuple[Path, int]]:
         if listed != label + 1:
             log.warning("%s:%d lists label %d for %s; using %d from its class folder '%s'",
                         list_file, lineno, listed, rel, label + 1, class_name)
-        samples.append((path, label))
+        samples.append((path, label)) if (path, label) not in samples else None
     if not samples:
         raise DataError(f"PACS split list is empty: {list_file}")
     return samples

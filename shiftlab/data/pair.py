@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms as T
 
 from .base import DataError
+from .cache import data_root
 from .registry import DatasetSpec, get_dataset
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -78,14 +79,19 @@ class DomainPair:
         return len(self.classes)
 
 
-def build_domain_pair(dataset: str, root: Path, source: str, target: str, *, image_size: int | None = None,
+def build_domain_pair(dataset: str, root: Path | None, source: str, target: str, *, image_size: int | None = None,
                       augment: bool = True, limit: int | None = None,
                       target_labels: bool = False) -> DomainPair:
     """Source: ``train`` to learn, ``val`` to select. Target without labels: its images of ``test`` (the whole
     domain for PACS) both to adapt on and to evaluate. Target with labels (oracle, fine-tuning): ``train`` to
     learn and the held-out ``val`` to evaluate, so the upper bound is never measured on its training images.
     """
-    spec = get_dataset(dataset)
+    root = data_root(root)
+    if dataset.startswith("folder:"):
+        from .folder import discover_folder_dataset
+        spec = discover_folder_dataset(root, dataset.split(":", 1)[1])
+    else:
+        spec = get_dataset(dataset)
     spec.validate_domain(source, "source domain")
     spec.validate_domain(target, "target domain")
     train_tf, eval_tf = build_transforms(spec.family, image_size, augment)
