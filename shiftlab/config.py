@@ -63,8 +63,11 @@ class OptimConfig(Section):
     momentum: float = Field(0.9, ge=0, description="SGD momentum")
     nesterov: bool = Field(False, description="Nesterov momentum (SGD)")
     weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay")
-    schedule: Literal["constant", "cosine", "inverse"] = Field(
-        "constant", description="learning-rate schedule over all steps; 'inverse' is lr/(1+10p)^0.75 (Ganin & Lempitsky 2015)")
+    schedule: Literal["constant", "step", "cosine", "inverse"] = Field(
+        "constant", description="learning-rate schedule over all steps: 'step' multiplies by gamma from step_at of "
+                                "training on; 'inverse' is lr/(1+10p)^0.75 (Ganin & Lempitsky 2015)")
+    step_at: float = Field(0.8, gt=0, le=1, description="fraction of training after which 'step' decays the learning rate")
+    gamma: float = Field(0.1, gt=0, description="decay factor of the 'step' schedule")
 
 
 class TrainConfig(Section):

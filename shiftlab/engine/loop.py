@@ -64,8 +64,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
-def lr_factor(schedule: str, progress: float) -> float:
+def lr_factor(schedule: str, progress: float, step_at: float = 0.8, gamma: float = 0.1) -> float:
     """Multiplier of the base learning rate at ``progress`` in [0, 1]."""
+    if schedule == "step":
+        return gamma if progress >= step_at - 1e-9 else 1.0
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
     if schedule == "inverse":  # Ganin & Lempitsky, ICML 2015, Sec. 5: mu_p = mu_0 / (1 + 10 p)^0.75
@@ -153,7 +155,8 @@ class Trainer:
         self.optimizer = self._optimizer()
         base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, [lambda s, _=b: lr_factor(cfg.optim.schedule, s / self.total_steps) for b in base_lrs])
+            self.optimizer, [lambda s, _=b: lr_factor(cfg.optim.schedule, s / self.total_steps,
+                                                  cfg.optim.step_at, cfg.optim.gamma) for b in base_lrs])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.epoch, self.step, self.history = 0, 0, []
         self.train_time, self.train_images = 0.0, 0
