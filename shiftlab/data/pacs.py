@@ -60,7 +60,7 @@ def read_split(list_file: Path, image_root: Path) -> list[tuple[Path, int]]:
         if listed != label + 1:
             log.warning("%s:%d lists label %d for %s; using %d from its class folder '%s'",
                         list_file, lineno, listed, rel, label + 1, class_name)
-        samples.append((path, label)) if (path, label) not in samples else None
+        samples.append((path, label))
     if not samples:
         raise DataError(f"PACS split list is empty: {list_file}")
     return samples
