@@ -9,7 +9,7 @@ are the official ``train``/``crossval``/``test`` lists; ``test`` is the whole do
 
 The official lists carry two quirks that users' copies have too, and which are kept as they are:
 the first line of ``art_painting_crossval_kfold.txt`` says label 0 for a dog image (the class folder
-decides: the label is taken from the path, and a mismatch is logged once), and the same file lists
+decides: the label is taken from the path, and a mismatch is logged as a warning), and the same file lists
 ``dog/pic_248.jpg`` twice (the duplicate is kept so that counts match the official 208).
 """
 from __future__ import annotations
