@@ -20,11 +20,32 @@ FAMILY_DEFAULTS = {  # image size and normalisation per family, so any two domai
 }
 
 
+class ToNormalizedTensor:
+    """PIL image -> normalised float tensor (C, H, W), computed in NumPy.
+
+    Same result as ``ToTensor()`` then ``Normalize(mean, std)``, but single-threaded: torch's
+    intra-op threads on one small image cost more in synchronisation than they save (measured 35 ms
+    against 0.6 ms per 112 px image on 2 busy cores), and would compete with the model's threads.
+    """
+
+    def __init__(self, mean, std):
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1) * 255
+        self.scale = 1 / (np.asarray(std, dtype=np.float32).reshape(-1, 1, 1) * 255)
+
+    def __call__(self, img) -> torch.Tensor:
+        arr = np.asarray(img, dtype=np.float32)
+        arr = arr[:, :, None] if arr.ndim == 2 else arr
+        return torch.from_numpy(np.ascontiguousarray((arr.transpose(2, 0, 1) - self.mean) * self.scale))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
 def build_transforms(family: str, size: int | None, augment: bool) -> tuple[T.Compose, T.Compose]:
     """(train, eval) transforms. Photos: random resized crop and flip when augmenting; digits: resize only."""
     d = FAMILY_DEFAULTS[family]
     size = size or d["size"]
-    tail = [T.ToTensor(), T.Normalize(d["mean"], d["std"])]
+    tail = [ToNormalizedTensor(d["mean"], d["std"])]
     evaluation = T.Compose([T.Resize((size, size)), *tail])
     if augment and family == "photo":
         train = T.Compose([T.RandomResizedCrop(size, scale=(0.7, 1.0)), T.RandomHorizontalFlip(), *tail])
