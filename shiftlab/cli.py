@@ -51,6 +51,7 @@ def cmd_train(argv: list[str]) -> int:
                         help="continue the run in runs/<experiment.name> from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     args, overrides = parser.parse_known_args(argv)
+    trainer = None
     try:
         cfg = build_config(args.config, overrides)
         if args.resume:
@@ -63,8 +64,9 @@ def cmd_train(argv: list[str]) -> int:
         print(f"shiftlab train: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nshiftlab train: interrupted. Completed epochs are saved in {trainer.run_dir}; "
-              f"continue with the same command and --resume.", file=sys.stderr)
+        where = f"are saved in {trainer.run_dir}; continue with the same command and --resume" if trainer \
+            else "were none"
+        print(f"\nshiftlab train: interrupted. Completed epochs {where}.", file=sys.stderr)
         return 130
     sel = summary["selections"]
     print(f"{summary['experiment']}: target accuracy {summary['target_acc']:.4f} "

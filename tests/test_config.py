@@ -75,3 +75,11 @@ def test_every_shipped_config_is_valid():
     assert files
     for f in files:
         build_config([f])
+
+
+def test_train_command_reports_bad_keys_and_exits_2(capsys, tmp_path):
+    assert main(["train", "--train.epoch=3"]) == 2
+    assert "unknown config key 'train.epoch'" in capsys.readouterr().err
+    assert main(["train", "--data.source=mnist", f"--experiment.output_dir={tmp_path}"]) == 2
+    assert "valid domains: digits, digits_photo" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # a run that cannot start leaves no folder behind

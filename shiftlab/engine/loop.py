@@ -28,7 +28,8 @@ from ..data.cache import data_root
 from ..data.pair import DomainPair, build_domain_pair, make_loader
 from ..methods import Batch, Method, build_method, get_method
 from ..models import build_backbone
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json, write_metrics_csv
+from .checkpoint import (atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json,
+                         write_metrics_csv)
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,6 @@ class Trainer:
         self.resume = resume
         self.run_dir = Path(cfg.experiment.output_dir) / cfg.experiment.name
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
-        self._prepare_run_dir(overwrite)
 
         t = cfg.train
         if t.deterministic:
@@ -160,6 +160,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.epoch, self.step, self.history = 0, 0, []
         self.train_time, self.train_images = 0.0, 0
+        # Only once config, data and model are known to be good is the run folder touched.
+        self._prepare_run_dir(overwrite)
         if resume:
             self._load()
 
@@ -219,7 +221,7 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         cfg = self.cfg
-        (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+        atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
         writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step if self.resume else None)
         start = time.time()
         try:
