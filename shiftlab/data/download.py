@@ -175,6 +175,8 @@ def download_file(url: str, dest: Path | str, *, sha256: str | None = None, md5:
         os.replace(part, dest)
     except BaseException as err:
         part.unlink(missing_ok=True)
+        if isinstance(err, urllib.error.HTTPError):
+            err.close()  # an HTTP error response still holds the connection open
         if isinstance(err, DownloadError) or not isinstance(err, Exception):
             raise  # DownloadError already names URL and file; Ctrl-C / SystemExit must propagate
         reason = _describe(err)
