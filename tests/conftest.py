@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from shiftlab.data import registry
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -33,3 +35,13 @@ def _private_caches(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(autouse=True)
+def restore_registry():
+    """Datasets registered by a test are removed after it, so that no test sees another's."""
+    registry._ensure_builtin()
+    before = dict(registry._REGISTRY)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(before)

@@ -8,20 +8,10 @@ from pathlib import Path
 import pytest
 
 from shiftlab.cli import main
-from shiftlab.data import registry
 from shiftlab.data.folder import register_folder_dataset
 
 PACS_IMAGES = {"art_painting": 2048, "cartoon": 2344, "photo": 1670, "sketch": 3929}
 
-
-@pytest.fixture(autouse=True)
-def restore_registry():
-    """Datasets registered by a test are removed after it."""
-    registry._ensure_builtin()
-    before = dict(registry._REGISTRY)
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(before)
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:

@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from shiftlab.data import registry
 from shiftlab.data.base import DataError
 from shiftlab.data.folder import register_folder_dataset
 from shiftlab.data.pair import build_domain_pair
@@ -22,15 +21,6 @@ CLASSES = ("cat", "dog", "fox")
 PER_CLASS = 8
 NAMES = [f"img_{i:02d}.jpg" for i in range(PER_CLASS)]
 
-
-@pytest.fixture(autouse=True)
-def restore_registry():
-    """Datasets registered by a test are removed after it, so that no test sees another's."""
-    registry._ensure_builtin()
-    before = dict(registry._REGISTRY)
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(before)
 
 
 @pytest.fixture(scope="module")

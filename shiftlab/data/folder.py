@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .base import DataError, ImageListDataset, scan_class_folders, split_by_hash
-from .registry import DatasetSpec, DomainReport, register
+from .registry import DatasetSpec, DomainReport, class_folder_report, register
 
 OFFICE31_CLASSES = (
     "back_pack", "bike", "bike_helmet", "bookcase", "bottle", "calculator", "desk_chair", "desk_lamp",
@@ -74,18 +74,10 @@ def load_folder(root: Path, domain: str, split: str, *, folder_name: str,
 
 def check_folder(root: Path, domain: str, *, folder_name: str, classes: Sequence[str] | None) -> DomainReport:
     path = root / folder_name / domain
-    if not path.is_dir():
-        return DomainReport(domain, present=False, problems=[f"missing folder {path}"])
-    report = DomainReport(domain, present=True)
-    try:
-        found = scan_class_folders(path)
-        report.classes = sorted(found)
-        report.images = sum(len(v) for v in found.values())
-        if classes and sorted(found) != sorted(classes):
-            report.problems.append(f"class folders of {path} differ from the registered classes: "
-                                   f"{class_difference(classes, sorted(found))}")
-    except DataError as err:
-        report.problems.append(str(err))
+    report = class_folder_report(domain, path)
+    if report.present and not report.problems and classes and report.classes != sorted(classes):
+        report.problems.append(f"class folders of {path} differ from the registered classes: "
+                               f"{class_difference(classes, report.classes)}")
     return report
 
 

@@ -18,8 +18,8 @@ import logging
 import re
 from pathlib import Path
 
-from .base import DataError, ImageListDataset, scan_class_folders
-from .registry import DatasetSpec, DomainReport, register
+from .base import DataError, ImageListDataset
+from .registry import DatasetSpec, DomainReport, class_folder_report, register
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +73,9 @@ def load(root: Path, domain: str, split: str) -> ImageListDataset:
 
 def check(root: Path, domain: str) -> DomainReport:
     """Folder, class folders, image count and split lists of one PACS domain."""
-    folder = root / "PACS" / domain
-    if not folder.is_dir():
-        return DomainReport(domain, present=False, problems=[f"missing folder {folder}"])
-    report = DomainReport(domain, present=True)
-    try:
-        found = scan_class_folders(folder)
-        report.classes = sorted(found)
-        report.images = sum(len(v) for v in found.values())
-    except DataError as err:
-        report.problems.append(str(err))
+    report = class_folder_report(domain, root / "PACS" / domain)
+    if not report.present:
+        return report
     for split in SPLIT_FILES:
         try:
             read_split(split_file(root, domain, split), root / "PACS")

@@ -20,7 +20,7 @@ from typing import Callable
 
 from torch.utils.data import Dataset
 
-from .base import SPLITS, DataError
+from .base import SPLITS, DataError, scan_class_folders
 
 Loader = Callable[[Path, str, str], Dataset]
 Checker = Callable[[Path, str], "DomainReport"]
@@ -34,6 +34,20 @@ class DomainReport:
     images: int = 0
     classes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+
+
+def class_folder_report(domain: str, path: Path) -> DomainReport:
+    """Presence, class folders and image count of a ``<path>/<class>/<image>`` domain folder."""
+    if not path.is_dir():
+        return DomainReport(domain, present=False, problems=[f"missing folder {path}"])
+    report = DomainReport(domain, present=True)
+    try:
+        found = scan_class_folders(path)
+        report.classes = sorted(found)
+        report.images = sum(len(v) for v in found.values())
+    except DataError as err:
+        report.problems.append(str(err))
+    return report
 
 
 @dataclass(frozen=True)
