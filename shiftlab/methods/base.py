@@ -9,6 +9,8 @@ and it becomes ``--method.name=<name>``.
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
@@ -84,8 +86,15 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def _import_all_methods() -> None:
+    """Import every module of this package, so that a new method file registers itself: no list to edit."""
+    package = importlib.import_module(__package__)
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{__package__}.{info.name}")
+
+
 def get_method(name: str) -> type[Method]:
-    from . import adabn, finetune, oracle, source_only  # noqa: F401  (registers the built-in methods)
+    _import_all_methods()
     if name not in METHODS:
         hint = difflib.get_close_matches(name, METHODS, n=1)
         extra = f" Did you mean '{hint[0]}'?" if hint else ""
