@@ -78,7 +78,7 @@ def cmd_train(argv: list[str]) -> int:
 
 def cmd_datasets(argv: list[str]) -> int:
     from .data.cache import data_root
-    from .data.check import check_datasets, format_report
+    from .data.check import check_datasets, format_report, has_problems
 
     parser = argparse.ArgumentParser(
         prog="shiftlab datasets",
@@ -89,6 +89,8 @@ def cmd_datasets(argv: list[str]) -> int:
                         help="check only this dataset (repeatable); default: all")
     parser.add_argument("--verify", action="store_true",
                         help="decode every image to find unreadable files (slow on large datasets)")
+    parser.epilog = ("exit status: 0 when every dataset found on disk is complete, 1 when one on disk has "
+                     "problems (datasets not on disk at all count only when named with --dataset), 2 on bad arguments")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     try:
@@ -96,8 +98,9 @@ def cmd_datasets(argv: list[str]) -> int:
     except ValueError as err:
         print(f"shiftlab datasets: error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(reports, indent=2) if args.json else format_report(reports, data_root(args.root)))
-    return 1 if any(p for r in reports for d in r["domains"] for p in d["problems"]) else 0
+    named = bool(args.dataset)
+    print(json.dumps(reports, indent=2) if args.json else format_report(reports, data_root(args.root), named))
+    return 1 if has_problems(reports, named) else 0
 
 
 def cmd_download(argv: list[str]) -> int:
@@ -111,7 +114,8 @@ def cmd_download(argv: list[str]) -> int:
     parser.add_argument("name", help=f"dataset to download: {', '.join(DOWNLOADABLE)}")
     parser.add_argument("--root", default=None, help="data root (default: $SHIFTLAB_DATA, else ./data)")
     parser.add_argument("--checksum", default=None,
-                        help="expected SHA-256 of the archive, for a source without a published checksum")
+                        help="expected checksum ('sha256:<hex>' or 'md5:<hex>') of the file of a source that "
+                             "has no published checksum")
     parser.add_argument("--no-verify", action="store_true",
                         help="accept a source whose checksum is unknown (not recommended)")
     args = parser.parse_args(argv)

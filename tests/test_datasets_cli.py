@@ -221,3 +221,10 @@ def test_root_that_does_not_exist(capsys, tmp_path):
     assert out.splitlines()[0] == f"data root: {tmp_path / 'nowhere'}  (does not exist)"
     for domain in PACS_IMAGES:
         assert re.fullmatch(rf"  {domain}\s+MISSING", domain_line(out, domain))
+
+
+def test_listing_everything_does_not_fail_on_datasets_never_downloaded(capsys, data_root):
+    code, out, _ = run(capsys, "--root", str(data_root))
+    assert code == 0
+    assert re.search(r"office31 \(31 classes\).*\n  not on disk: amazon, dslr, webcam", out)
+    assert domain_line(out, "cartoon").split()[1] == "2344"

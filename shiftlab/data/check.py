@@ -45,14 +45,27 @@ def check_datasets(root: Path, names: list[str] | None = None, *, verify: bool =
             if sorted(d.classes) != sorted(expected) and not any(diff in p for p in d.problems):
                 d.problems.append(f"classes differ from the dataset's: {diff}")
         reports.append({"dataset": spec.name, "description": spec.description, "embedded": spec.embedded,
-                        "num_classes": len(expected), "domains": [asdict(d) for d in domains]})
+                        "num_classes": len(expected), "on_disk": any(d.present for d in domains),
+                        "domains": [asdict(d) for d in domains]})
     return reports
 
 
-def format_report(reports: list[dict], root: Path) -> str:
+def has_problems(reports: list[dict], named: bool = False) -> bool:
+    """Problems in a dataset on disk, or in one the user named; one never downloaded is otherwise no problem."""
+    return any(p for r in reports if r["on_disk"] or named for d in r["domains"] for p in d["problems"])
+
+
+def format_report(reports: list[dict], root: Path, named: bool = False) -> str:
+    """Text report; datasets with nothing on disk take one line unless the user named them."""
     lines = [f"data root: {root}" + ("" if root.is_dir() else "  (does not exist)")]
     for r in reports:
-        lines.append(f"\n{r['dataset']} ({r['num_classes']} classes) - {r['description']}")
+        classes = r["num_classes"] or "?"
+        lines.append(f"\n{r['dataset']} ({classes} classes) - {r['description']}")
+        if not r["on_disk"] and not named:
+            first = r["domains"][0]["problems"][:1] if r["domains"] else []
+            lines.append(f"  not on disk: {', '.join(d['domain'] for d in r['domains'])}"
+                         + (f" ({first[0]})" if first else ""))
+            continue
         for d in r["domains"]:
             if not d["present"]:
                 status = "MISSING"
