@@ -26,3 +26,17 @@ def test_every_domain_gets_the_same_shape(family, size, expected):
         img = Image.new(mode, shape[::-1], color=128 if mode == "L" else (10, 200, 30))
         for tf in (train, evaluation):
             assert tf(img.convert("RGB")).shape == (3, expected, expected)
+
+
+@pytest.mark.parametrize("source,target", [("mnist", "usps"), ("usps", "mnist_m"), ("mnist_m", "mnist")])
+def test_any_digits_pair_shares_one_preprocessing(data_root, source, target, monkeypatch, tmp_path):
+    from shiftlab.data.pair import build_domain_pair
+
+    monkeypatch.setenv("SHIFTLAB_CACHE", str(tmp_path))
+    pair = build_domain_pair("digits", data_root, source, target, limit=50)
+    x_s, y_s = pair.source_train[0]
+    x_t = pair.target_train[0]
+    x_e, y_e = pair.target_eval[0]
+    assert x_s.shape == x_t.shape == x_e.shape == (3, 32, 32)
+    assert isinstance(y_s, int) and isinstance(y_e, int) and torch.is_tensor(x_t)
+    assert len(pair.source_train) == len(pair.target_eval) == 50 and pair.classes == list("0123456789")
