@@ -144,3 +144,14 @@ def test_finetune_trains_only_the_last_layers(full_run, tmp_path):
 def test_finetune_without_a_trained_model_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--model.weights"):
         _train(tmp_path, "ft0", "--method.name=finetune")
+
+
+def test_schedules():
+    from shiftlab.engine.loop import lr_factor
+
+    steps = 30 * 15  # the study: 30 epochs, x0.1 from epoch 24 on (StepLR(step_size=24))
+    assert lr_factor("step", (24 * 15 - 1) / steps) == 1.0
+    assert lr_factor("step", 24 * 15 / steps) == pytest.approx(0.1)
+    assert lr_factor("cosine", 0) == 1 and lr_factor("cosine", 1) == pytest.approx(0) and lr_factor("cosine", 0.5) == pytest.approx(0.5)
+    assert lr_factor("inverse", 1) == pytest.approx(11 ** -0.75)  # Ganin & Lempitsky: (1 + 10 p)^-0.75
+    assert lr_factor("constant", 0.7) == 1.0

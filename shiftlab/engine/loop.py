@@ -14,6 +14,7 @@ import random
 import shutil
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -134,29 +135,24 @@ class Trainer:
         self.method: Method = build_method(cfg.method.name, backbone, cfg.method.model_extra or {},
                                            feature_lr_mult=cfg.optim.feature_lr_mult).to(self.device)
 
-        pin = self.device.type == "cuda"
+        loader = partial(make_loader, num_workers=d.num_workers, pin_memory=self.device.type == "cuda")
         eval_bs = d.eval_batch_size or 2 * d.batch_size
-        self.generators = [torch.Generator(), torch.Generator()]
-        self.source_loader = make_loader(self.pair.source_train, d.batch_size, shuffle=True, num_workers=d.num_workers,
-                                         generator=self.generators[0], pin_memory=pin) if method_cls.uses_source else None
-        self.target_loader = make_loader(self.pair.target_train, d.batch_size, shuffle=True, num_workers=d.num_workers,
-                                         generator=self.generators[1], pin_memory=pin) \
-            if method_cls.target_stream != "none" else None
-        self.eval_loaders = {
-            "source_val": make_loader(self.pair.source_val, eval_bs, shuffle=False, num_workers=d.num_workers, pin_memory=pin),
-            "target": make_loader(self.pair.target_eval, eval_bs, shuffle=False, num_workers=d.num_workers, pin_memory=pin),
-        }
-        self.target_images = make_loader(self.pair.target_eval_images, eval_bs, shuffle=False,
-                                         num_workers=d.num_workers, pin_memory=pin)
+        self.generators = [torch.Generator(), torch.Generator()]  # re-seeded every epoch (see _batches)
+        self.source_loader = loader(self.pair.source_train, d.batch_size, shuffle=True,
+                                    generator=self.generators[0]) if method_cls.uses_source else None
+        self.target_loader = loader(self.pair.target_train, d.batch_size, shuffle=True,
+                                    generator=self.generators[1]) if method_cls.target_stream != "none" else None
+        self.eval_loaders = {"source_val": loader(self.pair.source_val, eval_bs, shuffle=False),
+                             "target": loader(self.pair.target_eval, eval_bs, shuffle=False)}
+        self.target_images = loader(self.pair.target_eval_images, eval_bs, shuffle=False)
         main = self.source_loader if self.source_loader is not None else self.target_loader
         self.steps_per_epoch = min(len(main), t.steps_per_epoch or len(main))
         self.total_steps = max(1, self.steps_per_epoch * t.epochs)
 
         self.optimizer = self._optimizer()
-        base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        o = cfg.optim
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, [lambda s, _=b: lr_factor(cfg.optim.schedule, s / self.total_steps,
-                                                  cfg.optim.step_at, cfg.optim.gamma) for b in base_lrs])
+            self.optimizer, lambda step: lr_factor(o.schedule, step / self.total_steps, o.step_at, o.gamma))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.epoch, self.step, self.history = 0, 0, []
         self.train_time, self.train_images = 0.0, 0
