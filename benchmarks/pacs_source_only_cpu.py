@@ -33,10 +33,11 @@ def data_pipeline_rate(dataset, batch_size: int, num_workers: int, batches: int)
     loader = make_loader(dataset, batch_size, shuffle=True, num_workers=num_workers,
                          generator=torch.Generator().manual_seed(0))
     seen, start = 0, time.perf_counter()
-    for i, (x, _) in enumerate(loader):
-        seen += len(x)
-        if i + 1 >= batches:
-            break
+    with torch.random.fork_rng():  # augmentation draws from the global RNG: leave the training's stream intact
+        for i, (x, _) in enumerate(loader):
+            seen += len(x)
+            if i + 1 >= batches:
+                break
     return seen / (time.perf_counter() - start)
 
 
