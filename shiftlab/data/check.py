@@ -40,10 +40,8 @@ def check_datasets(root: Path, names: list[str] | None = None, *, verify: bool =
         present = [d for d in domains if d.present and d.classes]
         expected = list(spec.classes) or (present[0].classes if present else [])
         for d in present:
-            diff = class_difference(expected, d.classes)
-            # a checker may already have reported the same difference (check_folder with registered classes)
-            if sorted(d.classes) != sorted(expected) and not any(diff in p for p in d.problems):
-                d.problems.append(f"classes differ from the dataset's: {diff}")
+            if sorted(d.classes) != sorted(expected):
+                d.problems.append(f"classes differ from the dataset's: {class_difference(expected, d.classes)}")
         reports.append({"dataset": spec.name, "description": spec.description, "embedded": spec.embedded,
                         "num_classes": len(expected), "on_disk": any(d.present for d in domains),
                         "domains": [asdict(d) for d in domains]})
