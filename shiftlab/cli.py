@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .config import ConfigError, build_config, describe, read_yaml
+from .config import build_config, describe
 
 EXAMPLES = """\
 examples:
@@ -20,9 +20,7 @@ examples:
 
 
 def _train_help() -> str:
-    from .methods.base import METHODS, get_method
-
-    get_method("source_only")  # registers the built-in methods
+    from .methods import METHODS
     lines = ["config keys (set in YAML or as --section.key=value; later sources win):"]
     for key, default, text in describe():
         lines.append(f"  --{key}  (default: {default})")
@@ -39,7 +37,8 @@ def _train_help() -> str:
 
 
 def cmd_train(argv: list[str]) -> int:
-    from .engine.loop import RunExistsError, Trainer
+    from .engine.loop import Trainer
+    from .errors import ShiftlabError
 
     parser = argparse.ArgumentParser(
         prog="shiftlab train", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -48,19 +47,16 @@ def cmd_train(argv: list[str]) -> int:
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="YAML config (repeatable; later files override earlier ones)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in runs/<experiment.name> from its last checkpoint")
+                        help="continue the run in runs/<experiment.name> from its last checkpoint, with its saved "
+                             "config (what this command line sets again still wins)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     args, overrides = parser.parse_known_args(argv)
     trainer = None
     try:
-        cfg = build_config(args.config, overrides)
-        if args.resume:
-            saved = Path(cfg.experiment.output_dir) / cfg.experiment.name / "config.yaml"
-            if saved.is_file():  # the saved config is the base; what the command line gives still wins
-                cfg = build_config(args.config, overrides, start=read_yaml(saved))
+        cfg = build_config(args.config, overrides, resume=args.resume)
         trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
         summary = trainer.fit()
-    except (ConfigError, RunExistsError, FileNotFoundError, ValueError, RuntimeError) as err:
+    except ShiftlabError as err:  # the toolkit's own user errors: one line; anything else keeps its traceback
         print(f"shiftlab train: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -68,9 +64,9 @@ def cmd_train(argv: list[str]) -> int:
             else "were none"
         print(f"\nshiftlab train: interrupted. Completed epochs {where}.", file=sys.stderr)
         return 130
-    sel = summary["selections"]
+    sel = summary["selections"][summary["selection"]]
     print(f"{summary['experiment']}: target accuracy {summary['target_acc']:.4f} "
-          f"(selection: {summary['selection']}, epoch {sel['source_val']['epoch']}); "
+          f"(selection: {summary['selection']}, epoch {sel['epoch']}); "
           f"final {summary['final_target_acc']:.4f}; {summary['train_images_per_s']} train images/s; "
           f"run folder {trainer.run_dir}")
     return 0
@@ -79,27 +75,33 @@ def cmd_train(argv: list[str]) -> int:
 def cmd_datasets(argv: list[str]) -> int:
     from .data.cache import data_root
     from .data.check import check_datasets, format_report, has_problems
+    from .data.shifts import format_shifts
+    from .errors import ShiftlabError
 
     parser = argparse.ArgumentParser(
         prog="shiftlab datasets",
         description="List the known datasets and their domains, and check what is on disk under a root: "
-                    "missing domains, class sets that differ between domains, empty or unreadable files.")
+                    "missing domains, class sets that differ between domains, empty or unreadable files. "
+                    "Also lists the shifts that derive a domain of any dataset (<domain>@<shift>(args)).")
     parser.add_argument("--root", default=None, help="data root (default: $SHIFTLAB_DATA, else ./data)")
     parser.add_argument("--dataset", action="append", default=None, metavar="NAME",
-                        help="check only this dataset (repeatable); default: all")
+                        help="check only this dataset (repeatable), a registered name or folder:<Dataset> as "
+                             "`shiftlab train --data.dataset` takes it; default: all registered ones")
     parser.add_argument("--verify", action="store_true",
                         help="decode every image to find unreadable files (slow on large datasets)")
     parser.epilog = ("exit status: 0 when every dataset found on disk is complete, 1 when one on disk has "
                      "problems (datasets not on disk at all count only when named with --dataset), 2 on bad arguments")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON (datasets only)")
     args = parser.parse_args(argv)
+    root = data_root(args.root)
     try:
-        reports = check_datasets(data_root(args.root), args.dataset, verify=args.verify)
-    except ValueError as err:
+        reports = check_datasets(root, args.dataset, verify=args.verify)
+    except (ShiftlabError, ValueError) as err:
         print(f"shiftlab datasets: error: {err}", file=sys.stderr)
         return 2
     named = bool(args.dataset)
-    print(json.dumps(reports, indent=2) if args.json else format_report(reports, data_root(args.root), named))
+    print(json.dumps(reports, indent=2) if args.json
+          else format_report(reports, root, named) + "\n\n" + format_shifts())
     return 1 if has_problems(reports, named) else 0
 
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ShiftlabError
 
 
-class ConfigError(ValueError):
+class ConfigError(ShiftlabError, ValueError):
     """A bad config file, key or value; the message names it and lists the valid choices."""
 
 
@@ -28,13 +30,34 @@ class ExperimentConfig(Section):
     name: str = Field("demo", description="run folder name under output_dir; may contain '/' (e.g. baseline/cartoon)")
     output_dir: Path = Field(Path("runs"), description="folder that holds the run folders")
     seed: int = Field(0, description="seed of every random number generator (data order, init, augmentation)")
+    plugins: list[str] = Field(default_factory=list, description="Python modules to import before the run "
+                               "(they register methods or datasets of your own), e.g. [my_lab.methods]")
 
 
 class DataConfig(Section):
     dataset: str = Field("demo", description="registered dataset (see `shiftlab datasets`), or folder:<Dataset>")
     root: Path | None = Field(None, description="data root; default $SHIFTLAB_DATA, else ./data (unused by 'demo')")
-    source: str = Field("digits", description="source domain: labelled training data")
-    target: str = Field("digits_photo", description="target domain: evaluated, unlabelled unless the method says otherwise")
+    source: str = Field("digits", description="source domain: labelled training data; a derived domain is "
+                        "<domain>@<shift>(args), e.g. photo@greyscale (shifts: `shiftlab datasets`)")
+    target: str = Field("digits_photo", description="target domain: evaluated, unlabelled unless the method says "
+                        "otherwise; may be derived, e.g. photo@brightness(-40), also from the source's domain")
+    target_adapt_split: str | None = Field(
+        None, description="target images an unsupervised method adapts on, without labels: "
+        "train, val, test or a union such as train+val; null = the dataset's protocol (digits: train+val, the "
+        "official training images; PACS, Office-Home, DomainNet, folder datasets, demo: test, the whole target)")
+    target_eval_split: str | None = Field(
+        None, description="target split the reported number is measured on; null = the "
+        "dataset's protocol (digits: the official test set; others: test, the whole domain). Methods that train "
+        "on target labels are measured on the holdout")
+    target_holdout_fraction: float = Field(
+        0.2, gt=0, lt=1, description="when the eval split contains the target's train/val (transductive: PACS, "
+        "folder datasets), this fraction of it, chosen by a hash of each file's path, is held out: labelled "
+        "methods never train on it and are measured on it, every method is also evaluated on it")
+    strict_classes: bool = Field(False, description="a target with no images of some source classes is an error "
+                                 "(default: a warning naming them; accuracy is then over the classes it has)")
+    skip_unreadable: bool = Field(False, description="decode every image before training and skip unreadable "
+                                  "files, listed in skipped_files.txt (default: the first unreadable file stops "
+                                  "the run, naming it)")
     image_size: int | None = Field(None, ge=8, description="square input size in pixels; default 224 for photos, 32 for digits")
     augment: bool = Field(True, description="random resized crops and flips on photo datasets (digits are only resized)")
     batch_size: int = Field(64, ge=1, description="images per training batch (source and target each)")
@@ -42,12 +65,38 @@ class DataConfig(Section):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = load in the main process)")
     limit: int | None = Field(None, ge=1, description="keep at most this many images per split, evenly spaced (quick runs)")
 
+    @field_validator("target_adapt_split", "target_eval_split")
+    @classmethod
+    def _known_splits(cls, value: str | None) -> str | None:
+        parts = (value or "").split("+")
+        if value is not None and (any(p not in ("train", "val", "test") for p in parts) or len(set(parts)) < len(parts)):
+            raise ValueError("must be train, val, test, a union such as train+val, or null for the dataset's protocol")
+        return value
+
+
+Channels = Annotated[list[float], Field(min_length=3, max_length=3)]
+
 
 class ModelConfig(Section):
-    name: Literal["resnet18", "resnet50", "alexnet", "small_cnn"] = Field("resnet18", description="backbone")
+    name: str = Field("resnet18", description="backbone: any torchvision classification model (resnet18, resnet50, "
+                      "alexnet, vgg16, efficientnet_b0, convnext_tiny, vit_b_16 ...: torchvision.models.list_models()) "
+                      "or small_cnn (digits)")
     pretrained: str = Field("none", description="'none', 'imagenet' (torchvision's DEFAULT weights) or a torchvision weights name such as IMAGENET1K_V1")
     weights: Path | None = Field(None, description="local weights file: a torchvision state dict or a shiftlab checkpoint")
     bottleneck_dim: int = Field(0, ge=0, description="size of a Linear-BN-ReLU bottleneck before the head (0 = none)")
+    head_layers: int = Field(1, ge=1, description="how many of the model's last Linear layers form the head: AlexNet/VGG "
+                             "3 = fc6, fc7, fc8 in the head (features end at the conv part), 1 = fc8 only")
+    mean: Channels | None = Field(None, description="per-channel mean the model subtracts from [0, 1] images, e.g. "
+                                  "[0.5,0.5,0.5]; default the dataset family's (photos: ImageNet's, digits: 0.5)")
+    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_length=3)] | None = Field(
+        None, description="per-channel std the model divides [0, 1] images by; default the dataset family's "
+                          "(photos: ImageNet's, digits: 0.5)")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from .models.backbones import check_model_name
+        return check_model_name(name)
 
 
 class MethodConfig(BaseModel):
@@ -76,6 +125,12 @@ class TrainConfig(Section):
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', 'mps'")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="'auto' = bf16 autocast on GPUs that support it, fp32 elsewhere")
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (the last epoch is always evaluated)")
+    selection: Literal["auto", "source_val", "target_val", "last", "target_oracle"] = Field(
+        "auto", description="rule that picks the reported epoch and checkpoints/best.pt: 'source_val' (best source "
+                            "validation accuracy, reads no target label), 'target_val' (best accuracy on the labelled "
+                            "target validation part; only for methods that train on target labels), 'last', "
+                            "'target_oracle' (best target accuracy: ORACLE, reads target labels). 'auto' = target_val "
+                            "for methods trained on target labels, else source_val")
     deterministic: bool = Field(True, description="deterministic algorithms, so a resumed CPU run matches an uninterrupted one")
     progress: bool = Field(True, description="show a progress bar")
 
@@ -186,15 +241,42 @@ def _coerce_tree(values: dict[str, Any], model: type[BaseModel], prefix: str = "
 
 
 def build_config(files: list[str | os.PathLike] = (), overrides: list[str] | dict[str, Any] = (),
-                 start: dict[str, Any] | None = None) -> Config:
-    """Defaults <- ``start`` (e.g. a run's saved config) <- each YAML file <- command-line overrides."""
+                 start: dict[str, Any] | None = None, *, resume: bool = False) -> Config:
+    """Defaults <- ``start`` <- each YAML file <- command-line overrides.
+
+    ``resume=True``: the run folder's saved ``config.yaml`` (if any) becomes ``start``, so a resumed run
+    keeps its settings and only what is given again here changes. Relative paths (``output_dir``,
+    ``data.root``, ``model.weights``) are made absolute against the current folder, and an unset data
+    root is resolved (``$SHIFTLAB_DATA``, else ``./data``), so the config means the same from any folder
+    or worker process.
+    """
+    if not isinstance(overrides, dict):
+        overrides = parse_overrides(list(overrides))
     tree: dict[str, Any] = dict(start or {})
     for f in files:
         tree = merge(tree, read_yaml(f))
-    if not isinstance(overrides, dict):
-        overrides = parse_overrides(list(overrides))
-    tree = merge(tree, overrides)
-    return validate(tree)
+    cfg = resolve_paths(validate(merge(tree, overrides)))
+    if resume:
+        saved = run_dir(cfg) / "config.yaml"
+        if saved.is_file():
+            return build_config(files, overrides, start=merge(read_yaml(saved), start or {}))
+    return cfg
+
+
+def run_dir(cfg: Config) -> Path:
+    """The run folder: ``<experiment.output_dir>/<experiment.name>``."""
+    return Path(cfg.experiment.output_dir) / cfg.experiment.name
+
+
+def resolve_paths(cfg: Config) -> Config:
+    """Relative paths made absolute, and the default data root resolved (see :func:`build_config`)."""
+    from .data.cache import data_root
+
+    cfg.experiment.output_dir = Path(cfg.experiment.output_dir).expanduser().absolute()
+    cfg.data.root = data_root(cfg.data.root).absolute()
+    if cfg.model.weights is not None:
+        cfg.model.weights = Path(cfg.model.weights).expanduser().absolute()
+    return cfg
 
 
 def validate(tree: dict[str, Any]) -> Config:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from shiftlab.data import registry
+from shiftlab.data.shifts import SHIFTS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,9 +40,10 @@ def _private_caches(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def restore_registry():
-    """Datasets registered by a test are removed after it, so that no test sees another's."""
-    registry._ensure_builtin()
-    before = dict(registry._REGISTRY)
+    """Datasets and shifts registered by a test are removed after it, so that no test sees another's."""
+    before, shifts_before = dict(registry._REGISTRY), dict(SHIFTS)
     yield
     registry._REGISTRY.clear()
     registry._REGISTRY.update(before)
+    SHIFTS.clear()
+    SHIFTS.update(shifts_before)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shiftlab.cli import main
-from shiftlab.data.folder import register_folder_dataset
+from shiftlab.data.registry import register_folder_dataset
 
 PACS_IMAGES = {"art_painting": 2048, "cartoon": 2344, "photo": 1670, "sketch": 3929}
 
@@ -131,10 +131,9 @@ def test_folder_dataset_ok(capsys, tmp_path, data_root):
     assert re.fullmatch(r"  sketchy\s+6 images", domain_line(out, "sketchy"))
 
 
-@pytest.mark.parametrize("classes", [None, ("cat", "dog")])
-def test_folder_dataset_class_differs(capsys, tmp_path, data_root, classes):
+def test_folder_dataset_extra_class_registered(capsys, tmp_path, data_root):
     root = make_toy(tmp_path / "root", data_root, extra={"sketchy": ["zebra"]})
-    register_folder_dataset("toy_cli", ("real", "sketchy"), classes, folder_name="Toy")
+    register_folder_dataset("toy_cli", ("real", "sketchy"), ("cat", "dog"), folder_name="Toy")
     code, out, _ = run(capsys, "--root", str(root), "--dataset", "toy_cli")
     assert code == 1
     assert "problem" not in domain_line(out, "real")
@@ -149,6 +148,49 @@ def test_folder_dataset_class_differs(capsys, tmp_path, data_root, classes):
     assert domains["sketchy"]["classes"] == ["cat", "dog", "zebra"]
     assert domains["real"]["problems"] == []
     assert len(domains["sketchy"]["problems"]) == 1 and "zebra" in domains["sketchy"]["problems"][0]
+
+
+@pytest.mark.parametrize("name", ["toy_cli", "folder:Toy"])
+def test_folder_dataset_union_of_classes(capsys, tmp_path, data_root, name):
+    """Without a class list (registered with None, or folder:<Name> as `train` takes it), the classes are the
+    union of the domains': a domain lacking one is a note, not a problem, since training handles it."""
+    root = make_toy(tmp_path / "root", data_root, extra={"sketchy": ["zebra"]})
+    register_folder_dataset("toy_cli", ("real", "sketchy"), None, folder_name="Toy")
+    code, out, _ = run(capsys, "--root", str(root), "--dataset", name)
+    assert code == 0, out
+    assert f"{name} (3 classes)" in out
+    assert re.fullmatch(r"  real\s+6 images", domain_line(out, "real"))
+    assert re.fullmatch(r"  sketchy\s+9 images", domain_line(out, "sketchy"))
+    assert "      note: no images of 1 of the dataset's 3 classes: missing 1: zebra" in out
+    assert "!" not in out
+
+    code, out, _ = run(capsys, "--root", str(root), "--dataset", name, "--json")
+    domains = {d["domain"]: d for d in json.loads(out)[0]["domains"]}
+    assert domains["real"]["problems"] == [] and "zebra" in domains["real"]["notes"][0]
+    assert domains["sketchy"]["notes"] == []
+
+
+def test_folder_prefix_verify_and_errors(capsys, tmp_path, data_root):
+    """`shiftlab datasets --dataset folder:NAME [--verify]` reads the folder as `train` does."""
+    root = make_toy(tmp_path / "root", data_root)
+    bad = root / "Toy" / "real" / "cat" / "img_2.jpg"
+    bad.unlink()
+    bad.write_bytes(b"\xff\xd8\xff\xe0" + b"garbage" * 20)
+    code, out, _ = run(capsys, "--root", str(root), "--dataset", "folder:Toy", "--verify")
+    assert code == 1
+    assert re.fullmatch(r"  real\s+6 images, 1 problem\(s\)", domain_line(out, "real"))
+    assert f"! cannot decode image {bad}" in out
+    code, out, err = run(capsys, "--root", str(root), "--dataset", "folder:Nope")
+    assert code == 2 and out == ""
+    assert f"dataset folder not found: {root / 'Nope'}" in err
+
+
+def test_lists_the_shifts(capsys, tmp_path):
+    code, out, _ = run(capsys, "--root", str(tmp_path), "--dataset", "demo")
+    assert code == 0
+    shifts = out[out.index("shifts (derive a domain"):]
+    assert re.search(r"^  brightness\(delta: float\)\s+adds delta", shifts, re.M)
+    assert re.search(r"^  greyscale\(\)\s+grey image", shifts, re.M)
 
 
 def test_folder_dataset_missing_class(capsys, tmp_path, data_root):

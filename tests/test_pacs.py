@@ -20,6 +20,7 @@ from shiftlab.data import pacs
 from shiftlab.data.base import DataError
 from shiftlab.data.pair import build_domain_pair
 from shiftlab.data.registry import get_dataset
+from shiftlab.data.splits import per_sample
 
 DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
 CLASSES = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person")
@@ -350,8 +351,9 @@ def test_pair_unlabelled_target(data_root):
     assert len(pair.source_val) == 208
     assert len(pair.target_train) == 2344
     assert len(pair.target_eval) == 2344
-    assert len(pair.target_eval_images) == 2344
+    assert len(pair.target_adapt_images) == 2344
     assert pair.target_eval_split == "test"
+    assert pair.target_val is None
 
     x, y = pair.source_train[0]
     assert isinstance(x, torch.Tensor) and x.shape == (3, 64, 64) and x.dtype == torch.float32
@@ -361,30 +363,31 @@ def test_pair_unlabelled_target(data_root):
 
     item = pair.target_train[0]  # unlabelled stream: a bare tensor, no label to leak
     assert isinstance(item, torch.Tensor) and item.shape == (3, 64, 64)
-    assert isinstance(pair.target_eval_images[5], torch.Tensor)
+    assert isinstance(pair.target_adapt_images[5], torch.Tensor)
     x, y = pair.target_eval[2343]
     assert x.shape == (3, 64, 64) and y == 6
     # evaluation transform is deterministic
-    assert torch.equal(pair.target_eval[0][0], pair.target_eval_images[0])
+    assert torch.equal(pair.target_eval[0][0], pair.target_adapt_images[0])
 
 
 def test_pair_labelled_target(data_root):
+    """Oracle / fine-tuning: cartoon's train and crossval lists without the holdout, tested on the holdout."""
     pair = build_domain_pair("pacs", data_root, "art_painting", "cartoon", image_size=64, target_labels=True)
     assert len(pair.source_train) == 1840
     assert len(pair.source_val) == 208
-    assert len(pair.target_train) == 2107  # cartoon train
-    assert len(pair.target_eval) == 237    # cartoon crossval
-    assert pair.target_eval_split == "val"
+    assert pair.target_eval_split == "test:holdout"
+    assert pair.target_holdout is None  # the holdout is target_eval itself
+    # README: cartoon's train (2,107) and crossval (237) lists are disjoint and make up its test list (2,344)
+    assert len(pair.target_train) + len(pair.target_val) + len(pair.target_eval) == 2344
     x, y = pair.target_train[0]
     assert x.shape == (3, 64, 64) and type(y) is int
-    train_paths = {p for p, _ in pair.target_train.base.samples}
-    eval_paths = {p for p, _ in pair.target_eval.base.samples}
-    assert train_paths.isdisjoint(eval_paths)
+    parts = [set(per_sample(getattr(pair, n), "paths")) for n in ("target_train", "target_val", "target_eval")]
+    assert sum(map(len, parts)) == 2344 and len(set().union(*parts)) == 2344  # disjoint, by path
 
 
 def test_pair_limit_keeps_all_classes(data_root):
     pair = build_domain_pair("pacs", data_root, "art_painting", "cartoon", image_size=64, limit=70)
-    for name in ("source_train", "source_val", "target_train", "target_eval", "target_eval_images"):
+    for name in ("source_train", "source_val", "target_train", "target_eval", "target_adapt_images", "target_holdout"):
         ds = getattr(pair, name)
         assert len(ds) == 70, name
         assert set(_labels(ds.base)) == set(range(7)), name

@@ -13,11 +13,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ..errors import ShiftlabError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")
 
 
-class DataError(ValueError):
+class DataError(ShiftlabError, ValueError):
     """Bad data on disk or a bad name: the message names the file, folder or key at fault."""
 
 
@@ -33,13 +35,19 @@ def load_rgb(path: Path) -> Image.Image:
 
 
 class ImageListDataset(Dataset):
-    """Images read from files, one ``(path, label)`` pair per sample."""
+    """Images read from files, one ``(path, label)`` pair per sample.
+
+    ``keys`` name each sample independently of the machine: its path relative to ``key_root`` (the
+    dataset's folder, e.g. ``cartoon/dog/pic_001.jpg`` under ``<root>/PACS``), else its last three path
+    parts. Splits are compared and held out by these keys (see :mod:`shiftlab.data.splits`).
+    """
 
     def __init__(self, samples: Sequence[tuple[Path, int]], classes: Sequence[str],
-                 transform: Callable | None = None):
+                 transform: Callable | None = None, key_root: Path | None = None):
         self.samples = list(samples)
         self.classes = list(classes)
         self.transform = transform
+        self.key_root = key_root
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -47,6 +55,16 @@ class ImageListDataset(Dataset):
     @property
     def targets(self) -> list[int]:
         return [label for _, label in self.samples]
+
+    @property
+    def paths(self) -> list[Path]:
+        return [path for path, _ in self.samples]
+
+    @property
+    def keys(self) -> list[str]:
+        if self.key_root is None:
+            return ["/".join(Path(p).parts[-3:]) for p, _ in self.samples]
+        return [Path(p).relative_to(self.key_root).as_posix() for p, _ in self.samples]
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
@@ -57,18 +75,26 @@ class ImageListDataset(Dataset):
 
 
 class ArrayDataset(Dataset):
-    """Images held in memory as a uint8 array (N, H, W) or (N, H, W, 3), as digits datasets ship."""
+    """Images held in memory as a uint8 array (N, H, W) or (N, H, W, 3), as digits datasets ship.
+
+    ``keys`` name each sample (e.g. ``mnist/test/17``: domain, official split, index); a loader must
+    make them unique across the splits of a domain, because splits are compared by key. The default,
+    the position in ``images``, only suits a dataset with a single split.
+    """
 
     def __init__(self, images: np.ndarray, labels: Sequence[int], classes: Sequence[str],
-                 transform: Callable | None = None):
+                 transform: Callable | None = None, keys: Sequence[str] | None = None):
         if images.dtype != np.uint8:
             raise TypeError(f"ArrayDataset wants uint8 images, got {images.dtype}")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if keys is not None and len(keys) != len(images):
+            raise ValueError(f"{len(images)} images but {len(keys)} keys")
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
         self.classes = list(classes)
         self.transform = transform
+        self.keys = list(keys) if keys is not None else [str(i) for i in range(len(images))]
 
     def __len__(self) -> int:
         return len(self.images)

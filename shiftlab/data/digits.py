@@ -35,15 +35,15 @@ import logging
 import os
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..utils import atomic_path
 from .base import ArrayDataset, DataError, ImageListDataset, split_by_hash
 from .cache import cache_dir
-from .registry import DatasetSpec, DomainReport, register
+from .spec import DatasetSpec, DomainReport
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,15 @@ def _official(split: str) -> str:
 
 
 def _subset(domain: str, images: np.ndarray, labels, split: str) -> ArrayDataset:
-    """``split`` of one official in-memory split, keyed ``<domain>/<index>`` for the hash split."""
+    """``split`` of one official in-memory split, hashed by ``<domain>/<index>`` into train/val and keyed
+    ``<domain>/<official split>/<index>`` (unique across the domain's splits)."""
     labels = np.asarray(labels, dtype=np.int64)
     if split == "test":
         idx = np.arange(len(images))
     else:
         idx = np.asarray(split_by_hash([f"{domain}/{i}" for i in range(len(images))], split), dtype=np.int64)
-    ds = ArrayDataset(images[idx] if split != "test" else images, labels[idx], CLASSES)
+    keys = [f"{domain}/{_official(split)}/{i}" for i in idx.tolist()]
+    ds = ArrayDataset(images[idx] if split != "test" else images, labels[idx], CLASSES, keys=keys)
     ds.indices = idx.tolist()
     return ds
 
@@ -106,8 +108,8 @@ def unpack_mnist(root: Path) -> Path:
     The cache folder is ``cache_dir("MNIST-unpacked", <hash of the resolved root>)`` laid out as
     ``MNIST/raw/<file>``, because torchvision's MNIST only reads unpacked files and the data root may
     be read-only. A file is unpacked only when missing (or its size disagrees with the gzip trailer),
-    through a temporary file in the same folder and ``os.replace``, so that concurrent runs or an
-    interrupted one never leave a partial file behind.
+    through :func:`shiftlab.utils.atomic_path` (a temporary file in the same folder, then one
+    ``os.replace``), so that concurrent runs or an interrupted one never leave a partial file behind.
     """
     missing = _missing_mnist(root)
     if missing:
@@ -121,16 +123,11 @@ def unpack_mnist(root: Path) -> Path:
         dst = out_dir / name[: -len(".gz")]
         if dst.is_file() and dst.stat().st_size % 2**32 == _gzip_size(src):
             continue
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=out_dir)
         try:
-            with os.fdopen(fd, "wb") as out, gzip.open(src, "rb") as inp:
+            with atomic_path(dst) as tmp, gzip.open(src, "rb") as inp, open(tmp, "wb") as out:
                 shutil.copyfileobj(inp, out, length=1 << 20)
-            os.replace(tmp, dst)
         except (OSError, EOFError, gzip.BadGzipFile) as err:
             raise DataError(f"cannot unpack MNIST file {src} into {out_dir}: {err}") from err
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     return base
 
 
@@ -259,7 +256,7 @@ def load(root: Path, domain: str, split: str) -> Dataset:
         samples = read_mnist_m(root, official)
         # Key by file name (not line position): stable if a label file's lines are reordered.
         idx = split_by_hash([f"{domain}/{p.name}" for p, _ in samples], split)
-        ds = ImageListDataset([samples[i] for i in idx], CLASSES)
+        ds = ImageListDataset([samples[i] for i in idx], CLASSES, key_root=root / MNIST_M_DIR)
         ds.indices = idx
         return ds
     raise DataError(f"unknown domain '{domain}' for dataset 'digits'; valid domains: {', '.join(DOMAINS)}")
@@ -351,11 +348,15 @@ def check(root: Path, domain: str) -> DomainReport:
     return report
 
 
-SPEC = register(DatasetSpec(
+# The digits protocol (Ganin & Lempitsky 2015, Sec. 5; Tzeng et al., ADDA, CVPR 2017): an unsupervised
+# method adapts on the target's official training images, all of them (train+val: the val part only
+# serves methods that read target labels), and is evaluated on the official test set.
+SPEC = DatasetSpec(
     name="digits", domains=DOMAINS, classes=CLASSES, load=load, check=check, family="digits",
     description="Digits: MNIST (28 px grey), USPS (16 px grey), MNIST-M (32 px colour); 10 classes; "
                 "val = hashed 10% of the official train set, test = official test set",
     citation="LeCun et al., Gradient-based learning applied to document recognition, Proc. IEEE 1998; "
              "Hull, A database for handwritten text recognition research, TPAMI 1994; "
              "Ganin & Lempitsky, Unsupervised Domain Adaptation by Backpropagation, ICML 2015",
-))
+    target_adapt_split="train+val", target_eval_split="test",
+)

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from .base import DataError, ImageListDataset
-from .registry import DatasetSpec, DomainReport, class_folder_report, register
+from .spec import DatasetSpec, DomainReport, class_folder_report
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def read_split(list_file: Path, image_root: Path) -> list[tuple[Path, int]]:
 
 def load(root: Path, domain: str, split: str) -> ImageListDataset:
     samples = read_split(split_file(root, domain, split), root / "PACS")
-    return ImageListDataset(samples, CLASSES)
+    return ImageListDataset(samples, CLASSES, key_root=root / "PACS")  # keys as the lists write them
 
 
 def check(root: Path, domain: str) -> DomainReport:
@@ -84,8 +84,11 @@ def check(root: Path, domain: str) -> DomainReport:
     return report
 
 
-SPEC = register(DatasetSpec(
+# Transductive, as in the PACS paper and the DA work evaluated on it: the whole target domain (``test``)
+# is both adapted on (without labels) and evaluated on.
+SPEC = DatasetSpec(
     name="pacs", domains=DOMAINS, classes=CLASSES, load=load, check=check, family="photo",
     description="PACS: photo, art painting, cartoon, sketch; 7 classes, official k-fold splits",
     citation="Li et al., Deeper, Broader and Artier Domain Generalization, ICCV 2017",
-))
+    target_adapt_split="test", target_eval_split="test",
+)

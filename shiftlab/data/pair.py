@@ -1,67 +1,61 @@
-"""A source/target pair of domains with the datasets one run needs, all under one preprocessing."""
+"""A source/target pair of domains with the datasets one run needs, all under one preprocessing.
+
+Which target images a method may see, and where its number is measured, follows each benchmark's
+protocol (:class:`~shiftlab.data.spec.DatasetSpec`'s ``target_adapt_split``/``target_eval_split``,
+overridable by ``data.target_adapt_split``/``data.target_eval_split``):
+
+* an unsupervised method adapts on the target's adapt split without labels and is evaluated on its
+  eval split (digits: the official training images / the official test set, Ganin & Lempitsky 2015;
+  PACS, Office-Home, DomainNet, folder datasets and the demo: the whole target domain for both, i.e.
+  transductive, as their papers evaluate);
+* a method that trains on target labels (oracle, fine-tuning, AdapterNet) needs three disjoint parts:
+  ``train`` to learn, ``val`` to stop early and select, and a test part for the reported number.
+
+Every row of a comparison must be measured on the same images, so one held-out target part, the
+**holdout**, is defined for every method: when the eval split is disjoint from the target's
+``train``/``val`` (digits: the official test set) the holdout is the eval split itself; when the eval
+split is transductive (it contains ``train``/``val``), it is a fixed fraction of it chosen by a hash
+of each image's key (``data.target_holdout_fraction``, 20% by default), which is removed from the
+labelled methods' ``train`` and ``val``. Labelled methods are evaluated on the holdout; unsupervised
+ones on their protocol's eval split and also on the holdout (``target_holdout``), so the two kinds of
+rows can be put side by side on the same images.
+
+When source and target share images (``photo -> photo@greyscale``, or the same domain twice), the
+target is evaluated on the holdout only and the holdout is removed from the source's ``train`` and
+``val``: no evaluated image is ever trained on, which :func:`build_domain_pair` checks by key.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision import transforms as T
+from torch.utils.data import DataLoader, Dataset
 
-from .base import DataError
+from .base import SPLITS, DataError
 from .cache import data_root
-from .registry import DatasetSpec, get_dataset
+from .registry import get_dataset
+from .spec import DatasetSpec
+from .splits import (ReadabilityCheck, classes_of, evenly_spaced, fingerprint, holdout_part, keys_of,
+                     targets_of, union, without)
+from .transforms import build_transforms
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-FAMILY_DEFAULTS = {  # image size and normalisation per family, so any two domains share one transform
-    "photo": dict(size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    "digits": dict(size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
-}
+log = logging.getLogger(__name__)
 
-
-class ToNormalizedTensor:
-    """PIL image -> normalised float tensor (C, H, W), computed in NumPy.
-
-    Same result as ``ToTensor()`` then ``Normalize(mean, std)``, but single-threaded: torch's
-    intra-op threads on one small image cost more in synchronisation than they save (measured 35 ms
-    against 0.6 ms per 112 px image on 2 busy cores), and would compete with the model's threads.
-    """
-
-    def __init__(self, mean, std):
-        self.mean = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1) * 255
-        self.scale = 1 / (np.asarray(std, dtype=np.float32).reshape(-1, 1, 1) * 255)
-
-    def __call__(self, img) -> torch.Tensor:
-        arr = np.asarray(img, dtype=np.float32)
-        arr = arr[:, :, None] if arr.ndim == 2 else arr
-        return torch.from_numpy(np.ascontiguousarray((arr.transpose(2, 0, 1) - self.mean) * self.scale))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
-def build_transforms(family: str, size: int | None, augment: bool) -> tuple[T.Compose, T.Compose]:
-    """(train, eval) transforms. Photos: random resized crop and flip when augmenting; digits: resize only."""
-    d = FAMILY_DEFAULTS[family]
-    size = size or d["size"]
-    tail = [ToNormalizedTensor(d["mean"], d["std"])]
-    evaluation = T.Compose([T.Resize((size, size)), *tail])
-    if augment and family == "photo":
-        train = T.Compose([T.RandomResizedCrop(size, scale=(0.7, 1.0)), T.RandomHorizontalFlip(), *tail])
-    else:
-        train = evaluation
-    return train, evaluation
+__all__ = ["DomainPair", "Transformed", "build_domain_pair", "evenly_spaced", "make_loader"]
 
 
 class Transformed(Dataset):
     """Applies a transform to ``(image, label)`` samples; ``with_labels=False`` yields images only.
 
     Dropping labels here, rather than in a method, makes an unlabelled target stream unable to leak them.
+    ``label_map`` renumbers labels into the pair's class list when the source lacks some of the dataset's
+    classes.
     """
 
-    def __init__(self, base: Dataset, transform, with_labels: bool = True):
-        self.base, self.transform, self.with_labels = base, transform, with_labels
+    def __init__(self, base: Dataset, transform, with_labels: bool = True, label_map: tuple[int, ...] | None = None):
+        self.base, self.transform, self.with_labels, self.label_map = base, transform, with_labels, label_map
 
     def __len__(self) -> int:
         return len(self.base)
@@ -69,21 +63,27 @@ class Transformed(Dataset):
     def __getitem__(self, index):
         image, label = self.base[index]
         image = self.transform(image)
-        return (image, label) if self.with_labels else image
-
-
-def evenly_spaced(dataset: Dataset, limit: int | None) -> Dataset:
-    """At most ``limit`` samples, evenly spaced: keeps class proportions of class-sorted lists (PACS)."""
-    if limit is None or limit >= len(dataset):
-        return dataset
-    if limit <= 0:
-        raise DataError(f"data.limit must be positive, got {limit}")
-    return Subset(dataset, np.linspace(0, len(dataset) - 1, limit).round().astype(int).tolist())
+        if not self.with_labels:
+            return image
+        return image, label if self.label_map is None else self.label_map[label]
 
 
 @dataclass
 class DomainPair:
-    """Everything one run reads. ``target_train`` carries labels only for labelled-target methods."""
+    """Everything one run reads, transformed; see the module docstring for the protocol.
+
+    * ``source_train`` / ``source_val``: labelled source, to learn and to select.
+    * ``target_train``: the target training stream: the adapt split without labels, or, for methods
+      that read target labels, the labelled target ``train`` part.
+    * ``target_val``: labelled target validation part (early stopping, selection), for labelled methods only.
+    * ``target_eval``: labelled; where the reported number is measured (protocol eval split, or the
+      holdout for labelled methods and for pairs whose source shares the target's images).
+    * ``target_adapt_images``: unlabelled target images to adapt on (e.g. AdaBN statistics).
+    * ``target_holdout``: labelled common held-out part, or None when it is ``target_eval`` itself.
+    * ``splits``: ``name -> {domain, split, subset, size, fingerprint, ...}`` for summary.json.
+    * ``missing_target_classes``: source classes the target has no image of (accuracy is then over
+      the classes it has); ``skipped_files``: unreadable files left out (``data.skip_unreadable``).
+    """
     spec: DatasetSpec
     source: str
     target: str
@@ -91,57 +91,237 @@ class DomainPair:
     source_train: Dataset
     source_val: Dataset
     target_train: Dataset
+    target_val: Dataset | None
     target_eval: Dataset
-    target_eval_images: Dataset  # target_eval without labels, for statistics such as AdaBN's
+    target_adapt_images: Dataset
+    target_holdout: Dataset | None
     target_eval_split: str
+    splits: dict[str, dict] = field(default_factory=dict)
+    missing_target_classes: list[str] = field(default_factory=list)
+    skipped_files: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def target_eval_images(self) -> Dataset:
+        """``target_eval`` without labels (kept for code written before ``target_adapt_images``)."""
+        return Transformed(self.target_eval.base, self.target_eval.transform, with_labels=False)
+
+
+@dataclass
+class Part:
+    """One untransformed part of a pair, with where it comes from (recorded in summary.json)."""
+    domain: str
+    split: str
+    subset: str  # "all", "holdout", "without holdout"
+    data: Dataset
+    labelled: bool = True
+
+
+class _SplitLoader:
+    """Loads ``train``, ``val``, ``test`` or a union such as ``train+val``, each split of a domain once."""
+
+    def __init__(self, spec: DatasetSpec, root: Path):
+        self.spec, self.root, self._cache = spec, root, {}
+
+    def __call__(self, domain: str, expression: str, key: str = "split") -> Dataset:
+        names = expression.split("+")
+        if any(n not in SPLITS for n in names) or len(set(names)) != len(names):
+            raise DataError(f"{key}: '{expression}' is not a split; valid: {', '.join(SPLITS)}, or a union of "
+                            f"them such as train+val")
+        return union([self._one(domain, n) for n in names])
+
+    def _one(self, domain: str, split: str) -> Dataset:
+        if (domain, split) not in self._cache:
+            self._cache[domain, split] = self.spec.dataset(self.root, domain, split)
+        return self._cache[domain, split]
+
 
 def build_domain_pair(dataset: str, root: Path | None, source: str, target: str, *, image_size: int | None = None,
-                      augment: bool = True, limit: int | None = None,
-                      target_labels: bool = False) -> DomainPair:
-    """Source: ``train`` to learn, ``val`` to select. Target without labels: its images of ``test`` (the whole
-    domain for PACS) both to adapt on and to evaluate. Target with labels (oracle, fine-tuning): ``train`` to
-    learn and the held-out ``val`` to evaluate, so the upper bound is never measured on its training images.
+                      augment: bool = True, limit: int | None = None, target_labels: bool = False,
+                      target_adapt_split: str | None = None, target_eval_split: str | None = None,
+                      holdout_fraction: float = 0.2, strict_classes: bool = False,
+                      skip_unreadable: bool = False) -> DomainPair:
+    """The datasets of one run (see the module docstring for which target images go where).
+
+    ``target_labels``: the method trains on target labels. ``target_adapt_split``/``target_eval_split``:
+    None = the dataset's protocol. ``holdout_fraction``: share of a transductive eval split held out for
+    every method. ``strict_classes``: a target lacking some source classes is an error rather than a
+    warning. ``skip_unreadable``: decode every file first and leave out those that fail (listed in
+    ``skipped_files``) instead of stopping the run at the first one.
     """
     root = data_root(root)
-    if dataset.startswith("folder:"):
-        from .folder import discover_folder_dataset
-        spec = discover_folder_dataset(root, dataset.split(":", 1)[1])
-    else:
-        spec = get_dataset(dataset)
+    spec = get_dataset(dataset, root)
     spec.validate_domain(source, "source domain")
     spec.validate_domain(target, "target domain")
+    if not 0 < holdout_fraction < 1:
+        raise DataError(f"data.target_holdout_fraction must be between 0 and 1 (exclusive), got {holdout_fraction}")
+    if limit is not None and limit <= 0:
+        raise DataError(f"data.limit must be positive, got {limit}")
+    load = _SplitLoader(spec, root)
+    adapt_split = target_adapt_split or spec.target_adapt_split
+    eval_split = target_eval_split or spec.target_eval_split
+    parts = plan_parts(load, source, target, adapt_split, eval_split, holdout_fraction, target_labels)
+    check_disjoint(parts, target_labels)
+    classes, label_map, missing = match_classes(parts, source, target, strict_classes)
+
+    holdout_is_eval = parts["target_holdout"].data is parts["target_eval"].data
+    sizes = {"before_limit": {name: len(p.data) for name, p in parts.items()}}
+    for p in parts.values():
+        p.data = evenly_spaced(p.data, limit)
+    sizes["before_skipping"] = {name: len(p.data) for name, p in parts.items()}
+    skipped = _skip_unreadable(parts) if skip_unreadable else []
+    for name, p in parts.items():
+        if len(p.data) == 0:
+            raise DataError(f"{name} is empty: split '{p.split}' ({p.subset}) of domain '{p.domain}' of dataset "
+                            f"'{spec.name}' has no images" + (" left after skipping unreadable files" if skipped else "")
+                            + "; check the domain's files, data.limit and data.target_holdout_fraction")
+
     train_tf, eval_tf = build_transforms(spec.family, image_size, augment)
 
-    def split(domain: str, name: str) -> Dataset:
-        return evenly_spaced(spec.dataset(root, domain, name), limit)
+    def wrap(name: str, transform, with_labels: bool = True) -> Dataset | None:
+        return Transformed(parts[name].data, transform, with_labels, label_map) if name in parts else None
 
-    source_train = split(source, "train")
-    classes = list(_classes_of(source_train))
-    target_eval_split = "val" if target_labels else "test"
-    target_eval = split(target, target_eval_split)
-    if list(_classes_of(target_eval)) != classes:
-        raise DataError(f"source '{source}' and target '{target}' have different class lists")
-    target_stream = split(target, "train") if target_labels else target_eval
     return DomainPair(
         spec=spec, source=source, target=target, classes=classes,
-        source_train=Transformed(source_train, train_tf),
-        source_val=Transformed(split(source, "val"), eval_tf),
-        target_train=Transformed(target_stream, train_tf, with_labels=target_labels),
-        target_eval=Transformed(target_eval, eval_tf),
-        target_eval_images=Transformed(target_eval, eval_tf, with_labels=False),
-        target_eval_split=target_eval_split,
+        source_train=wrap("source_train", train_tf),
+        source_val=wrap("source_val", eval_tf),
+        target_train=wrap("target_train", train_tf, with_labels=target_labels),
+        target_val=wrap("target_val", eval_tf),
+        target_eval=wrap("target_eval", eval_tf),
+        target_adapt_images=wrap("target_adapt_images", eval_tf, with_labels=False),
+        target_holdout=None if holdout_is_eval else wrap("target_holdout", eval_tf),
+        target_eval_split=_split_name(parts["target_eval"]),
+        splits=_record(parts, sizes, holdout_fraction),
+        missing_target_classes=missing,
+        skipped_files=skipped,
     )
 
 
-def _classes_of(dataset: Dataset):
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    return dataset.classes
+def plan_parts(load: _SplitLoader, source: str, target: str, adapt_split: str, eval_split: str,
+               holdout_fraction: float, target_labels: bool) -> dict[str, Part]:
+    """The untransformed parts of a pair, chosen by key as the module docstring describes.
+
+    The holdout and the source are chosen the same way whether or not the method reads target labels,
+    so that every method of a comparison trains on the same source and is measured on the same holdout.
+    """
+    source_train, source_val = load(source, "train"), load(source, "val")
+    target_train, target_val = load(target, "train"), load(target, "val")
+    evaluated = load(target, eval_split, "data.target_eval_split")
+    labelled_keys = set(keys_of(target_train)) | set(keys_of(target_val))
+    if labelled_keys.isdisjoint(keys_of(evaluated)):
+        holdout = Part(target, eval_split, "all", evaluated)
+    else:
+        holdout = Part(target, eval_split, "holdout", holdout_part(evaluated, holdout_fraction))
+    holdout_keys = set(keys_of(holdout.data))
+    source_keys = set(keys_of(source_train)) | set(keys_of(source_val))
+    shares_images = not source_keys.isdisjoint(keys_of(evaluated))
+
+    def minus_holdout(domain: str, split: str, data: Dataset) -> Part:
+        kept = without(data, holdout_keys)
+        return Part(domain, split, "all" if kept is data else "without holdout", kept)
+
+    parts = {"source_train": minus_holdout(source, "train", source_train),
+             "source_val": minus_holdout(source, "val", source_val)}
+    if target_labels:
+        parts["target_train"] = minus_holdout(target, "train", target_train)
+        parts["target_val"] = minus_holdout(target, "val", target_val)
+        parts["target_eval"] = holdout
+        parts["target_adapt_images"] = Part(target, parts["target_train"].split, parts["target_train"].subset,
+                                            parts["target_train"].data, labelled=False)
+    else:
+        adapt = Part(target, adapt_split, "all", load(target, adapt_split, "data.target_adapt_split"), labelled=False)
+        parts["target_train"] = adapt
+        parts["target_eval"] = holdout if shares_images else Part(target, eval_split, "all", evaluated)
+        parts["target_adapt_images"] = adapt
+    parts["target_holdout"] = holdout
+    return parts
+
+
+def check_disjoint(parts: dict[str, Part], target_labels: bool) -> None:
+    """No evaluated image (target eval, holdout) in any part trained or selected on, by key; the labelled
+    target parts pairwise disjoint. The planning guarantees it: this proves it for every pair built."""
+    evaluated = set(keys_of(parts["target_eval"].data)) | set(keys_of(parts["target_holdout"].data))
+    trained = ["source_train", "source_val"] + (["target_train", "target_val"] if target_labels else [])
+    for name in trained:
+        shared = evaluated.intersection(keys_of(parts[name].data))
+        if shared:
+            raise DataError(f"{len(shared)} evaluated image(s) of '{parts['target_eval'].domain}' are also in "
+                            f"{name} (domain '{parts[name].domain}', split '{parts[name].split}'), e.g. "
+                            f"{sorted(shared)[0]}; choose other data.target_eval_split / data.target_adapt_split")
+    if target_labels:
+        shared = set(keys_of(parts["target_train"].data)).intersection(keys_of(parts["target_val"].data))
+        if shared:
+            raise DataError(f"target train and val parts share {len(shared)} image(s), e.g. {sorted(shared)[0]}")
+
+
+def match_classes(parts: dict[str, Part], source: str, target: str,
+                  strict: bool) -> tuple[list[str], tuple[int, ...] | None, list[str]]:
+    """The pair's classes (the source's, in the dataset's order), the label renumbering into them (None when
+    the source has every class of the dataset), and the source classes the target lacks.
+
+    Only the pair's own two domains count, not the other domains of the dataset. A target class that the
+    source lacks is an error (no model trained on the source can predict it); a source class that the
+    target lacks is a warning, or an error with ``strict``.
+    """
+    names = classes_of(parts["source_train"].data)
+    if classes_of(parts["target_eval"].data) != names:
+        raise DataError(f"source '{source}' and target '{target}' have different class lists")
+    source_present = {y for n in ("source_train", "source_val") for y in targets_of(parts[n].data)}
+    target_present = {y for n, p in parts.items() if n.startswith("target") for y in targets_of(p.data)}
+    extra = sorted(target_present - source_present)
+    if extra:
+        raise DataError(f"target '{target}' has images of class(es) that source '{source}' has none of: "
+                        f"{', '.join(names[i] for i in extra)}; a model trained on '{source}' cannot predict them. "
+                        f"Choose another source, or remove these class folders from the target")
+    missing = [names[i] for i in sorted(source_present - target_present)]
+    if missing:
+        text = (f"target '{target}' has no images of {len(missing)} of the {len(source_present)} classes of "
+                f"source '{source}': {', '.join(missing)}")
+        if strict:
+            raise DataError(f"{text} (data.strict_classes=true)")
+        log.warning("%s; target accuracy is computed on the classes it has (data.strict_classes=true makes "
+                    "this an error)", text)
+    kept = sorted(source_present)
+    if len(kept) == len(names):
+        return list(names), None, missing
+    new_index = {old: new for new, old in enumerate(kept)}
+    return [names[i] for i in kept], tuple(new_index.get(i, -1) for i in range(len(names))), missing
+
+
+def _skip_unreadable(parts: dict[str, Part]) -> list[str]:
+    """Decode every file of every part once; leave out those that fail and return their paths."""
+    check = ReadabilityCheck()
+    for p in parts.values():
+        p.data = check.readable(p.data)
+    if check.errors:
+        log.warning("skipping %d unreadable image file(s) (data.skip_unreadable=true): %s", len(check.errors),
+                    "; ".join(list(check.errors.values())[:5]) + (" ..." if len(check.errors) > 5 else ""))
+    return sorted(str(p) for p in check.errors)
+
+
+def _split_name(part: Part) -> str:
+    """``test``, or ``test:holdout`` for the hash-selected holdout of a transductive split."""
+    return part.split if part.subset == "all" else f"{part.split}:{part.subset.replace(' ', '-')}"
+
+
+def _record(parts: dict[str, Part], sizes: dict[str, dict[str, int]], fraction: float) -> dict[str, dict]:
+    """What summary.json says about each part: where it comes from, its size and a fingerprint of its keys
+    (equal fingerprints: the same images), and how many images data.limit and unreadable files removed."""
+    out = {}
+    for name, p in parts.items():
+        row = {"domain": p.domain, "split": p.split, "subset": p.subset, "labelled": p.labelled,
+               "size": len(p.data), "fingerprint": fingerprint(p.data)}
+        if p.subset == "holdout":
+            row["holdout_fraction"] = fraction
+        if sizes["before_limit"][name] != sizes["before_skipping"][name]:
+            row["size_before_limit"] = sizes["before_limit"][name]
+        if sizes["before_skipping"][name] != len(p.data):
+            row["unreadable_skipped"] = sizes["before_skipping"][name] - len(p.data)
+        out[name] = row
+    return out
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int = 0,

@@ -1,117 +1,62 @@
-"""Registry of datasets and their domains.
+"""Registry of datasets: the built-in ones, registered here in one place, and those of users.
 
-A dataset is registered once, by name, with its domains, its classes and a function that loads one
-split of one domain. Everything else (the CLI's ``datasets`` command, domain pairing, the checks of
-what is on disk) reads this registry, so a new benchmark is one call to :func:`register`.
+A dataset is registered once, by name, as a :class:`~shiftlab.data.spec.DatasetSpec`. Everything
+else (the CLI's ``datasets`` command, domain pairing, the checks of what is on disk) reads this
+registry, so a new benchmark is one call to :func:`register` (or :func:`register_folder_dataset`).
+``folder:<Dataset>`` names are not registered: :func:`get_dataset` reads them from the disk each time,
+so that no run leaves a dataset behind in the process for the next one.
 
-Splits are the same three everywhere:
-
-* ``train``: what a source domain trains on (labelled) and what a labelled-target method trains on;
-* ``val``: held out from ``train``; source validation drives model selection;
-* ``test``: what the target domain is evaluated on. For PACS this is the whole domain, as the
-  official ``*_test_kfold.txt`` lists it.
+The dataset modules define their specs without importing this module, and this module imports
+them: there is no import cycle, and no registration happens as a side effect of an import elsewhere.
 """
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Sequence
 
-from torch.utils.data import Dataset
+from . import demo, digits, folder, pacs
+from .base import DataError
+from .cache import data_root
+from .spec import DatasetSpec, DomainReport, class_folder_report  # noqa: F401  (re-exported)
 
-from .base import SPLITS, DataError, scan_class_folders
-
-Loader = Callable[[Path, str, str], Dataset]
-Checker = Callable[[Path, str], "DomainReport"]
-
-
-@dataclass
-class DomainReport:
-    """What :func:`check_domain` found on disk for one domain."""
-    domain: str
-    present: bool
-    images: int = 0
-    classes: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-
-def class_folder_report(domain: str, path: Path) -> DomainReport:
-    """Presence, class folders and image count of a ``<path>/<class>/<image>`` domain folder."""
-    if not path.is_dir():
-        return DomainReport(domain, present=False, problems=[f"missing folder {path}"])
-    report = DomainReport(domain, present=True)
-    try:
-        found = scan_class_folders(path)
-        report.classes = sorted(found)
-        report.images = sum(len(v) for v in found.values())
-    except DataError as err:
-        report.problems.append(str(err))
-    return report
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One benchmark: its domains, its classes, how to load a split and how to check the disk.
-
-    ``family`` picks the default preprocessing ("photo": ImageNet statistics, 224 px;
-    "digits": 32 px, mean/std 0.5), so that any two domains of a dataset share one transform.
-    """
-    name: str
-    domains: tuple[str, ...]
-    classes: tuple[str, ...]
-    load: Loader
-    family: str = "photo"
-    description: str = ""
-    citation: str = ""
-    check: Checker | None = None
-    embedded: bool = False  # ships inside a dependency: needs no root folder
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def validate_domain(self, domain: str, role: str = "domain") -> str:
-        if domain not in self.domains:
-            hint = difflib.get_close_matches(domain, self.domains, n=1)
-            extra = f" Did you mean '{hint[0]}'?" if hint else ""
-            raise DataError(f"unknown {role} '{domain}' for dataset '{self.name}'; "
-                            f"valid domains: {', '.join(self.domains)}.{extra}")
-        return domain
-
-    def dataset(self, root: Path | str, domain: str, split: str) -> Dataset:
-        """The untransformed split of one domain (``(PIL image, label)`` samples)."""
-        self.validate_domain(domain)
-        if split not in SPLITS:
-            raise DataError(f"unknown split '{split}'; valid splits: {', '.join(SPLITS)}")
-        return self.load(Path(root), domain, split)
-
-
-_REGISTRY: dict[str, DatasetSpec] = {}
+BUILTIN: tuple[DatasetSpec, ...] = (demo.SPEC, digits.SPEC, pacs.SPEC, *folder.SPECS)
+_REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in BUILTIN}
+FOLDER_PREFIX = "folder:"
 
 
 def register(spec: DatasetSpec) -> DatasetSpec:
     """Add a dataset to the registry (a later registration under the same name replaces it)."""
+    if spec.name.startswith(FOLDER_PREFIX):
+        raise DataError(f"dataset name '{spec.name}': names starting with '{FOLDER_PREFIX}' are read from "
+                        f"the disk, not registered")
     _REGISTRY[spec.name] = spec
     return spec
 
 
-def get_dataset(name: str) -> DatasetSpec:
-    _ensure_builtin()
+def register_folder_dataset(name: str, domains: Sequence[str], classes: Sequence[str] | None = None,
+                            folder_name: str | None = None, description: str = "",
+                            citation: str = "") -> DatasetSpec:
+    """Register ``<root>/<folder_name>/<domain>/<class>/*`` under ``name`` (see :mod:`shiftlab.data.folder`).
+
+    With ``classes=None`` the class list is the union of the domains' class folders.
+    """
+    return register(folder.folder_dataset_spec(name, domains, classes, folder_name, description, citation))
+
+
+def get_dataset(name: str, root: Path | str | None = None) -> DatasetSpec:
+    """A registered dataset, or ``folder:<Dataset>`` read from ``<root>/<Dataset>`` (root: see
+    :func:`~shiftlab.data.cache.data_root`)."""
+    if name.startswith(FOLDER_PREFIX):
+        return folder.discover_folder_dataset(data_root(root), name[len(FOLDER_PREFIX):])
     try:
         return _REGISTRY[name]
     except KeyError:
         hint = difflib.get_close_matches(name, _REGISTRY, n=1)
         extra = f" Did you mean '{hint[0]}'?" if hint else ""
-        raise DataError(f"unknown dataset '{name}'; known datasets: {', '.join(sorted(_REGISTRY))}."
-                        f"{extra}") from None
+        raise DataError(f"unknown dataset '{name}'; known datasets: {', '.join(sorted(_REGISTRY))}, or "
+                        f"{FOLDER_PREFIX}<folder under the data root>.{extra}") from None
 
 
 def list_datasets() -> list[DatasetSpec]:
-    _ensure_builtin()
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
-
-
-def _ensure_builtin() -> None:
-    # Importing the modules registers the built-in datasets; deferred to avoid import cycles.
-    from . import demo, digits, folder, pacs  # noqa: F401

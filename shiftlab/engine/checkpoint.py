@@ -3,33 +3,18 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+# The atomic writers live in shiftlab.utils (one copy for the whole toolkit); they are re-exported
+# here because the loop and older code import them from this module.
+from ..utils import atomic_write_bytes, atomic_write_text, write_json
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+__all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "save_checkpoint", "load_checkpoint",
+           "rng_state", "set_rng_state", "write_metrics_csv"]
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -74,7 +59,3 @@ def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, out.getvalue())
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")

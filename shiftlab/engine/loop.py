@@ -1,14 +1,20 @@
 """The one training loop every method shares.
 
 It owns what methods should not repeat: devices, mixed precision, the pairing of a labelled source
-stream with a target stream, learning-rate schedules, evaluation, logging (progress bar, CSV,
-TensorBoard), atomic checkpoints and exact resumption. A method only says what a step costs.
+stream with a target stream, optimisers and their learning-rate schedules, evaluation, model
+selection, logging (progress bar, CSV, TensorBoard), atomic checkpoints and exact resumption. A method
+only says what a step costs (or, under manual optimisation, does its own backward passes and steps
+through the loop's helpers).
+
+A trainer leaves no process-global state behind: seeds, random-number streams and determinism flags
+are set on entry to :meth:`Trainer.fit` and restored on exit, so many trainers can run one after the
+other in one process (a sweep) without one changing the next.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
-import math
 import os
 import random
 import shutil
@@ -16,7 +22,7 @@ import subprocess
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -24,26 +30,25 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..config import Config, ConfigError
-from ..data.cache import data_root
+from ..config import Config, ConfigError, run_dir
 from ..data.pair import DomainPair, build_domain_pair, make_loader
+from ..errors import NothingToResumeError, RunExistsError, RunFolderError
 from ..methods import Batch, Method, build_method, get_method
-from ..models import build_backbone
+from ..models import build_backbone, normalization_for
+from .callbacks import Callback, as_callback
 from .checkpoint import (atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json,
                          write_metrics_csv)
+from .optim import ManagedOptimizer, build_optimizers, lr_factor  # noqa: F401  (lr_factor: public here too)
 
 log = logging.getLogger(__name__)
 
 SELECTIONS = {
-    "source_val": "epoch of best source-validation accuracy (reads no target label)",
-    "last": "last epoch",
-    "target_oracle": "epoch of best target accuracy (ORACLE: reads target labels)",
+    "source_val": ("source_val_acc", "epoch of best source-validation accuracy (reads no target label)"),
+    "target_val": ("target_val_acc", "epoch of best accuracy on the labelled target validation part "
+                                     "(the method trains on target labels; its test part is never read)"),
+    "last": (None, "last epoch"),
+    "target_oracle": ("target_acc", "epoch of best target accuracy (ORACLE: reads target test labels)"),
 }
-
-
-class RunExistsError(FileExistsError):
-    pass
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -66,17 +71,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
-def lr_factor(schedule: str, progress: float, step_at: float = 0.8, gamma: float = 0.1) -> float:
-    """Multiplier of the base learning rate at ``progress`` in [0, 1]."""
-    if schedule == "step":
-        return gamma if progress >= step_at - 1e-9 else 1.0
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    if schedule == "inverse":  # Ganin & Lempitsky, ICML 2015, Sec. 5: mu_p = mu_0 / (1 + 10 p)^0.75
-        return (1 + 10 * progress) ** -0.75
-    return 1.0
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -97,113 +91,178 @@ def git_commit() -> str | None:
         return None
 
 
+@contextlib.contextmanager
+def isolated_process_state(deterministic: bool):
+    """Set the determinism flags for this run; on exit restore them and every global RNG as they were."""
+    saved_rng = {**rng_state(), "numpy": np.random.get_state()}
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+        yield
+    finally:
+        torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = flags[2], flags[3]
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+        set_rng_state(saved_rng)
+        np.random.set_state(saved_rng["numpy"])
+
+
+def import_plugins(modules: Iterable[str]) -> None:
+    """Import the modules of ``experiment.plugins`` (they register methods or datasets of their own)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(f"experiment.plugins: cannot import '{name}': {err}") from err
+
+
 class Trainer:
     """Runs one experiment into ``<experiment.output_dir>/<experiment.name>/``.
 
-    ``resume=True`` continues from ``checkpoints/last.pt``; otherwise an existing run folder is an
-    error unless ``overwrite=True``.
+    ``resume=True`` continues from ``checkpoints/last.pt``. Otherwise an existing run folder is an error
+    unless ``overwrite=True``, or unless it holds no checkpoint (a run killed before its first epoch
+    ended), in which case it is started again. ``callbacks`` see the metrics after every evaluation
+    (:class:`~shiftlab.engine.callbacks.Callback`, or a function ``fn(trainer, metrics)``); setting
+    ``trainer.should_stop = True`` ends the run after that epoch.
     """
 
-    def __init__(self, cfg: Config, *, resume: bool = False, overwrite: bool = False):
+    def __init__(self, cfg: Config, *, resume: bool = False, overwrite: bool = False,
+                 callbacks: Iterable[Callback | Callable] = ()):
         self.cfg = cfg
         self.resume = resume
-        self.run_dir = Path(cfg.experiment.output_dir) / cfg.experiment.name
+        self.callbacks = [as_callback(c) for c in callbacks]
+        self.should_stop = False
+        self.run_dir = run_dir(cfg)
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
+        self.best_path = self.run_dir / "checkpoints" / "best.pt"
+        import_plugins(cfg.experiment.plugins)
 
         t = cfg.train
-        if t.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        else:
-            torch.backends.cudnn.benchmark = True
-        seed_everything(cfg.experiment.seed)
         self.device = resolve_device(t.device)
         self.precision = resolve_precision(t.precision, self.device)
-
         method_cls = get_method(cfg.method.name)
+        self.reads_target_labels = method_cls.target_stream == "labelled"
         if method_cls.requires_trained_model and not cfg.model.weights and cfg.model.pretrained == "none":
             raise ConfigError(f"method '{cfg.method.name}' starts from a trained model: set --model.weights=PATH "
-                              f"(e.g. runs/<source-only run>/checkpoints/last.pt) or --model.pretrained=imagenet")
-        d = cfg.data
-        self.pair: DomainPair = build_domain_pair(
-            d.dataset, data_root(d.root), d.source, d.target, image_size=d.image_size, augment=d.augment,
-            limit=d.limit, target_labels=method_cls.target_stream == "labelled")
-        backbone = build_backbone(cfg.model.name, self.pair.num_classes, pretrained=cfg.model.pretrained,
-                                  weights=cfg.model.weights, bottleneck_dim=cfg.model.bottleneck_dim,
-                                  progress=t.progress)
-        self.method: Method = build_method(cfg.method.name, backbone, cfg.method.model_extra or {},
-                                           feature_lr_mult=cfg.optim.feature_lr_mult).to(self.device)
+                              f"(e.g. runs/<source-only run>/checkpoints/best.pt) or --model.pretrained=imagenet")
+        self.selection = t.selection if t.selection != "auto" else (
+            "target_val" if self.reads_target_labels else "source_val")
+        if self.selection == "target_val" and not self.reads_target_labels:
+            raise ConfigError(f"train.selection=target_val reads target labels, which method "
+                              f"'{cfg.method.name}' does not train on; use source_val (or target_oracle, "
+                              f"labelled as an oracle)")
 
+        with isolated_process_state(t.deterministic):
+            seed_everything(cfg.experiment.seed)
+            self.pair = self._build_pair(method_cls)
+            mean, std = normalization_for(self.pair.spec.family)
+            m = cfg.model
+            backbone = build_backbone(m.name, self.pair.num_classes, pretrained=m.pretrained, weights=m.weights,
+                                      bottleneck_dim=m.bottleneck_dim, head_layers=m.head_layers,
+                                      mean=m.mean or mean, std=m.std or std, progress=t.progress)
+            self.method: Method = build_method(cfg.method.name, backbone, cfg.method.model_extra or {},
+                                               feature_lr_mult=cfg.optim.feature_lr_mult).to(self.device)
+            self._build_loaders(method_cls)
+            self.optimizers, self.schedulers = build_optimizers(self.method.configure_optimizers(cfg.optim.lr),
+                                                                cfg.optim, self.total_steps)
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+            self.epoch, self.step, self.history, self.per_class = 0, 0, [], {}
+            self.train_time, self.train_images = 0.0, 0
+            # Only once config, data and model are known to be good is the run folder touched.
+            self._prepare_run_dir(overwrite)
+            if resume:
+                self._load()
+            self._rng = rng_state()  # this run's own random streams, carried from here into fit()
+
+    # ------------------------------------------------------------ setup
+
+    def _build_pair(self, method_cls) -> DomainPair:
+        d = self.cfg.data
+        return build_domain_pair(
+            d.dataset, d.root, d.source, d.target, image_size=d.image_size, augment=d.augment, limit=d.limit,
+            target_labels=method_cls.target_stream == "labelled", target_adapt_split=d.target_adapt_split,
+            target_eval_split=d.target_eval_split, holdout_fraction=d.target_holdout_fraction,
+            strict_classes=d.strict_classes, skip_unreadable=d.skip_unreadable)
+
+    def _build_loaders(self, method_cls) -> None:
+        d, t = self.cfg.data, self.cfg.train
         loader = partial(make_loader, num_workers=d.num_workers, pin_memory=self.device.type == "cuda")
         eval_bs = d.eval_batch_size or 2 * d.batch_size
         self.generators = [torch.Generator(), torch.Generator()]  # re-seeded every epoch (see _batches)
-        self.source_loader = loader(self.pair.source_train, d.batch_size, shuffle=True,
+        p = self.pair
+        self.source_loader = loader(p.source_train, d.batch_size, shuffle=True,
                                     generator=self.generators[0]) if method_cls.uses_source else None
-        self.target_loader = loader(self.pair.target_train, d.batch_size, shuffle=True,
+        self.target_loader = loader(p.target_train, d.batch_size, shuffle=True,
                                     generator=self.generators[1]) if method_cls.target_stream != "none" else None
-        self.eval_loaders = {"source_val": loader(self.pair.source_val, eval_bs, shuffle=False),
-                             "target": loader(self.pair.target_eval, eval_bs, shuffle=False)}
-        self.target_images = loader(self.pair.target_eval_images, eval_bs, shuffle=False)
+        # name -> (domain, labelled loader); every name becomes <name>_acc and <name>_loss in metrics.csv
+        self.eval_sets = {"source_val": ("source", loader(p.source_val, eval_bs, shuffle=False)),
+                          "target": ("target", loader(p.target_eval, eval_bs, shuffle=False))}
+        if p.target_val is not None:
+            self.eval_sets["target_val"] = ("target", loader(p.target_val, eval_bs, shuffle=False))
+        if p.target_holdout is not None:
+            self.eval_sets["target_holdout"] = ("target", loader(p.target_holdout, eval_bs, shuffle=False))
+        self.target_images = loader(p.target_adapt_images, eval_bs, shuffle=False)
         main = self.source_loader if self.source_loader is not None else self.target_loader
         self.steps_per_epoch = min(len(main), t.steps_per_epoch or len(main))
         self.total_steps = max(1, self.steps_per_epoch * t.epochs)
 
-        self.optimizer = self._optimizer()
-        o = cfg.optim
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(o.schedule, step / self.total_steps, o.step_at, o.gamma))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.epoch, self.step, self.history = 0, 0, []
-        self.train_time, self.train_images = 0.0, 0
-        # Only once config, data and model are known to be good is the run folder touched.
-        self._prepare_run_dir(overwrite)
-        if resume:
-            self._load()
-
-    # ------------------------------------------------------------ setup
-
     def _prepare_run_dir(self, overwrite: bool) -> None:
         if self.resume:
             if not self.ckpt_path.is_file():
-                raise FileNotFoundError(f"nothing to resume: {self.ckpt_path} does not exist")
+                raise NothingToResumeError(f"nothing to resume: {self.ckpt_path} does not exist (the run never finished "
+                                     f"an epoch); run the same command without --resume to start it")
             return
         if self.run_dir.exists() and any(self.run_dir.iterdir()):
-            if not overwrite:
+            started = self.ckpt_path.is_file() or (self.run_dir / "summary.json").is_file()
+            if started and not overwrite:
                 raise RunExistsError(f"run folder {self.run_dir} already exists; pass --resume to continue it, "
                                      f"--overwrite to replace it, or choose another --experiment.name")
+            if not started:
+                log.warning("run folder %s holds no checkpoint (killed before its first epoch ended): starting "
+                            "it again", self.run_dir)
             shutil.rmtree(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
-    def _optimizer(self) -> torch.optim.Optimizer:
-        o = self.cfg.optim
-        groups = self.method.param_groups(o.lr)
-        if o.name == "sgd":
-            return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
-                                   weight_decay=o.weight_decay)
-        cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-        return cls(groups, lr=o.lr, weight_decay=o.weight_decay)
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.method.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch, "step": self.step, "history": self.history, "per_class": self.per_class,
+            "rng": rng_state(), "stopped_early": self.should_stop,
+            "train_time": self.train_time, "train_images": self.train_images,
+            "config": self.cfg.to_dict(), "shiftlab_version": __version__,
+        }
 
     def _load(self) -> None:
         state = load_checkpoint(self.ckpt_path)
         self.method.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        # checkpoints of shiftlab 0.1 held one optimiser and one scheduler
+        optimizers = state.get("optimizers") or {"main": state["optimizer"]}
+        schedulers = state.get("schedulers") or {"main": state["scheduler"]}
+        if set(optimizers) != set(self.optimizers):
+            raise RunFolderError(f"{self.ckpt_path} holds optimizers {sorted(optimizers)} but method "
+                                 f"'{self.cfg.method.name}' declares {sorted(self.optimizers)}")
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(optimizers[name])
+            self.schedulers[name].load_state_dict(schedulers[name])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
+        self.per_class = dict(state.get("per_class", {}))
+        self.should_stop = bool(state.get("stopped_early", False))
         self.train_time, self.train_images = state["train_time"], state["train_images"]
         set_rng_state(state["rng"])
         log.info("resumed %s at epoch %d", self.run_dir, self.epoch)
-
-    def _save(self) -> None:
-        save_checkpoint(self.ckpt_path, {
-            "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch, "step": self.step, "history": self.history, "rng": rng_state(),
-            "train_time": self.train_time, "train_images": self.train_images,
-            "config": self.cfg.to_dict(), "shiftlab_version": __version__,
-        })
-        write_metrics_csv(self.run_dir / "metrics.csv", self.history)
 
     def _autocast(self):
         if self.precision == "fp32":
@@ -214,16 +273,30 @@ class Trainer:
     # ------------------------------------------------------------ running
 
     def fit(self) -> dict[str, Any]:
+        with isolated_process_state(self.cfg.train.deterministic):
+            set_rng_state(self._rng)
+            try:
+                return self._fit()
+            finally:
+                self._rng = rng_state()
+
+    def _fit(self) -> dict[str, Any]:
         from torch.utils.tensorboard import SummaryWriter
 
         cfg = self.cfg
         atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
+        if self.pair.skipped_files:
+            atomic_write_text(self.run_dir / "skipped_files.txt", "\n".join(self.pair.skipped_files) + "\n")
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
         writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step if self.resume else None)
+        self.method._scaler = self.scaler
+        self.method._optimizers = {k: ManagedOptimizer(k, o, self.scaler) for k, o in self.optimizers.items()}
         start = time.time()
         try:
             if cfg.train.epochs == 0 and not self.history:
                 self._record(self._evaluate(), {}, 0.0, writer)
-            while self.epoch < cfg.train.epochs:
+            while self.epoch < cfg.train.epochs and not self.should_stop:
                 epoch_start = time.time()
                 train_stats = self._train_epoch()
                 seconds = time.time() - epoch_start
@@ -231,10 +304,17 @@ class Trainer:
                 last = self.epoch == cfg.train.epochs
                 evals = self._evaluate() if last or self.epoch % cfg.train.eval_every == 0 else {}
                 self._record(evals, train_stats, seconds, writer)
+                if self.should_stop:  # a callback stopped the run: a resume must not train it further
+                    save_checkpoint(self.ckpt_path, self._state())
         finally:
             writer.close()
+            del self.method._scaler, self.method._optimizers
+        if not any("target_acc" in r for r in self.history):  # stopped before any evaluation
+            self._record(self._evaluate(), {}, 0.0, None)
         summary = self._summary(time.time() - start)
         write_json(self.run_dir / "summary.json", summary)
+        for cb in self.callbacks:
+            cb.on_fit_end(self, summary)
         return summary
 
     def _batches(self, loader, stream: int) -> Iterator:
@@ -247,37 +327,48 @@ class Trainer:
         self.method.train()
         streams = [self._batches(l, i) if l is not None else None
                    for i, l in enumerate((self.source_loader, self.target_loader))]
+        automatic = type(self.method).automatic_optimization
         sums: dict[str, float] = {}
         seen = 0
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
                    disable=not self.cfg.train.progress, leave=False, dynamic_ncols=True)
         t0 = time.time()
-        for _ in bar:
+        for i in bar:
             source = self._to_batch(next(streams[0])) if streams[0] else None
             target = self._to_batch(next(streams[1])) if streams[1] else None
             with self._autocast():
                 losses = self.method.training_step(source, target, self.step / self.total_steps)
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step}; "
-                                         f"lower optim.lr or check the data")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
+            self._check_finite(losses, automatic)
+            if automatic:
+                for opt in self.optimizers.values():
+                    opt.zero_grad(set_to_none=True)
+                self.scaler.scale(losses["loss"]).backward()
+                for opt in self.optimizers.values():
+                    self.scaler.step(opt)
+                self.scaler.update()
+            for scheduler in self.schedulers.values():
+                scheduler.step()
             self.step += 1
             seen += sum(len(b.x) for b in (source, target) if b is not None)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
-            if self.step % 10 == 0 or _ == self.steps_per_epoch - 1:
-                bar.set_postfix({k: f"{v / (_ + 1):.3f}" for k, v in sums.items()})
+            if self.step % 10 == 0 or i == self.steps_per_epoch - 1:
+                bar.set_postfix({k: f"{v / (i + 1):.3f}" for k, v in sums.items()})
         seconds = time.time() - t0
         self.train_time += seconds
         self.train_images += seen
         stats = {f"train_{k}": v / self.steps_per_epoch for k, v in sums.items()}
         stats["images_per_s"] = seen / max(seconds, 1e-9)
         return stats
+
+    def _check_finite(self, losses: dict[str, torch.Tensor], automatic: bool) -> None:
+        if automatic and "loss" not in losses:
+            raise KeyError(f"method '{self.cfg.method.name}' returned {sorted(losses)} but no 'loss' to "
+                           f"backpropagate (or set automatic_optimization = False and step yourself)")
+        for name, value in losses.items():
+            if not torch.isfinite(value).all():
+                raise FloatingPointError(f"{name} is {value.item()} at epoch {self.epoch + 1}, step {self.step}; "
+                                         f"lower optim.lr or check the data")
 
     def _to_batch(self, item) -> Batch:
         if isinstance(item, (list, tuple)):
@@ -286,70 +377,109 @@ class Trainer:
         return Batch(item.to(self.device, non_blocking=True), None)
 
     @torch.no_grad()
-    def _accuracy(self, loader, what: str) -> tuple[float, float]:
+    def _accuracy(self, loader, what: str) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+        """Accuracy, mean loss, and per-class (correct, count) over a labelled loader."""
         self.method.eval()
-        correct, total, loss = 0, 0, 0.0
+        n = self.pair.num_classes
+        correct, count, loss = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long), 0.0
         for x, y in tqdm(loader, desc=f"eval {what}", disable=not self.cfg.train.progress, leave=False):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self._autocast():
                 logits = self.method.predict(x)
             loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-            total += len(y)
-        return correct / total, loss / total
+            hit = (logits.argmax(1) == y).long().cpu()
+            y = y.cpu()
+            count += torch.bincount(y, minlength=n)
+            correct += torch.bincount(y, weights=hit, minlength=n).long()
+        total = int(count.sum())
+        return int(correct.sum()) / total, loss / total, correct, count
 
     def _evaluate(self) -> dict[str, float]:
-        out = {}
-        for domain, key, images in (("source", "source_val", None), ("target", "target", self.target_images)):
+        """Every evaluation set; ``before_evaluation`` runs once per domain (AdaBN re-estimates once)."""
+        out: dict[str, float] = {}
+        for domain in ("source", "target"):
+            names = [k for k, (d, _) in self.eval_sets.items() if d == domain]
             self.method.eval()
-            self.method.before_evaluation(domain, images)
+            self.method.before_evaluation(domain, self.target_images if domain == "target" else None)
             try:
-                out[f"{key}_acc"], out[f"{key}_loss"] = self._accuracy(self.eval_loaders[key], key)
+                for name in names:
+                    acc, loss, correct, count = self._accuracy(self.eval_sets[name][1], name)
+                    out[f"{name}_acc"], out[f"{name}_loss"] = acc, loss
+                    if name == "target":
+                        self.per_class[self.epoch] = {
+                            c: correct[i].item() / count[i].item()
+                            for i, c in enumerate(self.pair.classes) if count[i] > 0}
             finally:
                 self.method.after_evaluation()
         return out
 
     def _record(self, evals: dict, train_stats: dict, seconds: float, writer) -> None:
         row = {"epoch": self.epoch, "step": self.step, **train_stats, **evals,
-               "lr": self.optimizer.param_groups[-1]["lr"], "epoch_time_s": round(seconds, 3)}
+               **{f"lr_{k}" if len(self.optimizers) > 1 else "lr": o.param_groups[-1]["lr"]
+                  for k, o in self.optimizers.items()},
+               "epoch_time_s": round(seconds, 3)}
+        improved = evals and self._improves(row)
         self.history.append(row)
-        self._save()
-        for k, v in row.items():
-            if k not in ("epoch", "step") and v is not None:
-                writer.add_scalar(k, v, self.step)
-        writer.flush()
-        if "target_acc" in evals:
+        if improved:  # best.pt before last.pt: a kill in between redoes this epoch and rewrites both
+            save_checkpoint(self.best_path, {
+                "model": self.method.state_dict(), "epoch": self.epoch, "selection": self.selection,
+                "metrics": {k: v for k, v in row.items() if k.endswith(("_acc", "_loss"))},
+                "config": self.cfg.to_dict(), "shiftlab_version": __version__})
+        save_checkpoint(self.ckpt_path, self._state())
+        write_metrics_csv(self.run_dir / "metrics.csv", self.history)
+        if writer is not None:
+            for k, v in row.items():
+                if k not in ("epoch", "step") and v is not None:
+                    writer.add_scalar(k, v, self.step)
+            writer.flush()
+        if evals:
             tqdm.write(f"[{self.cfg.experiment.name}] epoch {self.epoch}: "
                        + ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k.endswith(("acc", "loss"))))
+            for cb in self.callbacks:
+                cb.on_evaluation(self, row)
+
+    def _improves(self, row: dict) -> bool:
+        """Whether ``row`` is the new choice of the run's selection rule (ties keep the earlier epoch)."""
+        key = SELECTIONS[self.selection][0]
+        if key is None:
+            return True
+        previous = [r[key] for r in self.history if key in r]
+        return not previous or row[key] > max(previous)
 
     def _summary(self, wall_time: float) -> dict[str, Any]:
         evaluated = [r for r in self.history if "target_acc" in r]
         final = evaluated[-1]
+        metric_keys = [k for k in final if k.endswith("_acc")]
 
-        def pick(rows, key):
-            best = max(rows, key=lambda r: r[key])  # first maximum: ties go to the earlier epoch
-            return {"epoch": best["epoch"], "target_acc": best["target_acc"], "source_val_acc": best["source_val_acc"],
-                    "rule": SELECTIONS[{"source_val_acc": "source_val", "target_acc": "target_oracle"}[key]]}
+        def chosen(rule: str) -> dict[str, Any]:
+            key, text = SELECTIONS[rule]
+            row = final if key is None else max(evaluated, key=lambda r: r[key])  # first maximum: earlier epoch
+            return {"epoch": row["epoch"], **{k: row[k] for k in metric_keys}, "rule": text}
 
-        selections = {
-            "source_val": pick(evaluated, "source_val_acc"),
-            "last": {"epoch": final["epoch"], "target_acc": final["target_acc"],
-                     "source_val_acc": final["source_val_acc"], "rule": SELECTIONS["last"]},
-            "target_oracle": pick(evaluated, "target_acc"),
-        }
-        method_cls = type(self.method)
+        rules = [r for r in SELECTIONS if r != "target_val" or "target_val_acc" in final]
+        selections = {rule: chosen(rule) for rule in rules}
+        picked = selections[self.selection]
         return {
             "experiment": self.cfg.experiment.name,
             "method": self.cfg.method.name,
             "dataset": self.pair.spec.name, "source": self.pair.source, "target": self.pair.target,
             "target_eval_split": self.pair.target_eval_split,
-            "reads_target_labels": method_cls.target_stream == "labelled",
-            "selection": "source_val",
-            "target_acc": selections["source_val"]["target_acc"],
+            "splits": self.pair.splits,
+            "reads_target_labels": self.reads_target_labels,
+            "selection": self.selection,
+            "target_acc": picked["target_acc"],
+            "target_holdout_acc": picked.get("target_holdout_acc", picked["target_acc"]),
             "final_target_acc": final["target_acc"],
             "final_source_val_acc": final["source_val_acc"],
             "best_target_acc": selections["target_oracle"]["target_acc"],
             "selections": selections,
+            "best_checkpoint": {"path": "checkpoints/best.pt", "selection": self.selection,
+                                "epoch": picked["epoch"]} if self.best_path.is_file() else None,
+            "per_class_target_acc": {"selected": self.per_class.get(picked["epoch"]),
+                                     "final": self.per_class.get(final["epoch"])},
+            "missing_target_classes": list(self.pair.missing_target_classes),
+            "skipped_files": len(self.pair.skipped_files),
+            "stopped_early": self.should_stop,
             "final_train_loss": final.get("train_loss"),
             "epochs": self.epoch,
             "steps": self.step,

@@ -1,4 +1,9 @@
-"""Domain-adaptation methods: one module each; ``base`` holds the contract and the registry."""
+"""Domain-adaptation methods: one module each; ``base`` holds the contract and the registry.
+
+The built-in methods are imported here, explicitly; a method of your own registers itself with
+``@register_method`` in any module that ``experiment.plugins`` names (or that your code imports).
+"""
+from . import adabn, finetune, oracle, source_only  # noqa: F401  (registers the built-in methods)
 from .base import METHODS, Batch, Method, build_method, get_method, method_params, register_method
 
 __all__ = ["METHODS", "Batch", "Method", "build_method", "get_method", "method_params", "register_method"]

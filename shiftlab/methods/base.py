@@ -5,12 +5,17 @@ It declares which streams it reads, validates its own hyperparameters (``Params`
 ``method.*`` config keys), and returns named losses from :meth:`Method.training_step`; ``"loss"`` is
 what the loop backpropagates, every other entry is logged. Register it with :func:`register_method`
 and it becomes ``--method.name=<name>``.
+
+Methods that need alternating updates (GAN-style discriminators) opt into manual optimisation, as
+PyTorch Lightning's ``automatic_optimization = False`` does: they declare named optimisers in
+:meth:`Method.configure_optimizers` and, inside ``training_step``, call :meth:`Method.manual_backward`
+and ``self.optimizer(name).step()``. The loop still owns devices, autocast and loss scaling, one
+learning-rate schedule per optimiser, checkpoints (every optimiser and schedule resumes exactly),
+logging and the progress bar.
 """
 from __future__ import annotations
 
 import difflib
-import importlib
-import pkgutil
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
@@ -18,6 +23,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
+from ..config import ConfigError
 from ..models import Backbone
 
 
@@ -35,6 +41,8 @@ class Method(nn.Module):
     # "none": no target data in training; "unlabelled": target images only; "labelled": target images and labels
     target_stream: ClassVar[Literal["none", "unlabelled", "labelled"]] = "none"
     requires_trained_model: ClassVar[bool] = False  # e.g. fine-tuning starts from model.weights
+    # False: the method does its own backward passes and optimiser steps (see manual_backward / optimizer)
+    automatic_optimization: ClassVar[bool] = True
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -49,15 +57,43 @@ class Method(nn.Module):
         """Named losses of one step; ``progress`` runs from 0 to 1 over the whole training."""
         raise NotImplementedError
 
-    def param_groups(self, base_lr: float) -> list[dict[str, Any]]:
+    def param_groups(self, base_lr: float, exclude: tuple[nn.Module, ...] = ()) -> list[dict[str, Any]]:
         """Optimiser groups: the feature extractor at ``base_lr * feature_lr_mult``, everything else at ``base_lr``.
-        Frozen parameters are left out."""
-        features = [p for p in self.backbone.features.parameters() if p.requires_grad]
-        ids = {id(p) for p in self.backbone.features.parameters()}
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        Frozen parameters and those of ``exclude`` (e.g. a discriminator with its own optimiser) are left out."""
+        skip = {id(p) for m in exclude for p in m.parameters()}
+        feature_ids = {id(p) for p in self.backbone.features.parameters()}
+        features = [p for p in self.backbone.features.parameters() if p.requires_grad and id(p) not in skip]
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in feature_ids | skip]
         groups = [{"params": features, "lr": base_lr * self.feature_lr_mult, "name": "features"},
                   {"params": rest, "lr": base_lr, "name": "heads"}]
         return [g for g in groups if g["params"]]
+
+    def configure_optimizers(self, base_lr: float) -> dict[str, Any]:
+        """Named optimisers: ``{name: [param groups]}``, or ``{name: {"groups": [...], **settings}}`` where
+        settings override ``optim.*`` for that optimiser (``name``: sgd/adam/adamw, ``lr``, ``momentum``,
+        ``weight_decay``, ``betas``; ``schedule: False`` keeps its learning rate constant).
+
+        Every optimiser gets its own schedule and is checkpointed. The default is one optimiser, "main",
+        over :meth:`param_groups`; a parameter must belong to one optimiser only.
+        """
+        return {"main": self.param_groups(base_lr)}
+
+    # -- manual optimisation: the loop attaches its optimisers and loss scaler before training
+
+    def optimizer(self, name: str = "main"):
+        """The loop's optimiser ``name`` (a :class:`~shiftlab.engine.optim.ManagedOptimizer`): its ``step()``
+        goes through the loop's loss scaler, ``zero_grad()`` frees the gradients."""
+        managed = getattr(self, "_optimizers", None)
+        if managed is None:
+            raise RuntimeError("optimizers are attached by the training loop; call this from training_step")
+        if name not in managed:
+            raise KeyError(f"no optimizer '{name}'; this method declares: {', '.join(managed)}")
+        return managed[name]
+
+    def manual_backward(self, loss: torch.Tensor, **kwargs) -> None:
+        """``loss.backward()`` through the loop's loss scaler (fp16); use instead of ``loss.backward()``."""
+        scaler = getattr(self, "_scaler", None)
+        (scaler.scale(loss) if scaler is not None else loss).backward(**kwargs)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Logits used for evaluation."""
@@ -86,19 +122,13 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def _import_all_methods() -> None:
-    """Import every module of this package, so that a new method file registers itself: no list to edit."""
-    package = importlib.import_module(__package__)
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{__package__}.{info.name}")
-
-
 def get_method(name: str) -> type[Method]:
-    _import_all_methods()
+    """The registered method ``name``: the built-in ones (imported by ``shiftlab.methods``) and any that a
+    module named in ``experiment.plugins`` registered."""
     if name not in METHODS:
         hint = difflib.get_close_matches(name, METHODS, n=1)
         extra = f" Did you mean '{hint[0]}'?" if hint else ""
-        raise ValueError(f"unknown method.name '{name}'; valid: {', '.join(sorted(METHODS))}.{extra}")
+        raise ConfigError(f"unknown method.name '{name}'; valid: {', '.join(sorted(METHODS))}.{extra}")
     return METHODS[name]
 
 
@@ -110,7 +140,7 @@ def method_params(name: str, values: dict[str, Any]) -> BaseModel:
     except ValidationError as err:
         valid = ", ".join(f"method.{k}" for k in cls.Params.model_fields) or "(none)"
         problems = "; ".join(f"method.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ValueError(f"bad parameters for method '{name}': {problems}. Valid keys: {valid}") from None
+        raise ConfigError(f"bad parameters for method '{name}': {problems}. Valid keys: {valid}") from None
 
 
 def build_method(name: str, backbone: Backbone, values: dict[str, Any], *, feature_lr_mult: float = 1.0) -> Method:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..config import ConfigError
 from .base import Batch, Method, register_method
 
 
@@ -28,7 +29,7 @@ class FineTune(Method):
         super().__init__(backbone, params, **kwargs)
         units = backbone.units()
         if params.layers > len(units):
-            raise ValueError(f"method.layers={params.layers} but the backbone has {len(units)} units: "
+            raise ConfigError(f"method.layers={params.layers} but the backbone has {len(units)} units: "
                              f"{', '.join(n for n, _ in units)}")
         self.frozen = [m for _, m in units[:len(units) - params.layers]]
         self.trained_units = [n for n, _ in units[len(units) - params.layers:]]

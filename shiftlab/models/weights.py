@@ -12,8 +12,10 @@ from urllib.error import URLError
 import torch
 import torchvision
 
+from ..errors import ShiftlabError
 
-class WeightsError(RuntimeError):
+
+class WeightsError(ShiftlabError, RuntimeError):
     """Weights could not be had; the message says how to provide them."""
 
 

@@ -1,0 +1,1 @@
+"""The shared training loop, its optimisers, callbacks and checkpoints."""
