@@ -385,22 +385,14 @@ def download_dataset(name: str, root: Path | str | None = None, *, verify: bool 
                      keep_archives: bool = False) -> Path:
     """Download and unpack every resource of dataset ``name`` into ``root``; return ``root``.
 
-    * sources without a published checksum are refused unless ``checksum=`` pins one or
-      ``verify=False`` is passed: nothing unverified is used silently (a published checksum is always checked);
-    * every refusal (unverified source, missing hand-downloaded file, a folder in the way that this
-      downloader did not write) happens before any network access;
-    * ``<root>/.shiftlab/<name>.complete`` is written last, only when everything is in place: a
-      partial download never looks complete; a stale marker is removed before any work starts;
-    * a run with a matching marker does nothing; without it, plain files are re-verified (not
-      re-fetched) and archives already unpacked are skipped: reruns are cheap;
-    * archives are unpacked into a staging folder and each folder is moved into place by one rename:
-      a loader never sees a half-unpacked domain;
-    * an existing folder is replaced only if an earlier run of this function wrote it (recorded in
-      ``<root>/.shiftlab/<name>.state.json``): user data is never deleted.
-
-    ``checksum`` is ``"sha256:<hex>"``/``"md5:<hex>"`` when a single file lacks a published checksum,
-    else ``{filename: checksum}``. Archives are deleted at the end unless ``keep_archives``; files
-    downloaded by hand are kept.
+    Nothing unverified is used silently: a source without a published checksum needs ``checksum=``
+    (``"sha256:<hex>"``/``"md5:<hex>"``, or ``{filename: checksum}`` for several files) or
+    ``verify=False``. Every refusal (unverified source, missing hand-downloaded file, a folder in the
+    way) comes before any network access. Each folder is moved into place by one rename, and a folder
+    is replaced only if this function wrote it (see :class:`_Ledger`): user data is never deleted.
+    ``<root>/.shiftlab/<name>.complete`` is written last, so a partial download never looks complete;
+    with it a rerun does nothing, without it a rerun re-verifies plain files and skips archives already
+    unpacked. Archives are deleted at the end unless ``keep_archives``; files downloaded by hand are kept.
     """
     if name not in SOURCES:
         raise DownloadError(unknown_choice_error("downloadable dataset", name, SOURCES))
@@ -408,27 +400,23 @@ def download_dataset(name: str, root: Path | str | None = None, *, verify: bool 
     resources = _pin_checksums(name, SOURCES[name], checksum)
     marker, fingerprint = marker_path(name, root), _fingerprint(resources)
     finished = _read_json(marker)
-    if finished.get("fingerprint") == fingerprint and all((root / t).exists() for t in finished.get("targets", [])):
+    if finished.get("fingerprint") == fingerprint and all((root / t).exists() for t in finished["targets"]):
         log.info("%s is already complete in %s (%s)", name, root, marker)
         return root
     _refuse_unusable(name, resources, root, verify)
     marker.unlink(missing_ok=True)  # from here on the dataset is not complete
-    ledger = _Ledger(root, name, also_ours=finished.get("targets", []))
-    for r in resources:  # a known target in the way fails the run before anything is downloaded
-        for _, dst in r.moves:
-            ledger.refuse_foreign(root / r.extract_to / dst)
+    ledger = _Ledger(root, name)
+    ledger.refuse_foreign([root / r.extract_to / dst for r in resources for _, dst in r.moves])
+    targets = []
     for r in resources:
-        key = f"{r.filename}:{r.sha256 or r.md5 or ''}"
-        if r.extract_to is None:  # download_file re-verifies a present file instead of fetching it
-            ledger.done[key] = [ledger.rel(_fetch(r, root / r.folder / r.filename, progress))]
-        elif not (key in ledger.done and all((root / t).exists() for t in ledger.done[key])):
-            ledger.done[key] = _install_archive(r, root, ledger, progress)
-        ledger.save()
+        if r.extract_to is None:  # download_file re-verifies a present file instead of fetching it again
+            targets.append(ledger.rel(_fetch(r, root / r.folder / r.filename, progress)))
+        else:
+            targets += ledger.unpacked(r) or _install_archive(r, root, ledger, progress)
 
     local = {r.filename: root / r.folder / r.filename if r.extract_to is None else manual_path(r, root)
              for r in resources}
-    write_json(marker, {"dataset": name, "fingerprint": fingerprint,
-                        "targets": sorted({t for ts in ledger.done.values() for t in ts}),
+    write_json(marker, {"dataset": name, "fingerprint": fingerprint, "targets": sorted(targets),
                         "sha256": {f: file_digests(p)["sha256"] for f, p in local.items() if p.is_file()}})
     for r in resources:
         if r.extract_to is not None and not r.manual and not keep_archives:
@@ -491,8 +479,7 @@ def _refuse_unusable(name: str, resources: Sequence[Resource], root: Path, verif
 
 def _fingerprint(resources: Sequence[Resource]) -> str:
     """One hash of everything that defines the download: a changed source invalidates the marker."""
-    text = json.dumps([dataclasses.asdict(r) for r in resources], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(json.dumps([dataclasses.asdict(r) for r in resources], sort_keys=True).encode()).hexdigest()
 
 
 def _read_json(path: Path) -> dict:
@@ -503,33 +490,39 @@ def _read_json(path: Path) -> dict:
 
 
 class _Ledger:
-    """``<root>/.shiftlab/<name>.state.json``: the folders this downloader wrote (only those may be
-    replaced) and, per archive, what its unpacking produced (so that a rerun skips it)."""
+    """``<root>/.shiftlab/<name>.state.json``: every folder this downloader moved into place, with the
+    archive (file name and checksum) it came from. Only those folders may be replaced, and an archive
+    whose folders are all present is not unpacked again."""
 
-    def __init__(self, root: Path, name: str, also_ours: Iterable[str] = ()):
+    def __init__(self, root: Path, name: str):
         self.root, self.name = root, name
         self.path = root / STATE_DIR / f"{name}.state.json"
-        saved = _read_json(self.path)
-        self.ours: set[str] = set(saved.get("targets", [])) | set(also_ours)
-        self.done: dict[str, list[str]] = saved.get("done", {})
+        self.folders: dict[str, str] = _read_json(self.path).get("folders", {})
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 
-    def refuse_foreign(self, target: Path) -> None:
-        if os.path.lexists(target) and self.rel(target) not in self.ours:
-            raise DownloadError(f"{target} already exists and was not written by shiftlab's downloader; "
-                                f"move it away (or download '{self.name}' into another root)")
+    def refuse_foreign(self, targets: Iterable[Path]) -> None:
+        for target in targets:
+            if os.path.lexists(target) and self.rel(target) not in self.folders:
+                raise DownloadError(f"{target} already exists and was not written by shiftlab's downloader; "
+                                    f"move it away (or download '{self.name}' into another root)")
 
-    def claim(self, target: Path) -> None:
-        """Record ``target`` as ours before moving anything there, so that a rerun after a crash
-        between the record and the rename may replace it."""
-        self.refuse_foreign(target)
-        self.ours.add(self.rel(target))
-        self.save()
+    def unpacked(self, r: Resource) -> list[str]:
+        """The folders of archive ``r`` if an earlier run moved all of them into place, else ``[]``."""
+        folders = [f for f, source in self.folders.items() if source == _archive_key(r)]
+        return folders if folders and all((self.root / f).exists() for f in folders) else []
 
-    def save(self) -> None:
-        write_json(self.path, {"dataset": self.name, "targets": sorted(self.ours), "done": self.done})
+    def claim(self, targets: Sequence[Path], r: Resource) -> None:
+        """Record ``targets`` as the folders of ``r`` before the first is moved, so that after a crash
+        between two moves a rerun knows them all as its own (to replace, and to redo)."""
+        self.refuse_foreign(targets)
+        self.folders.update({self.rel(t): _archive_key(r) for t in targets})
+        write_json(self.path, {"dataset": self.name, "folders": self.folders})
+
+
+def _archive_key(r: Resource) -> str:
+    return f"{r.filename}:{r.sha256 or r.md5 or ''}"
 
 
 def _fetch(resource: Resource, dest: Path, progress: bool) -> Path:
@@ -549,7 +542,7 @@ def _fetch(resource: Resource, dest: Path, progress: bool) -> Path:
 
 def _install_archive(r: Resource, root: Path, ledger: _Ledger, progress: bool) -> list[str]:
     """Fetch (or check the hand-downloaded) archive, unpack it into a staging folder and move each of
-    its folders into place by one rename; return the targets, relative to ``root``."""
+    its folders into place by one rename; return them, relative to ``root``."""
     archive = manual_path(r, root)
     if r.manual:
         bad = _mismatch(archive, r.checksums)
@@ -567,16 +560,14 @@ def _install_archive(r: Resource, root: Path, ledger: _Ledger, progress: bool) -
     if absent:
         raise DownloadError(f"archive {archive} (from {r.url}) has no {', '.join(absent)}; "
                             f"its top level: {', '.join(found)}")
-    targets = []
-    for src, dst in moves:
-        target = root / r.extract_to / dst
-        ledger.claim(target)
+    targets = [root / r.extract_to / dst for _, dst in moves]
+    ledger.claim(targets, r)
+    for (src, _), target in zip(moves, targets):
         if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
+            shutil.rmtree(target)  # ours (claimed above): left by an earlier, older or interrupted run
         else:
             target.unlink(missing_ok=True)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging / src, target)
-        targets.append(ledger.rel(target))
     shutil.rmtree(staging)
-    return targets
+    return [ledger.rel(t) for t in targets]

@@ -164,7 +164,7 @@ class Trainer:
         with isolated_process_state(t.deterministic):
             seed_everything(cfg.experiment.seed)
             self.pair = self._build_pair(method_cls)
-            mean, std = normalization_for(self.pair.spec.family)
+            mean, std = normalization_for(self.pair.spec.family, cfg.model.name)
             m = cfg.model
             backbone = build_backbone(m.name, self.pair.num_classes, pretrained=m.pretrained, weights=m.weights,
                                       bottleneck_dim=m.bottleneck_dim, head_layers=m.head_layers,
