@@ -7,7 +7,6 @@ base file plus one file per column.
 """
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -16,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ShiftlabError
+from .utils import did_you_mean
 
 
 class ConfigError(ShiftlabError, ValueError):
@@ -226,8 +226,7 @@ def _coerce_tree(values: dict[str, Any], model: type[BaseModel], prefix: str = "
             if model.model_config.get("extra") == "allow":
                 out[key] = _coerce(value, None)
                 continue
-            hint = difflib.get_close_matches(key, model.model_fields, n=1)
-            extra = f" Did you mean '{prefix}{hint[0]}'?" if hint else ""
+            extra = did_you_mean(key, model.model_fields, prefix=prefix)
             valid = ", ".join(prefix + k for k in model.model_fields)
             raise ConfigError(f"unknown config key '{prefix}{key}'.{extra} Valid keys here: {valid}")
         sub = field.annotation

@@ -31,6 +31,8 @@ MNIST_M_TRAIN_COUNTS = [285, 339, 299, 295, 325, 274, 306, 329, 261, 287]
 def _need(*rel: str) -> None:
     for r in rel:
         if not (ROOT / r).exists():
+            if os.environ.get("SHIFTLAB_REQUIRE_DATA"):  # CI: missing data is a failure, not a skip
+                pytest.fail(f"data not available: {ROOT / r} (SHIFTLAB_REQUIRE_DATA is set)")
             pytest.skip(f"data not available: {ROOT / r}")
 
 

@@ -213,6 +213,9 @@ BAD_ARCHIVES = {
     "zip-dotdot": (lambda p: make_zip(p / "evil.zip", {"good/first.txt": b"ok", "../evil.txt": b"x"}), "../evil.txt"),
     "zip-dotdot-deep": (lambda p: make_zip(p / "evil.zip", {"good/../../evil.txt": b"x"}), "good/../../evil.txt"),
     "zip-backslash": (lambda p: make_zip(p / "evil.zip", {"..\\evil.txt": b"x"}), "..\\evil.txt"),
+    # zipfile would strip the leading "/" (or keep "C:" as a folder name) and unpack a renamed file
+    "zip-absolute": (lambda p: make_zip(p / "evil.zip", {"good/first.txt": b"ok", "/evil.txt": b"x"}), "/evil.txt"),
+    "zip-drive": (lambda p: make_zip(p / "evil.zip", {"C:/evil.txt": b"x"}), "C:/evil.txt"),
     "tar-dotdot": (lambda p: make_tar(p / "evil.tar.gz", {"good/first.txt": b"ok", "../evil.txt": b"x"}),
                    "../evil.txt"),
     # the member is the absolute path of <src>/evil.txt: the test fills it in
@@ -506,26 +509,44 @@ def test_manual_resource_asks_for_the_file_then_uses_it(tmp_path, monkeypatch):
 # The real registry, against synthetic archives of the same layout (no network)
 
 
-def test_registry_entries_are_well_formed():
-    from torchvision.datasets import MNIST, USPS
-
-    assert dl.DOWNLOADABLE == tuple(dl.SOURCES)
-    assert {"digits", "pacs", "office31", "office_home"} <= set(dl.SOURCES)
-    digits = {r.filename: r for r in dl.SOURCES["digits"]}
-    for filename, md5 in MNIST.resources:
-        assert digits[filename].md5 == md5 and digits[filename].folder == "MNIST/raw"
-        assert digits[filename].urls == tuple(m + filename for m in MNIST.mirrors)
-    for url, filename, md5 in USPS.split_list.values():
-        assert digits[filename].url == url and digits[filename].md5 == md5 and digits[filename].folder == "USPS"
-    for name, resources in dl.SOURCES.items():
-        for r in resources:
-            assert r.url.startswith(("https://", "http://")), r
-    assert all(r.verified for n in ("digits", "pacs", "office31") for r in dl.SOURCES[n])
-    assert not any(r.verified for r in dl.SOURCES["office_home"])
-    assert [r.manual != "" for r in dl.SOURCES["pacs"]] == [True] + [False] * 12
-    assert sorted(r.filename for r in dl.SOURCES["pacs"][1:]) == sorted(
-        f"{d}_{s}_kfold.txt" for d in ("art_painting", "cartoon", "photo", "sketch")
-        for s in ("train", "crossval", "test"))
+@pytest.mark.parametrize("name", sorted(dl.SOURCES))
+def test_every_registered_source_installs_its_layout(name, tmp_path, monkeypatch):
+    """Each real entry of SOURCES, served from 127.0.0.1 with synthetic files of the same names and
+    archive layout, lands where its moves and folders say; a source without a published checksum
+    and a file that must be downloaded by hand are both refused before any request."""
+    served = tmp_path / "www"
+    served.mkdir()
+    root = tmp_path / "root"
+    with serve_directory(served) as base:
+        local = []
+        for r in dl.SOURCES[name]:
+            path = served / r.filename
+            if r.extract_to is None:
+                path.write_bytes(r.filename.encode())
+            else:
+                members = {f"{src}/cls/img.png": src.encode() for src, _ in r.moves} or {"top/cls/img.png": b"x"}
+                (make_zip if r.filename.endswith(".zip") else make_tar)(path, members)
+            pinned = {"sha256": file_sha256(path), "md5": None} if r.verified else {}
+            local.append(dataclasses.replace(r, url=base + r.filename, mirrors=(), **pinned))
+        monkeypatch.setitem(dl.SOURCES, name, local)
+        if not all(r.verified for r in local):
+            with pytest.raises(DownloadError, match="no published checksum"):
+                download_dataset(name, root, progress=False)
+        for r in local:
+            if r.manual:
+                with pytest.raises(DownloadError, match="by hand"):
+                    download_dataset(name, root, verify=False, progress=False)
+                dl.manual_path(r, root).parent.mkdir(parents=True, exist_ok=True)
+                dl.manual_path(r, root).write_bytes((served / r.filename).read_bytes())
+        assert sum(base.hits.values()) == 0
+        download_dataset(name, root, verify=False, progress=False)
+        assert dict(base.hits) == {r.filename: 1 for r in local if not r.manual}
+    for r in local:
+        if r.extract_to is None:
+            assert (root / r.folder / r.filename).read_bytes() == r.filename.encode()
+        for src, dst in r.moves:
+            assert (root / r.extract_to / dst / "cls/img.png").read_bytes() == src.encode()
+    assert dl.marker_path(name, root).is_file()
 
 
 def test_digits_note_mentions_mnist_m(tmp_path, monkeypatch, caplog):

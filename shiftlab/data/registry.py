@@ -11,12 +11,12 @@ them: there is no import cycle, and no registration happens as a side effect of 
 """
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Sequence
 
 from . import demo, digits, folder, pacs
 from .base import DataError
+from ..utils import did_you_mean
 from .cache import data_root
 from .spec import DatasetSpec, DomainReport, class_folder_report  # noqa: F401  (re-exported)
 
@@ -52,8 +52,7 @@ def get_dataset(name: str, root: Path | str | None = None) -> DatasetSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        hint = difflib.get_close_matches(name, _REGISTRY, n=1)
-        extra = f" Did you mean '{hint[0]}'?" if hint else ""
+        extra = did_you_mean(name, _REGISTRY)
         raise DataError(f"unknown dataset '{name}'; known datasets: {', '.join(sorted(_REGISTRY))}, or "
                         f"{FOLDER_PREFIX}<folder under the data root>.{extra}") from None
 

@@ -28,7 +28,6 @@ Arguments are read from the function's signature after ``image``: their annotati
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 import re
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .base import DataError
+from ..utils import did_you_mean
 
 ARGUMENT_TYPES = {int: "int", float: "float", str: "str"}
 _ANNOTATION_NAMES = {"int": int, "float": float, "str": str}  # string annotations (from __future__)
@@ -95,11 +95,10 @@ def get_shift(name: str, domain: str = "") -> Shift:
     try:
         return SHIFTS[name]
     except KeyError:
-        hint = difflib.get_close_matches(name, SHIFTS, n=1)
         where = f" in domain '{domain}'" if domain else ""
         raise DataError(f"unknown shift '{name}'{where}; registered shifts: "
                         f"{', '.join(SHIFTS[k].signature() for k in sorted(SHIFTS))}."
-                        + (f" Did you mean '{hint[0]}'?" if hint else "")) from None
+                        + did_you_mean(name, SHIFTS)) from None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ sample, unique across the domain's splits): :class:`~shiftlab.data.base.ImageLis
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,6 +25,7 @@ from typing import Callable
 from torch.utils.data import Dataset
 
 from .base import SPLITS, DataError, scan_class_folders
+from ..utils import did_you_mean
 from .shifts import Shifted, parse_domain
 
 Loader = Callable[[Path, str, str], Dataset]
@@ -99,8 +99,7 @@ class DatasetSpec:
         """``domain``, or a derived ``<domain>@<shift>(args)``; errors list the valid domains or shifts."""
         base, _ = parse_domain(domain)
         if base not in self.domains:
-            hint = difflib.get_close_matches(base, self.domains, n=1)
-            extra = f" Did you mean '{hint[0]}'?" if hint else ""
+            extra = did_you_mean(base, self.domains)
             where = f" (in '{domain}')" if base != domain else ""
             raise DataError(f"unknown {role} '{base}'{where} for dataset '{self.name}'; "
                             f"valid domains: {', '.join(self.domains)}.{extra}")

@@ -20,6 +20,7 @@ import random
 import shutil
 import subprocess
 import time
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -346,8 +347,12 @@ class Trainer:
                 for opt in self.optimizers.values():
                     self.scaler.step(opt)
                 self.scaler.update()
-            for scheduler in self.schedulers.values():
-                scheduler.step()
+            with warnings.catch_warnings():
+                # schedules follow the global step: an optimiser a manual method skipped this step
+                # (e.g. a discriminator updated every k steps) still moves along its schedule
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                for scheduler in self.schedulers.values():
+                    scheduler.step()
             self.step += 1
             seen += sum(len(b.x) for b in (source, target) if b is not None)
             for k, v in losses.items():

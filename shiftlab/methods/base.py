@@ -15,7 +15,6 @@ logging and the progress bar.
 """
 from __future__ import annotations
 
-import difflib
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
@@ -24,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from ..config import ConfigError
+from ..utils import unknown_choice_error
 from ..models import Backbone
 
 
@@ -126,9 +126,7 @@ def get_method(name: str) -> type[Method]:
     """The registered method ``name``: the built-in ones (imported by ``shiftlab.methods``) and any that a
     module named in ``experiment.plugins`` registered."""
     if name not in METHODS:
-        hint = difflib.get_close_matches(name, METHODS, n=1)
-        extra = f" Did you mean '{hint[0]}'?" if hint else ""
-        raise ConfigError(f"unknown method.name '{name}'; valid: {', '.join(sorted(METHODS))}.{extra}")
+        raise ConfigError(unknown_choice_error("method.name", name, sorted(METHODS)))
     return METHODS[name]
 
 

@@ -8,7 +8,6 @@ the rest of the torchvision model, unchanged, is the feature extractor, so layer
 """
 from __future__ import annotations
 
-import difflib
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ import torchvision
 from torch import nn
 
 from ..errors import ShiftlabError
+from ..utils import did_you_mean
 from .normalization import IMAGENET_MEAN, IMAGENET_STD, InputNormalization
 from .weights import WeightsError, load_imagenet, load_local
 
@@ -126,8 +126,7 @@ def check_model_name(name: str) -> str:
     """``name`` if it is a valid ``model.name``, else a :class:`ModelError` with a did-you-mean and the list."""
     if name in available_models():
         return name
-    hint = difflib.get_close_matches(name, available_models(), n=1)
-    extra = f" Did you mean '{hint[0]}'?" if hint else ""
+    extra = did_you_mean(name, available_models())
     raise ModelError(f"unknown model.name '{name}'.{extra} Valid: {', '.join(available_models())}")
 
 
