@@ -1,4 +1,4 @@
-"""Command line: ``shiftlab train | datasets | download``."""
+"""Command line: ``shiftlab train | sweep | report | datasets | download``."""
 from __future__ import annotations
 
 import argparse
@@ -130,15 +130,79 @@ def cmd_download(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "datasets": cmd_datasets, "download": cmd_download}
+def cmd_sweep(argv: list[str]) -> int:
+    from .errors import ShiftlabError
+    from .sweep import spec as sweep_spec
+
+    parser = argparse.ArgumentParser(
+        prog="shiftlab sweep", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run every trial of a sweep file on Ray Tune, each through the same Trainer as `shiftlab "
+                    "train`, in <output_dir>/<name>/runs/<trial>/. Re-running the same command skips finished "
+                    "trials and resumes unfinished ones from their checkpoints; a failed trial is reported and "
+                    "does not stop the others (exit status 1 if any failed).",
+        epilog="sweep file keys:\n" + textwrap.indent(sweep_spec.__doc__.split("::", 1)[1].split("Every trial")[0],
+                                                      "") + "then: shiftlab report <output_dir>/<name>")
+    parser.add_argument("file", help="sweep YAML (e.g. sweeps/demo_methods.yaml)")
+    parser.add_argument("--address", default=None,
+                        help="join an existing Ray cluster (e.g. 'auto' or 'ray://head:10001'); default: start "
+                             "Ray on this machine")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs local Ray may use (default: all)")
+    parser.add_argument("--num-gpus", type=int, default=None, help="GPUs local Ray may use (default: all)")
+    parser.add_argument("--dry-run", action="store_true", help="list the trials and their run folders; run nothing")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar of trials")
+    args = parser.parse_args(argv)
+    try:
+        spec = sweep_spec.load_sweep(args.file)
+        if args.dry_run:
+            trials = sweep_spec.grid_trials(spec) if spec.search and spec.search.algorithm == "optuna" \
+                else sweep_spec.expand(spec)
+            for t in trials:
+                print(f"{t.name}\t{Path(t.config['experiment']['output_dir']) / t.name}")
+            extra = f" x {spec.search.num_samples} Optuna samples each" if spec.search and \
+                spec.search.algorithm == "optuna" else ""
+            print(f"{len(trials)} trials{extra}; sweep folder {sweep_spec.sweep_dir(spec)}")
+            return 0
+        from .sweep.runner import run_sweep
+        result = run_sweep(spec, address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                           progress=not args.no_progress)
+    except ShiftlabError as err:
+        print(f"shiftlab sweep: error: {err}", file=sys.stderr)
+        return 2
+    done = sum(r["status"] == "finished" for r in result["trials"])
+    print(f"sweep {spec.name}: {done} finished, {result['failed']} failed, "
+          f"{len(result['trials']) - done - result['failed']} stopped; {result['dir']}/trials.json")
+    return 1 if result["failed"] else 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    from .errors import ShiftlabError
+    from .report.cli import add_arguments, run
+
+    parser = argparse.ArgumentParser(
+        prog="shiftlab report",
+        description="Turn the run folders under a sweep or runs folder into Markdown and CSV tables (mean ± std "
+                    "over seeds, the model-selection rule named) and PNG plots.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except ShiftlabError as err:
+        print(f"shiftlab report: error: {err}", file=sys.stderr)
+        return 2
+
+
+COMMANDS = {"train": cmd_train, "datasets": cmd_datasets, "download": cmd_download, "sweep": cmd_sweep,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: shiftlab {train,datasets,download} [options]   (shiftlab <command> --help for more)\n\n"
+        print("usage: shiftlab {train,sweep,report,datasets,download} [options]   (shiftlab <command> --help)\n\n"
               "  train     train a method on a source -> target pair; writes runs/<experiment.name>/\n"
+              "  sweep     run a grid / random / Optuna sweep of trainings on Ray Tune (sweeps/*.yaml)\n"
+              "  report    tables (Markdown, CSV) and plots (PNG) from a sweep's or any run folders\n"
               "  datasets  list known datasets and domains; check what is on disk\n"
               "  download  download a dataset with a public source, verified and safely extracted")
         if argv and argv[0] not in ("-h", "--help"):

@@ -125,12 +125,20 @@ class TrainConfig(Section):
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', 'mps'")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="'auto' = bf16 autocast on GPUs that support it, fp32 elsewhere")
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (the last epoch is always evaluated)")
-    selection: Literal["auto", "source_val", "target_val", "last", "target_oracle"] = Field(
+    selection: Literal["auto", "source_val", "target_val", "last", "target_oracle", "entropy", "im", "snd"] = Field(
         "auto", description="rule that picks the reported epoch and checkpoints/best.pt: 'source_val' (best source "
                             "validation accuracy, reads no target label), 'target_val' (best accuracy on the labelled "
                             "target validation part; only for methods that train on target labels), 'last', "
-                            "'target_oracle' (best target accuracy: ORACLE, reads target labels). 'auto' = target_val "
-                            "for methods trained on target labels, else source_val")
+                            "'entropy' / 'im' / 'snd' (best unsupervised validator score on the unlabelled target "
+                            "adaptation images; see train.validators), 'target_oracle' (best target accuracy: ORACLE, "
+                            "reads target labels). 'auto' = target_val for methods trained on target labels, else "
+                            "source_val. Every rule's choice is recorded in summary.json whatever this key says")
+    validators: list[Literal["entropy", "im", "snd"]] = Field(
+        default_factory=lambda: ["entropy", "im", "snd"],
+        description="unsupervised validators computed at every evaluation from the model's predictions on the "
+                    "target's adaptation images, without labels (metrics unsup_<name>, higher is better): "
+                    "'entropy' (Morerio et al., ICLR 2018), 'im' information maximisation (Gomes et al., NeurIPS "
+                    "2010), 'snd' soft neighborhood density (Saito et al., ICCV 2021). [] skips the extra pass")
     deterministic: bool = Field(True, description="deterministic algorithms, so a resumed CPU run matches an uninterrupted one")
     progress: bool = Field(True, description="show a progress bar")
 
@@ -194,12 +202,29 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"override --{key} has no value")
             value = args[i + 1]
             i += 1
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        _set_dotted(out, key, value)
         i += 1
+    return out
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"'{key}': '{p}' is a value, not a section")
+    node[leaf] = value
+
+
+def nest_dotted(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"train.epochs": 3, "data": {"root": "/x"}}`` -> a nested tree (dotted keys split into sections)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if isinstance(value, dict) and "." not in key:
+            out[key] = merge(out.get(key, {}), nest_dotted(value))
+        else:
+            _set_dotted(out, key, value)
     return out
 
 
@@ -249,8 +274,7 @@ def build_config(files: list[str | os.PathLike] = (), overrides: list[str] | dic
     root is resolved (``$SHIFTLAB_DATA``, else ``./data``), so the config means the same from any folder
     or worker process.
     """
-    if not isinstance(overrides, dict):
-        overrides = parse_overrides(list(overrides))
+    overrides = nest_dotted(overrides) if isinstance(overrides, dict) else parse_overrides(list(overrides))
     tree: dict[str, Any] = dict(start or {})
     for f in files:
         tree = merge(tree, read_yaml(f))

@@ -110,3 +110,20 @@ class ToyDANNThreeStep(_ToyDANN):
             self.manual_backward(loss)
         opt.step()
         return {"loss": (ce + ds + dt).detach(), "ce": ce.detach()}
+
+
+@register_method
+class ToyFailing(Method):
+    """Source-only training that raises once training has gone ``fail_at`` of the way (a trial that breaks)."""
+
+    name = "toy_failing"
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        fail_at: float = Field(0.3, description="training progress at which the step raises")
+
+    def training_step(self, source, target, progress):
+        if progress >= self.params.fail_at:
+            raise RuntimeError(f"toy failure at progress {progress:.2f}")
+        logits = self.backbone(source.x)
+        return {"loss": F.cross_entropy(logits, source.y)}

@@ -36,6 +36,7 @@ from ..data.pair import DomainPair, build_domain_pair, make_loader
 from ..errors import NothingToResumeError, RunExistsError, RunFolderError
 from ..methods import Batch, Method, build_method, get_method
 from ..models import build_backbone, normalization_for
+from ..selection.validators import VALIDATORS, metric_name, score_all
 from .callbacks import Callback, as_callback
 from .checkpoint import (atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json,
                          write_metrics_csv)
@@ -49,6 +50,8 @@ SELECTIONS = {
                                      "(the method trains on target labels; its test part is never read)"),
     "last": (None, "last epoch"),
     "target_oracle": ("target_acc", "epoch of best target accuracy (ORACLE: reads target test labels)"),
+    **{name: (metric_name(name), f"epoch of best unsupervised validator '{name}' on the unlabelled target "
+                                 f"adaptation images (reads no target label)") for name in VALIDATORS},
 }
 
 def resolve_device(name: str) -> torch.device:
@@ -161,6 +164,9 @@ class Trainer:
             raise ConfigError(f"train.selection=target_val reads target labels, which method "
                               f"'{cfg.method.name}' does not train on; use source_val (or target_oracle, "
                               f"labelled as an oracle)")
+        if self.selection in VALIDATORS and self.selection not in t.validators:
+            raise ConfigError(f"train.selection={self.selection} needs the validator: add it to train.validators "
+                              f"(now {t.validators})")
 
         with isolated_process_state(t.deterministic):
             seed_everything(cfg.experiment.seed)
@@ -177,6 +183,7 @@ class Trainer:
                                                                 cfg.optim, self.total_steps)
             self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
             self.epoch, self.step, self.history, self.per_class = 0, 0, [], {}
+            self.resumed_at: list[int] = []  # epochs at which this run was resumed (provenance)
             self.train_time, self.train_images = 0.0, 0
             # Only once config, data and model are known to be good is the run folder touched.
             self._prepare_run_dir(overwrite)
@@ -240,6 +247,7 @@ class Trainer:
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch, "step": self.step, "history": self.history, "per_class": self.per_class,
+            "resumed_at": self.resumed_at,
             "rng": rng_state(), "stopped_early": self.should_stop,
             "train_time": self.train_time, "train_images": self.train_images,
             "config": self.cfg.to_dict(), "shiftlab_version": __version__,
@@ -260,6 +268,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
         self.per_class = dict(state.get("per_class", {}))
+        self.resumed_at = list(state.get("resumed_at", [])) + [self.epoch]
         self.should_stop = bool(state.get("stopped_early", False))
         self.train_time, self.train_images = state["train_time"], state["train_images"]
         set_rng_state(state["rng"])
@@ -399,6 +408,16 @@ class Trainer:
         total = int(count.sum())
         return int(correct.sum()) / total, loss / total, correct, count
 
+    @torch.no_grad()
+    def _probabilities(self, loader) -> torch.Tensor:
+        """Softmax outputs over a loader of images only (no labels exist to read: validators' input)."""
+        probs = []
+        for x in tqdm(loader, desc="eval validators", disable=not self.cfg.train.progress, leave=False):
+            with self._autocast():
+                logits = self.method.predict(x.to(self.device, non_blocking=True))
+            probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        return torch.cat(probs)
+
     def _evaluate(self) -> dict[str, float]:
         """Every evaluation set; ``before_evaluation`` runs once per domain (AdaBN re-estimates once)."""
         out: dict[str, float] = {}
@@ -414,6 +433,8 @@ class Trainer:
                         self.per_class[self.epoch] = {
                             c: correct[i].item() / count[i].item()
                             for i, c in enumerate(self.pair.classes) if count[i] > 0}
+                if domain == "target" and self.cfg.train.validators:
+                    out.update(score_all(self._probabilities(self.target_images), self.cfg.train.validators))
             finally:
                 self.method.after_evaluation()
         return out
@@ -454,14 +475,14 @@ class Trainer:
     def _summary(self, wall_time: float) -> dict[str, Any]:
         evaluated = [r for r in self.history if "target_acc" in r]
         final = evaluated[-1]
-        metric_keys = [k for k in final if k.endswith("_acc")]
+        metric_keys = [k for k in final if k.endswith("_acc") or k.startswith("unsup_")]
 
         def chosen(rule: str) -> dict[str, Any]:
             key, text = SELECTIONS[rule]
             row = final if key is None else max(evaluated, key=lambda r: r[key])  # first maximum: earlier epoch
             return {"epoch": row["epoch"], **{k: row[k] for k in metric_keys}, "rule": text}
 
-        rules = [r for r in SELECTIONS if r != "target_val" or "target_val_acc" in final]
+        rules = [r for r in SELECTIONS if SELECTIONS[r][0] is None or SELECTIONS[r][0] in final]
         selections = {rule: chosen(rule) for rule in rules}
         picked = selections[self.selection]
         return {
@@ -485,6 +506,7 @@ class Trainer:
             "missing_target_classes": list(self.pair.missing_target_classes),
             "skipped_files": len(self.pair.skipped_files),
             "stopped_early": self.should_stop,
+            "resumed_at_epochs": self.resumed_at,
             "final_train_loss": final.get("train_loss"),
             "epochs": self.epoch,
             "steps": self.step,

@@ -1,0 +1,246 @@
+"""What a sweep file says, and the trials it expands to.
+
+A sweep is a YAML file (one table of a study = one file under ``sweeps/``)::
+
+    name: demo_methods                 # the sweep's folder: <output_dir>/<name> (default: the file's stem)
+    output_dir: runs/sweeps            # where sweep folders go
+    config: [configs/demo.yaml]        # base config files, as `shiftlab train --config` takes them
+    set: {train.epochs: 10}            # fixed config keys, for every trial
+    grid:                              # the cartesian product of these lists
+      method.name: [source_only, adabn, target_oracle]
+      experiment.seed: [0, 1, 2]
+    search:                            # optional: sample some keys instead of listing them
+      algorithm: random                # random | optuna (Optuna's TPE through Ray Tune's OptunaSearch)
+      num_samples: 8                   # per grid point
+      seed: 0                          # random search draws the same trials on every re-run
+      metric: source_val_acc           # what optuna maximises (must read no target label)
+      space: {optim.lr: {loguniform: [1.0e-4, 1.0e-1]}, method.lambda_: {choice: [0.1, 1.0]}}
+    resources: {cpu: 1, gpu: 0}        # per trial; fractional GPUs let small runs share one
+    max_concurrent: null               # cap on trials at once (default: as the resources allow)
+    asha: null                         # {metric: source_val_acc, grace_period: 1, reduction_factor: 2}
+    report: {rows: method.name, cols: data.target}   # defaults for `shiftlab report` on this sweep
+
+Every trial's config is built and validated before anything runs, so a typo fails the whole sweep at
+once with the key named. A trial is named by the values that make it differ (``method.name=adabn,
+experiment.seed=1``), so a re-run finds its run folder again.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..config import Config, ConfigError, build_config
+from ..engine.loop import import_plugins
+from ..errors import ShiftlabError
+from ..methods.base import method_params
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+
+
+class SweepError(ShiftlabError):
+    """A sweep file that cannot be expanded; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchSpec(_Strict):
+    algorithm: Literal["random", "optuna"] = Field("random", description="how sampled keys are drawn")
+    num_samples: int = Field(4, ge=1, description="trials per grid point")
+    seed: int = Field(0, description="seed of the draws (random search repeats its trials on a re-run)")
+    metric: str = Field("source_val_acc", description="metric optuna maximises at each trial's last evaluation")
+    space: dict[str, dict[str, list[Any]]] = Field(default_factory=dict,
+                                                    description="key -> {distribution: arguments}")
+
+    @field_validator("space")
+    @classmethod
+    def _known_distributions(cls, space):
+        for key, dist in space.items():
+            if len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
+                raise ValueError(f"search.space.{key} must be one of {{{', '.join(DISTRIBUTIONS)}: [...]}}, "
+                                 f"got {dist}")
+            (kind, args), = dist.items()
+            if kind != "choice" and len(args) != 2:
+                raise ValueError(f"search.space.{key}: {kind} takes [low, high], got {args}")
+        return space
+
+    @field_validator("metric")
+    @classmethod
+    def _blind_metric(cls, metric):
+        if metric.startswith("target_") and metric != "target_val_acc":
+            raise ValueError(f"search.metric '{metric}' reads target test labels; use source_val_acc, an "
+                             f"unsupervised validator (unsup_entropy, unsup_im, unsup_snd) or target_val_acc")
+        return metric
+
+
+class AshaSpec(_Strict):
+    metric: str = "source_val_acc"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2, gt=1)
+
+
+class SweepSpec(_Strict):
+    name: str
+    output_dir: str = "runs/sweeps"
+    config: list[str] = Field(default_factory=list)
+    set: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    search: SearchSpec | None = None
+    resources: dict[str, float] = Field(default_factory=lambda: {"cpu": 1, "gpu": 0})
+    max_concurrent: int | None = Field(None, ge=1)
+    asha: AshaSpec | None = None
+    report: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty_lists(cls, grid):
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"grid.{key} is an empty list: a grid with no value runs no trial")
+        return grid
+
+    @field_validator("resources")
+    @classmethod
+    def _known_resources(cls, resources):
+        unknown = set(resources) - {"cpu", "gpu"}
+        if unknown:
+            raise ValueError(f"resources: unknown {sorted(unknown)}; valid: cpu, gpu")
+        return resources
+
+    @property
+    def sampled_keys(self) -> list[str]:
+        return list(self.search.space) if self.search else []
+
+
+class Trial(BaseModel):
+    """One run of a sweep: its name (= its run folder's name) and the keys that make it differ."""
+    name: str
+    point: dict[str, Any]  # the grid point and sampled values (dotted keys)
+    config: dict[str, Any]  # the resolved config (paths absolute), ready for Config.model_validate
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep file; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"sweep file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SweepError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise SweepError(f"{path} must be a mapping of keys (name, config, set, grid, search, ...)")
+    raw.setdefault("name", path.stem)
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        valid = ", ".join(SweepSpec.model_fields)
+        raise SweepError(f"{path}: {problems} (valid top-level keys: {valid})") from None
+
+
+def sweep_dir(spec: SweepSpec) -> Path:
+    return (Path(spec.output_dir) / spec.name).resolve()
+
+
+def _grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    keys = list(spec.grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(spec.grid[k] for k in keys))]
+
+
+def draw(space: dict[str, dict[str, list[Any]]], rng: np.random.Generator) -> dict[str, Any]:
+    """One random draw of every key of ``space`` (Bergstra & Bengio, JMLR 2012: random search)."""
+    out = {}
+    for key, dist in space.items():
+        (kind, args), = dist.items()
+        if kind == "choice":
+            out[key] = args[int(rng.integers(len(args)))]
+        elif kind == "uniform":
+            out[key] = float(rng.uniform(*args))
+        elif kind == "loguniform":
+            out[key] = float(math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))))
+        else:  # randint: [low, high) as numpy and Tune take it
+            out[key] = int(rng.integers(*args))
+    return out
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "+".join(_format(v) for v in value)
+    return str(value)
+
+
+def trial_name(point: dict[str, Any]) -> str:
+    """``key=value,key=value`` of the keys that make the trial differ, safe as a folder name; long names
+    end in a hash of the full point so that two trials never share a folder."""
+    if not point:
+        return "default"
+    text = ",".join(f"{k}={_format(v)}" for k, v in point.items())
+    text = re.sub(r"[^A-Za-z0-9._=,+@()-]", "_", text)
+    if len(text) > 120:
+        digest = hashlib.sha1(repr(sorted(point.items())).encode()).hexdigest()[:10]
+        text = f"{text[:100]}..{digest}"
+    return text
+
+
+def _config_for(spec: SweepSpec, point: dict[str, Any], name: str, where: str) -> Config:
+    overrides = {**spec.set, **point,
+                 "experiment.output_dir": str(sweep_dir(spec) / "runs"), "experiment.name": name}
+    try:
+        cfg = build_config(spec.config, overrides)
+        import_plugins(cfg.experiment.plugins)
+        method_params(cfg.method.name, cfg.method.model_extra or {})  # the method and its keys exist
+        return cfg
+    except ShiftlabError as err:
+        raise SweepError(f"{where}: {err}") from None
+
+
+def expand(spec: SweepSpec) -> list[Trial]:
+    """Every trial of a grid or random-search sweep, validated, in a fixed order (Optuna's trials are
+    proposed while the sweep runs: see :func:`grid_trials`)."""
+    points = _grid_points(spec)
+    if spec.search and spec.search.algorithm == "random":
+        rng = np.random.default_rng(spec.search.seed)
+        points = [{**p, **draw(spec.search.space, rng)} for p in points for _ in range(spec.search.num_samples)]
+    return _trials(spec, points)
+
+
+def grid_trials(spec: SweepSpec) -> list[Trial]:
+    """The grid points alone (Optuna searches the sampled keys at each of them)."""
+    return _trials(spec, _grid_points(spec))
+
+
+def _trials(spec: SweepSpec, points: list[dict[str, Any]]) -> list[Trial]:
+    trials, names = [], set()
+    for point in points:
+        name = trial_name(point)
+        if name in names:
+            raise SweepError(f"sweep '{spec.name}': two trials would share the run folder '{name}' "
+                             f"(a grid list repeats a value?)")
+        names.add(name)
+        cfg = _config_for(spec, point, name, f"sweep '{spec.name}', trial {name}")
+        trials.append(Trial(name=name, point=point, config=cfg.to_dict()))
+    return trials
+
+
+def check_sampled_keys(spec: SweepSpec) -> None:
+    """A sampled key must be a valid config key: build one config with the space's first values."""
+    if not spec.search:
+        return
+    first = {k: (d.get("choice") or [d[next(iter(d))][0]])[0] for k, d in spec.search.space.items()}
+    _config_for(spec, {**(_grid_points(spec) or [{}])[0], **first}, "check", f"sweep '{spec.name}', search.space")
+
+
+__all__ = ["SweepSpec", "SearchSpec", "Trial", "SweepError", "ConfigError", "load_sweep", "sweep_dir", "expand",
+           "grid_trials", "trial_name", "draw", "check_sampled_keys"]
