@@ -183,6 +183,13 @@ def cmd_report(argv: list[str]) -> int:
         description="Turn the run folders under a sweep or runs folder into Markdown and CSV tables (mean ± std "
                     "over seeds, the model-selection rule named) and PNG plots.")
     add_arguments(parser)
+    sweep_file = Path(parser.parse_known_args(argv)[0].folder) / "sweep.yaml"
+    if sweep_file.is_file():  # the sweep's own `report:` defaults, if it has any
+        import yaml
+
+        defaults = (yaml.safe_load(sweep_file.read_text()) or {}).get("report") or {}
+        known = {a.dest for a in parser._actions}
+        parser.set_defaults(**{k: v for k, v in defaults.items() if k in known})
     args = parser.parse_args(argv)
     try:
         return run(args)

@@ -1,0 +1,194 @@
+"""The report's PNG plots (matplotlib, drawn on ``Figure`` objects: no pyplot state, no display needed).
+
+* ``curves.png``: accuracy per epoch, mean over seeds with a ±std band: target accuracy solid, source
+  validation accuracy dashed; one line per column value, one subplot per row value. Each cell shows the
+  runs of the hyperparameters its first rule chose.
+* ``vs_<key>.png``: the reported metric under the first rule against a numeric config key, one line per
+  column value, one subplot per row value, error bars = std over seeds.
+* ``bars.png``: grouped bars under the first rule: groups = column values (domain pairs), bars = row
+  values (methods), error bars = std over seeds.
+"""
+from __future__ import annotations
+
+import io
+import math
+import statistics
+from pathlib import Path
+from typing import Sequence
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from ..selection.rules import RULES, Cell, Choice, Layout
+from ..utils import atomic_write_bytes
+from .runs import RunRecord
+from .tables import ORACLE_LABEL, Report, col_label, our_row_label, row_label
+
+SOURCE_STYLE = dict(linestyle="--", linewidth=1.2, alpha=0.8)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _rule_caption(rule: str) -> str:
+    return f"selection {rule}, {ORACLE_LABEL}" if RULES[rule].reads_target_labels else f"selection {rule}"
+
+
+def _err(choice: Choice) -> float:
+    """The error bar in points: std over seeds; none (NaN) for a single seed, whose spread is unknown."""
+    return math.nan if choice.std is None else 100 * choice.std
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def epoch_series(runs: Sequence[RunRecord], column: str) -> tuple[list[float], list[float], list[float]]:
+    """Epochs at which some run has ``column``, with the mean and std over the runs that have it there."""
+    by_epoch: dict[float, list[float]] = {}
+    for run in runs:
+        for row in run.metrics:
+            if row.get("epoch") is not None and row.get(column) is not None:
+                by_epoch.setdefault(row["epoch"], []).append(row[column])
+    epochs = sorted(by_epoch)
+    stats = [_mean_std(by_epoch[e]) for e in epochs]
+    return epochs, [100 * m for m, _ in stats], [100 * s for _, s in stats]
+
+
+def _chosen_runs(report: Report, cell: Cell) -> list[RunRecord]:
+    choice = report.choices[report.rules[0]].get(cell.id)
+    return cell.settings[choice.setting] if choice else next(iter(cell.settings.values()))
+
+
+def _grid(n: int, width: float = 5.5, height: float = 3.6) -> tuple[Figure, list]:
+    """``n`` subplots sharing the x axis, at most three per line."""
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(width * cols, height * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    for ax in axes[:n]:  # a subplot above a hidden one is the lowest of its column: it keeps its tick labels
+        ax.xaxis.set_tick_params(labelbottom=True)
+    return fig, list(axes[:n])
+
+
+def _legend_below(fig: Figure, axes: list) -> None:
+    """One legend for the figure, below the plots, so it covers neither data nor the title."""
+    handles, labels = {}, []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    if labels:
+        fig.legend([handles[l] for l in labels], labels, loc="outside lower center", fontsize="small",
+                   ncols=min(len(labels), 4))
+
+
+def plot_curves(report: Report, path: Path) -> Path:
+    """``curves.png``: target (solid) and source-validation (dashed) accuracy per epoch, mean ± std over seeds."""
+    rows = list(dict.fromkeys(c.row for c in report.cells))
+    fig, axes = _grid(len(rows))
+    colors = _col_colors(report)
+    for ax, row in zip(axes, rows):
+        for cell in (c for c in report.cells if c.row == row):
+            runs = _chosen_runs(report, cell)
+            color = colors[cell.col]
+            _draw_series(ax, runs, "target_acc", col_label(report.layout, cell.col), color, {})
+            _draw_series(ax, runs, "source_val_acc", None, color, SOURCE_STYLE)
+        ax.set_title(our_row_label(report, row), fontsize="medium")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    if axes:
+        axes[0].plot([], [], color="grey", label="target accuracy (solid)")
+        axes[0].plot([], [], color="grey", label="source val accuracy (dashed)", **SOURCE_STYLE)
+    fig.suptitle(f"Accuracy per epoch, mean ± std over seeds\n(hyperparameters chosen by {_rule_caption(report.rules[0])})",
+                 fontsize="medium")
+    _legend_below(fig, axes)
+    return _save(fig, path)
+
+
+def _draw_series(ax, runs: Sequence[RunRecord], column: str, label: str | None, color, style: dict) -> None:
+    epochs, mean, std = epoch_series(runs, column)
+    if not epochs:
+        return
+    ax.plot(epochs, mean, color=color, label=label, marker="o" if len(epochs) < 3 else None, markersize=3, **style)
+    ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                    color=color, alpha=0.15, linewidth=0)
+
+
+def _col_colors(report: Report) -> dict[tuple, str]:
+    cols = list(dict.fromkeys(c.col for c in report.cells))
+    return {col: f"C{i % 10}" for i, col in enumerate(cols)}
+
+
+def plot_versus(report: Report, key: str, path: Path) -> Path:
+    """``vs_<key>.png``: the reported metric against ``key`` (the report's last column key), one line per
+    remaining column value, one subplot per row value, error bars = std over seeds."""
+    base_cols = report.layout.cols[:-1]
+    rows = list(dict.fromkeys(c.row for c in report.cells))
+    fig, axes = _grid(len(rows))
+    rule = report.rules[0]
+    colors = {}
+    for ax, row in zip(axes, rows):
+        lines: dict[tuple, list[tuple[float, Choice]]] = {}
+        for cell in (c for c in report.cells if c.row == row and c.id in report.choices[rule]):
+            lines.setdefault(cell.col[:-1], []).append((float(cell.col[-1]), report.choices[rule][cell.id]))
+        for col, points in lines.items():
+            points.sort(key=lambda p: p[0])
+            color = colors.setdefault(col, f"C{len(colors) % 10}")
+            label = col_label(Layout(report.layout.rows, base_cols, ()), col)
+            ax.errorbar([x for x, _ in points], [100 * c.mean for _, c in points],
+                        yerr=[_err(c) for _, c in points], color=color, marker="o", capsize=3,
+                        label=label)
+        _numeric_x_axis(ax, [float(c.col[-1]) for c in report.cells])
+        ax.set_title(our_row_label(report, row), fontsize="medium")
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"{report.metric} (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{report.metric} against {key}, mean ± std over seeds\n({_rule_caption(rule)})", fontsize="medium")
+    _legend_below(fig, axes)
+    return _save(fig, path)
+
+
+def _numeric_x_axis(ax, xs: Sequence[float]) -> None:
+    """A log axis for values spanning a factor of ten or more (learning rates); ticks at the swept values."""
+    values = sorted(set(xs))
+    if values[0] > 0 and values[-1] / values[0] >= 10:
+        ax.set_xscale("log")
+    if len(values) <= 8:
+        ax.set_xticks(values, [f"{x:g}" for x in values])
+        ax.minorticks_off()
+
+
+def plot_bars(report: Report, path: Path) -> Path:
+    """``bars.png``: groups = column values, bars = row values, error bars = std over seeds, first rule."""
+    rule = report.rules[0]
+    rows = list(dict.fromkeys(c.row for c in report.cells))
+    cols = list(dict.fromkeys(c.col for c in report.cells))
+    width = 0.8 / max(len(rows), 2)
+    fig = Figure(figsize=(max(5.0, 1.2 + len(cols) * (0.5 * len(rows) + 0.6)), 4.4), layout="constrained")
+    ax = fig.subplots()
+    for i, row in enumerate(rows):
+        choices = [report.choices[rule].get((row, col)) for col in cols]
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j, c in enumerate(choices) if c is not None]
+        present = [c for c in choices if c is not None]
+        ax.bar(xs, [100 * c.mean for c in present], width, yerr=[_err(c) for c in present],
+               capsize=3, label=row_label(row), color=f"C{i % 10}")
+    ax.set_xticks(range(len(cols)), [col_label(report.layout, c) for c in cols],
+                  rotation=20 if len(cols) > 3 else 0, ha="right" if len(cols) > 3 else "center")
+    ax.set_xlim(-0.6, len(cols) - 0.4)  # a lone group keeps its bars' width instead of filling the axes
+    ax.set_ylabel(f"{report.metric} (%)")
+    ax.set_xlabel(", ".join(report.layout.cols) or "all runs")
+    fig.suptitle(f"{report.metric} by {', '.join(report.layout.rows) or 'run'}, mean ± std over seeds\n"
+                 f"({_rule_caption(rule)})", fontsize="medium")
+    ax.grid(axis="y", alpha=0.3)
+    _legend_below(fig, [ax])
+    return _save(fig, path)

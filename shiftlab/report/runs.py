@@ -1,0 +1,122 @@
+"""Find run folders under a sweep or runs folder and load them into records.
+
+A run folder holds ``config.yaml`` and ``summary.json`` (see docs/contract.md); one with ``config.yaml``
+only is an unfinished run (still training, killed, failed or stopped by a scheduler): it is counted and
+listed, never fatal.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import ReportError
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One finished run: its flattened config, ``summary.json`` and ``metrics.csv`` rows."""
+    path: Path
+    config: dict[str, Any]                    # dotted keys, e.g. "optim.lr"; lists as tuples
+    summary: dict[str, Any]
+    metrics: list[dict[str, float | None]]    # one row per epoch; None where an epoch was not evaluated
+
+    @property
+    def label(self) -> str:
+        return str(self.path)
+
+    @property
+    def selections(self) -> dict[str, dict[str, Any]]:
+        return self.summary.get("selections") or {}
+
+
+@dataclass(frozen=True)
+class UnfinishedRun:
+    path: Path
+    status: str   # "failed: <error>", "stopped by the scheduler" or "no summary.json yet"
+
+
+@dataclass(frozen=True)
+class RunSet:
+    root: Path
+    finished: list[RunRecord]
+    unfinished: list[UnfinishedRun]
+
+
+def flatten_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``; lists become tuples so values can be grouped."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, dotted + "."))
+        else:
+            flat[dotted] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def find_run_folders(root: Path) -> list[Path]:
+    """Every folder under ``root`` (itself included) that holds a ``config.yaml``, sorted."""
+    return sorted(p.parent for p in root.rglob("config.yaml") if p.is_file())
+
+
+def _read_mapping(path: Path, parse, error: type[Exception], what: str) -> dict[str, Any]:
+    """``parse(text)`` of ``path``, which must give a mapping; anything else names the file."""
+    try:
+        tree = parse(path.read_text())
+    except error as err:
+        raise ReportError(f"{path} cannot be read as {what} ({err}); delete the run folder or re-run it") from None
+    if not isinstance(tree, dict):
+        raise ReportError(f"{path} does not hold {what} (a mapping)")
+    return tree
+
+
+def _number(text: str | None) -> float | None:
+    if text is None or text.strip() == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def read_metrics(path: Path) -> list[dict[str, float | None]]:
+    """``metrics.csv`` as numbers, one dict per epoch; an absent file gives no rows."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def load_run(folder: Path) -> RunRecord:
+    config = _read_mapping(folder / "config.yaml", yaml.safe_load, yaml.YAMLError, "a config (YAML)")
+    summary = _read_mapping(folder / "summary.json", json.loads, json.JSONDecodeError, "a run summary (JSON)")
+    return RunRecord(folder, flatten_config(config), summary, read_metrics(folder / "metrics.csv"))
+
+
+def _unfinished_status(folder: Path) -> str:
+    error = folder / "error.txt"
+    if error.is_file():
+        lines = [line for line in error.read_text(errors="replace").splitlines() if line.strip()]
+        return f"failed: {lines[-1].strip() if lines else 'see error.txt'}"
+    if (folder / "stopped_by_scheduler").is_file():
+        return "stopped by the scheduler"
+    return "no summary.json yet"
+
+
+def load_runs(root: str | Path) -> RunSet:
+    """The finished and unfinished runs under ``root``; no finished run at all is an error."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ReportError(f"{root} is not a folder; give a sweep folder or a folder of run folders")
+    folders = find_run_folders(root)
+    finished = [load_run(f) for f in folders if (f / "summary.json").is_file()]
+    unfinished = [UnfinishedRun(f, _unfinished_status(f)) for f in folders if not (f / "summary.json").is_file()]
+    if not finished:
+        extra = f" ({len(unfinished)} unfinished: no summary.json yet)" if unfinished else ""
+        raise ReportError(f"no finished run folder (a folder with config.yaml and summary.json) under {root}{extra}")
+    return RunSet(root, finished, unfinished)

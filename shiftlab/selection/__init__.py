@@ -1,0 +1,2 @@
+"""Model selection: unsupervised validators (``validators``) and the rules that pick an epoch and
+hyperparameters per table cell (``rules``)."""

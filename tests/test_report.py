@@ -1,0 +1,228 @@
+"""``shiftlab report``: tables checked by hand on run folders written here, published numbers with their
+setting differences, plots written and non-empty, unfinished runs listed, user errors, a real run."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shiftlab.config import build_config, nest_dotted
+from shiftlab.errors import ShiftlabError
+from shiftlab.report import ReportError
+from shiftlab.report.cli import add_arguments, run
+from shiftlab.report.runs import load_runs
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE = "art_painting"
+# Target accuracy at the last (= every rule's) epoch, per method, learning rate and seed; cartoon's are
+# the hand-checked ones, sketch's are 10 points lower. Source validation accuracy picks lr 0.01.
+HAND = {("source_only", 0.01): {"val": (0.90, 0.80, 0.85), "acc": (0.40, 0.45, 0.50)},
+        ("source_only", 0.1): {"val": (0.70, 0.75, 0.80), "acc": (0.60, 0.62, 0.64)},
+        ("adabn", 0.01): {"val": (0.90, 0.90), "acc": (0.50, 0.60)}}
+TARGET_SHIFT = {"cartoon": 0.0, "sketch": -0.1}
+
+
+def write_run(folder: Path, flat_config: dict, val: float, acc: float, epochs: int = 3) -> Path:
+    """A finished run folder as the trainer writes it; every rule picks the last epoch, the best one."""
+    rows = [{"epoch": e, "step": 10 * e, "train_loss": 1.0 / e, "source_val_acc": val - 0.1 * (epochs - e),
+             "target_acc": acc - 0.05 * (epochs - e), "target_holdout_acc": "", "lr": 0.1} for e in range(1, epochs + 1)]
+    last = {"epoch": epochs, "source_val_acc": val, "target_acc": acc}
+    summary = {"method": flat_config["method.name"], "source": flat_config["data.source"],
+               "target": flat_config["data.target"], "seed": flat_config["experiment.seed"],
+               "selection": "source_val", "reads_target_labels": False,
+               "selections": {rule: dict(last, rule=rule) for rule in ("source_val", "last", "target_oracle")}}
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(nest_dotted(flat_config)))
+    (folder / "summary.json").write_text(json.dumps(summary))
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
+def hand_config(method: str, target: str, lr: float, seed: int) -> dict:
+    return {"experiment.name": f"{method}/{target}/lr{lr}/s{seed}", "experiment.seed": seed,
+            "data.dataset": "pacs", "data.source": SOURCE, "data.target": target, "data.root": f"/data/{seed}",
+            "method.name": method, "optim.lr": lr, "train.epochs": 3}
+
+
+@pytest.fixture
+def runs_folder(tmp_path) -> Path:
+    for (method, lr), numbers in HAND.items():
+        for target, shift in TARGET_SHIFT.items():
+            for seed, (val, acc) in enumerate(zip(numbers["val"], numbers["acc"])):
+                write_run(tmp_path / method / target / f"lr{lr}" / f"s{seed}", hand_config(method, target, lr, seed),
+                          val, acc + shift)
+    unfinished = tmp_path / "source_only" / "cartoon" / "lr1.0" / "s0"
+    unfinished.mkdir(parents=True)
+    (unfinished / "config.yaml").write_text(yaml.safe_dump(nest_dotted(hand_config("source_only", "cartoon", 1.0, 0))))
+    (unfinished / "error.txt").write_text("Traceback (most recent call last):\n  ...\nRuntimeError: loss is nan\n")
+    return tmp_path
+
+
+def report(folder: Path, *options: str) -> tuple[int, Path]:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([str(folder), *options])
+    return run(args), Path(args.out) if args.out else folder / "report"
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def line(rows: list[dict], **where) -> dict:
+    found = [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+    assert len(found) == 1, (where, found)
+    return found[0]
+
+
+def test_table_values_checked_by_hand(runs_folder, capsys):
+    code, out = report(runs_folder, "--no-plots")
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {"report.md", "table.csv", "gap.csv"}
+    rows = read_csv(out / "table.csv")
+    assert {r["rule"] for r in rows} == {"source_val", "last", "cross_domain", "target_oracle"}
+    # source_val: lr 0.01 (mean source val 0.85 > 0.75): 40, 45, 50 -> 45.0 ± 5.0 (sample std)
+    val = line(rows, rule="source_val", **{"method.name": "source_only", "data.target": "cartoon"})
+    assert (val["cell"], val["n"], val["chosen.optim.lr"], val["seeds"]) == ("45.0 ± 5.0 (n=3)", "3", "0.01", "0;1;2")
+    assert float(val["mean_pct"]) == pytest.approx(45.0) and float(val["std_pct"]) == pytest.approx(5.0)
+    # the oracle picks lr 0.1: 60, 62, 64 -> 62.0 ± 2.0
+    oracle = line(rows, rule="target_oracle", **{"method.name": "source_only", "data.target": "cartoon"})
+    assert (oracle["cell"], oracle["chosen.optim.lr"], oracle["rule_reads_target_labels"]) == \
+        ("62.0 ± 2.0 (n=3)", "0.1", "True")
+    # cross_domain for cartoon chooses on sketch (lr 0.1: 52 > 35 mean), then reports cartoon's 62.0 ± 2.0
+    cross = line(rows, rule="cross_domain", **{"method.name": "source_only", "data.target": "cartoon"})
+    assert (cross["cell"], cross["chosen.optim.lr"]) == ("62.0 ± 2.0 (n=3)", "0.1")
+    adabn = line(rows, rule="source_val", **{"method.name": "adabn", "data.target": "cartoon"})
+    assert adabn["cell"] == f"55.0 ± {100 * statistics.stdev([0.5, 0.6]):.1f} (n=2)" == "55.0 ± 7.1 (n=2)"
+    gap = line(read_csv(out / "gap.csv"), rule="source_val", **{"method.name": "source_only", "data.target": "cartoon"})
+    assert float(gap["gap_points"]) == pytest.approx(45.0 - 62.0)
+
+    markdown = (out / "report.md").read_text()
+    assert capsys.readouterr().out.startswith(markdown.rstrip("\n"))
+    assert "| method.name | art_painting→cartoon | art_painting→sketch |" in markdown
+    assert "| source_only | 45.0 ± 5.0 (n=3) | 35.0 ± 5.0 (n=3) |" in markdown
+    assert "## Selection rule `target_oracle` (ORACLE: reads target labels)" in markdown
+    assert "- source_only / art_painting→cartoon: optim.lr=0.01 (of 2 settings; score 0.85)" in markdown
+    assert "| source_only | `source_val` | -17.0 | -17.0 | -17.0 |" in markdown
+    assert "`data.root`" not in markdown  # bookkeeping keys are no hyperparameters
+
+
+def test_holdout_metric_falls_back_to_target_acc_with_a_note(runs_folder):
+    _, out = report(runs_folder, "--no-plots", "--rules", "source_val", "--metric", "target_holdout_acc")
+    val = line(read_csv(out / "table.csv"), **{"method.name": "source_only", "data.target": "cartoon"})
+    assert (val["cell"], val["metric"], val["metric_fallbacks"]) == ("45.0 ± 5.0 (n=3)", "target_holdout_acc", "3")
+    assert "`target_holdout_acc` was missing in some runs' selections, which report `target_acc` instead " \
+           "(reported runs, per rule: source_val: 10)" in (out / "report.md").read_text()
+
+
+def test_unfinished_runs_are_counted_and_listed(runs_folder):
+    runset = load_runs(runs_folder)
+    assert len(runset.finished) == 16 and len(runset.unfinished) == 1
+    _, out = report(runs_folder, "--no-plots", "--rules", "source_val")
+    markdown = (out / "report.md").read_text()
+    assert "16 finished runs in 4 cells, 1 unfinished" in markdown
+    assert f"- `{runs_folder / 'source_only/cartoon/lr1.0/s0'}`: failed: RuntimeError: loss is nan" in markdown
+
+
+def test_published_numbers_beside_ours_with_setting_differences(runs_folder, tmp_path):
+    ref = tmp_path / "ref.yaml"
+    ref.write_text(yaml.safe_dump({
+        "source": "Some Paper, Table 2", "setting": {"train.epochs": 30, "data.dataset": "pacs"},
+        "results": [{"row": {"method.name": "source_only"}, "col": {"data.target": "cartoon"}, "value": 54.48},
+                    {"row": {"method.name": "adabn"}, "col": {"data.target": "sketch"}, "value": 50.0,
+                     "source": "Other Paper", "setting": {"train.epochs": 3}},
+                    {"row": {"method.name": "dann"}, "col": {"data.target": "cartoon"}, "value": 60.0}]}))
+    _, out = report(runs_folder, "--no-plots", "--rules", "source_val", "--reference", str(ref),
+                    "--out", str(tmp_path / "rep"))
+    markdown = (out / "report.md").read_text()
+    assert "| source_only, published [1] | 54.48 †1 |  |" in markdown
+    assert "| adabn, published [2] |  | 50 |" in markdown  # same setting: no mark
+    assert "- [1] Some Paper, Table 2: published number, not measured by shiftlab." in markdown
+    assert "- †1 our runs' setting differs from the published one: train.epochs: ours 3 vs published 30." in markdown
+    assert "matching no cell of this table: 60 for method.name=dann" in markdown
+    published = line(read_csv(out / "table.csv"), kind="published", **{"method.name": "source_only"})
+    assert (published["mean_pct"], published["source"], published["setting_differences"]) == \
+        ("54.48", "Some Paper, Table 2", "train.epochs: ours 3 vs published 30")
+
+
+def test_the_ash_reference_file_loads():
+    from shiftlab.report.references import load_references
+
+    refs = load_references(REPO / "docs" / "references" / "ash_baseline.yaml")
+    assert {r.where["data.target"]: r.value for r in refs} == {"cartoon": 54.48, "sketch": 40.89, "photo": 95.93}
+    assert all(r.setting["train.epochs"] == 30 and r.where["data.source"] == SOURCE for r in refs)
+
+
+def assert_png(path: Path) -> None:
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000, path
+    pixels = imread(path)
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 300 and pixels.std() > 0.05, path  # not blank
+
+
+def test_plots_are_written_and_not_empty(runs_folder):
+    _, out = report(runs_folder, "--rules", "source_val,target_oracle", "--x", "optim.lr")
+    for name in ("curves.png", "bars.png", "vs_optim.lr.png"):
+        assert_png(out / name)
+    assert "![vs_optim.lr](vs_optim.lr.png)" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--rows", "method.nme"], r"unknown row key 'method.nme'.*optim.lr"),
+    (["--rules", "snd"], r"'snd' is not supported.*source_val, last, cross_domain, target_oracle"),
+    (["--cols", "data.source"], r"'data.target' varies.*--rows or --cols"),
+    (["--x", "method.name"], r"already a row or column key"),
+    (["--x", "data.root"], r"must be a numeric config key"),
+])
+def test_user_errors_name_what_to_do(runs_folder, options, message):
+    with pytest.raises(ShiftlabError, match=message):
+        report(runs_folder, *options)
+
+
+def test_no_finished_run_is_an_error(tmp_path):
+    with pytest.raises(ReportError, match="no finished run folder"):
+        report(tmp_path)
+    with pytest.raises(ReportError, match="is not a folder"):
+        report(tmp_path / "missing")
+
+
+def test_a_sweep_files_report_defaults_may_be_lists(runs_folder):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    parser.set_defaults(rows=["method.name"], cols=["data.source", "data.target"], rules="source_val")
+    assert run(parser.parse_args([str(runs_folder), "--no-plots"])) == 0
+
+
+def test_a_real_run_folder(tmp_path):
+    from shiftlab.engine.loop import Trainer
+
+    cfg = build_config([REPO / "configs" / "demo.yaml"], [
+        "--train.epochs=2", "--data.limit=96", "--data.batch_size=32", "--train.progress=false",
+        f"--experiment.output_dir={tmp_path / 'runs'}", "--experiment.name=demo/s0"])
+    summary = Trainer(cfg).fit()
+    code, out = report(tmp_path / "runs")
+    assert code == 0
+    rows = read_csv(out / "table.csv")
+    assert {r["rule"] for r in rows} == {"source_val", "last", "entropy", "im", "snd", "target_oracle"}
+    val = line(rows, rule="source_val")
+    assert (val["method.name"], val["data.source"], val["data.target"], val["n"]) == \
+        ("source_only", "digits", "digits_photo", "1")
+    assert float(val["mean_pct"]) == pytest.approx(100 * summary["selections"]["source_val"]["target_acc"], abs=1e-3)
+    assert_png(out / "curves.png")
+
+
+def test_a_corrupt_summary_names_its_file(runs_folder):
+    broken = runs_folder / "adabn" / "cartoon" / "lr0.01" / "s0" / "summary.json"
+    broken.write_text('{"selections": ')
+    with pytest.raises(ReportError, match=f"{broken} cannot be read as a run summary"):
+        load_runs(runs_folder)
