@@ -9,7 +9,7 @@ import torch
 
 from shiftlab.config import ConfigError, build_config
 from shiftlab.engine.loop import SELECTIONS, Trainer
-from shiftlab.selection.validators import (entropy_score, information_maximization, metric_name,
+from shiftlab.selection.validators import (entropy_score, information_maximization, metric_name, score_all,
                                            soft_neighborhood_density)
 
 
@@ -79,12 +79,21 @@ def _demo(tmp_path, name, **overrides):
     return build_config(["configs/demo.yaml"], args)
 
 
-def test_no_rule_but_the_oracle_reads_target_labels(tmp_path):
+@pytest.mark.parametrize("adapt_split", ["test", "train"])
+def test_no_rule_but_the_oracle_reads_target_labels(tmp_path, adapt_split):
     """Two identical runs, one with scrambled target labels: every rule that claims to read no target label
-    picks the same epoch with the same scores; only the accuracies (and the oracle) may move."""
-    h = Trainer(_demo(tmp_path, "honest"))
+    picks the same epoch with the same scores; only the accuracies (and the oracle) may move. Adapting on the
+    evaluated images (the demo's protocol) takes the validators' probabilities from the evaluation pass;
+    adapting on the training images takes a pass of their own: both are checked."""
+    split = {"data.target_adapt_split": adapt_split}
+    h = Trainer(_demo(tmp_path, "honest", **split))
+    assert h.validators_reuse_target_pass == (adapt_split == "test")
     honest = h.fit()
-    t = Trainer(_demo(tmp_path, "scrambled"))
+    # the evaluation-time scores equal a separate pass over the adaptation images with the final model
+    separate = score_all(h._probabilities(h.target_images), ["entropy", "im", "snd"])
+    for key, value in separate.items():
+        assert h.history[-1][key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+    t = Trainer(_demo(tmp_path, "scrambled", **split))
     domain, loader = t.eval_sets["target"]
     t.eval_sets["target"] = (domain, ScrambledLabels(loader, t.pair.num_classes))
     scrambled = t.fit()

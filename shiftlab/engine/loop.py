@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..config import Config, ConfigError, run_dir
 from ..data.pair import DomainPair, build_domain_pair, make_loader
+from ..data.splits import keys_of
 from ..errors import NothingToResumeError, RunExistsError, RunFolderError
 from ..methods import Batch, Method, build_method, get_method
 from ..models import build_backbone, normalization_for
@@ -219,6 +220,9 @@ class Trainer:
         if p.target_holdout is not None:
             self.eval_sets["target_holdout"] = ("target", loader(p.target_holdout, eval_bs, shuffle=False))
         self.target_images = loader(p.target_adapt_images, eval_bs, shuffle=False)
+        # transductive protocols (PACS, Office-Home) adapt on the images they evaluate on: the validators then
+        # reuse the evaluation pass's probabilities (images only) instead of a second pass over the same images
+        self.validators_reuse_target_pass = keys_of(p.target_eval.base) == keys_of(p.target_adapt_images.base)
         main = self.source_loader if self.source_loader is not None else self.target_loader
         self.steps_per_epoch = min(len(main), t.steps_per_epoch or len(main))
         self.total_steps = max(1, self.steps_per_epoch * t.epochs)
@@ -391,8 +395,9 @@ class Trainer:
         return Batch(item.to(self.device, non_blocking=True), None)
 
     @torch.no_grad()
-    def _accuracy(self, loader, what: str) -> tuple[float, float, torch.Tensor, torch.Tensor]:
-        """Accuracy, mean loss, and per-class (correct, count) over a labelled loader."""
+    def _accuracy(self, loader, what: str, probs: list | None = None) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+        """Accuracy, mean loss, and per-class (correct, count) over a labelled loader; the softmax outputs are
+        appended to ``probs`` when it is given."""
         self.method.eval()
         n = self.pair.num_classes
         correct, count, loss = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long), 0.0
@@ -401,6 +406,8 @@ class Trainer:
             with self._autocast():
                 logits = self.method.predict(x)
             loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            if probs is not None:
+                probs.append(torch.softmax(logits.float(), dim=1).cpu())
             hit = (logits.argmax(1) == y).long().cpu()
             y = y.cpu()
             count += torch.bincount(y, minlength=n)
@@ -426,15 +433,18 @@ class Trainer:
             self.method.eval()
             self.method.before_evaluation(domain, self.target_images if domain == "target" else None)
             try:
+                target_probs: list | None = [] if self.validators_reuse_target_pass else None
                 for name in names:
-                    acc, loss, correct, count = self._accuracy(self.eval_sets[name][1], name)
+                    acc, loss, correct, count = self._accuracy(self.eval_sets[name][1], name,
+                                                               target_probs if name == "target" else None)
                     out[f"{name}_acc"], out[f"{name}_loss"] = acc, loss
                     if name == "target":
                         self.per_class[self.epoch] = {
                             c: correct[i].item() / count[i].item()
                             for i, c in enumerate(self.pair.classes) if count[i] > 0}
                 if domain == "target" and self.cfg.train.validators:
-                    out.update(score_all(self._probabilities(self.target_images), self.cfg.train.validators))
+                    probs = torch.cat(target_probs) if target_probs else self._probabilities(self.target_images)
+                    out.update(score_all(probs, self.cfg.train.validators))
             finally:
                 self.method.after_evaluation()
         return out
