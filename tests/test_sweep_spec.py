@@ -80,6 +80,11 @@ def test_errors_name_the_file_and_key(tmp_path):
         load_sweep(_write(tmp_path, grids={"experiment.seed": [0]}))
     with pytest.raises(SweepError, match="share the run folder"):
         expand(load_sweep(_write(tmp_path, grid={"experiment.seed": [1, 1]})))
+    # `report: {cols: data.source,data.target}` in YAML flow style splits at the comma into a key data.target
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(f"config: [{REPO / 'configs/demo.yaml'}]\nreport: {{rows: method.name, cols: data.source,data.target}}\n")
+    with pytest.raises(SweepError, match="unknown report 'data.target'; valid: rows, cols"):
+        load_sweep(flow)
 
 
 def test_trial_names_are_folder_safe_and_unique():

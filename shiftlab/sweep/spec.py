@@ -41,6 +41,7 @@ from ..config import Config, ConfigError, build_config
 from ..engine.loop import import_plugins
 from ..errors import ShiftlabError
 from ..methods.base import method_params
+from ..utils import unknown_choice_error
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 
@@ -115,6 +116,17 @@ class SweepSpec(_Strict):
         if unknown:
             raise ValueError(f"resources: unknown {sorted(unknown)}; valid: cpu, gpu")
         return resources
+
+    @field_validator("report")
+    @classmethod
+    def _known_report_options(cls, report):
+        # a YAML flow mapping splits "cols: a,b" at the comma into a key "b": catch it here, not in a table
+        valid = ("rows", "cols", "rules", "metric", "hparams", "reference", "x", "no_plots")
+        for key in report:
+            if key not in valid:
+                raise ValueError(unknown_choice_error("report", key, valid)
+                                 + " (in a {...} mapping quote comma-separated keys: cols: 'data.source,data.target')")
+        return report
 
     @property
     def sampled_keys(self) -> list[str]:
