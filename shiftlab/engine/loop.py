@@ -179,7 +179,7 @@ class Trainer:
                                       mean=m.mean or mean, std=m.std or std, progress=t.progress)
             self.method: Method = build_method(cfg.method.name, backbone, cfg.method.model_extra or {},
                                                feature_lr_mult=cfg.optim.feature_lr_mult).to(self.device)
-            self._build_loaders(method_cls)
+            self._build_loaders(self.method)  # the instance: its params may change what it reads
             self.optimizers, self.schedulers = build_optimizers(self.method.configure_optimizers(cfg.optim.lr),
                                                                 cfg.optim, self.total_steps)
             self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -202,16 +202,16 @@ class Trainer:
             target_eval_split=d.target_eval_split, holdout_fraction=d.target_holdout_fraction,
             strict_classes=d.strict_classes, skip_unreadable=d.skip_unreadable)
 
-    def _build_loaders(self, method_cls) -> None:
+    def _build_loaders(self, method: Method) -> None:
         d, t = self.cfg.data, self.cfg.train
         loader = partial(make_loader, num_workers=d.num_workers, pin_memory=self.device.type == "cuda")
         eval_bs = d.eval_batch_size or 2 * d.batch_size
         self.generators = [torch.Generator(), torch.Generator()]  # re-seeded every epoch (see _batches)
         p = self.pair
         self.source_loader = loader(p.source_train, d.batch_size, shuffle=True,
-                                    generator=self.generators[0]) if method_cls.uses_source else None
+                                    generator=self.generators[0]) if method.uses_source else None
         self.target_loader = loader(p.target_train, d.batch_size, shuffle=True,
-                                    generator=self.generators[1]) if method_cls.target_stream != "none" else None
+                                    generator=self.generators[1]) if method.target_stream != "none" else None
         # name -> (domain, labelled loader); every name becomes <name>_acc and <name>_loss in metrics.csv
         self.eval_sets = {"source_val": ("source", loader(p.source_val, eval_bs, shuffle=False)),
                           "target": ("target", loader(p.target_eval, eval_bs, shuffle=False))}

@@ -38,7 +38,8 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     uses_source: ClassVar[bool] = True
-    # "none": no target data in training; "unlabelled": target images only; "labelled": target images and labels
+    # "none": no target data in training; "unlabelled": target images only; "labelled": target images and labels.
+    # An instance may narrow "unlabelled" to "none" from its params (the loop reads the instance's streams).
     target_stream: ClassVar[Literal["none", "unlabelled", "labelled"]] = "none"
     requires_trained_model: ClassVar[bool] = False  # e.g. fine-tuning starts from model.weights
     # False: the method does its own backward passes and optimiser steps (see manual_backward / optimizer)

@@ -1,4 +1,8 @@
 """Reusable building blocks shared by methods."""
 from .batchnorm import batchnorm_modules, batchnorm_state, load_batchnorm_state, reestimate_batchnorm
+from .shaping import (ActivationShaper, ash_b, ash_p, ash_s, binarize_and_mask, mask_only, random_mask,
+                      select_modules)
 
-__all__ = ["batchnorm_modules", "batchnorm_state", "load_batchnorm_state", "reestimate_batchnorm"]
+__all__ = ["batchnorm_modules", "batchnorm_state", "load_batchnorm_state", "reestimate_batchnorm",
+           "ActivationShaper", "ash_b", "ash_p", "ash_s", "binarize_and_mask", "mask_only", "random_mask",
+           "select_modules"]
