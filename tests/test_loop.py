@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,8 @@ import yaml
 from shiftlab.config import build_config
 from shiftlab.engine.checkpoint import load_checkpoint
 from shiftlab.engine.loop import RunExistsError, Trainer
+
+from processes import checkpointed, kill_when
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
@@ -72,17 +71,7 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(full_run, tmp_path
     run = tmp_path / "killed"
     proc = subprocess.Popen(_cli(tmp_path, "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline:  # kill as soon as two epochs are checkpointed
-            if (run / "checkpoints" / "last.pt").is_file() and load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] >= 2:
-                break
-            if proc.poll() is not None:
-                pytest.fail("the run ended before it could be killed")
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    kill_when(proc, checkpointed(run, 2))  # as soon as two epochs are checkpointed
     assert not (run / "summary.json").exists(), "the run finished before the kill"
     epoch_at_kill = load_checkpoint(run / "checkpoints" / "last.pt")["epoch"]
     assert 2 <= epoch_at_kill < 4

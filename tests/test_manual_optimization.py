@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,8 @@ import torch
 from shiftlab.config import build_config
 from shiftlab.engine.checkpoint import load_checkpoint
 from shiftlab.engine.loop import Trainer
+
+from processes import checkpointed, kill_when
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -97,17 +97,7 @@ def test_two_optimizer_method_resumes_bit_exactly_after_sigkill(tmp_path):
     proc = subprocess.Popen(_cli(tmp_path, "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, env=env)
     ckpt = run / "checkpoints" / "last.pt"
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if ckpt.is_file() and load_checkpoint(ckpt)["epoch"] >= 2:
-                break
-            if proc.poll() is not None:
-                pytest.fail("the run ended before it could be killed")
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    kill_when(proc, checkpointed(run, 2))
     assert not (run / "summary.json").exists() and 2 <= load_checkpoint(ckpt)["epoch"] < 4
 
     subprocess.run(_cli(tmp_path, "killed", "--resume"), check=True, capture_output=True, timeout=600, env=env)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from processes import kill_when
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -66,15 +66,9 @@ def test_a_sweep_killed_midway_loses_nothing_when_run_again(tmp_path):
     first, second = runs / "experiment.seed=0", runs / "experiment.seed=1"
     proc = subprocess.Popen([*SHIFTLAB, "sweep", str(path), "--num-cpus", "2", "--no-progress"], cwd=REPO,
                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        # kill once the first trial has finished and the second has a checkpoint but no summary
-        while not ((first / "summary.json").is_file() and (second / "metrics.csv").is_file()):
-            assert proc.poll() is None and time.time() < deadline, "the sweep ended or stalled before the kill"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
-        proc.wait()
+    # kill the driver and the Ray processes it started once the first trial has finished and the second
+    # has a checkpoint but no summary
+    kill_when(proc, lambda: (first / "summary.json").is_file() and (second / "metrics.csv").is_file(), 240)
     assert not (second / "summary.json").is_file()
     finished = (first / "summary.json").stat().st_mtime_ns, (first / "metrics.csv").read_text()
     partial = (second / "metrics.csv").read_text().splitlines()
@@ -111,3 +105,23 @@ def test_optuna_search_runs_trials_named_by_their_values(tmp_path):
         cfg = json.loads((Path(r["run_dir"]) / "summary.json").read_text())["config"]
         assert r["trial"].startswith("optim.lr=") and 0.001 <= cfg["optim"]["lr"] <= 0.1
         assert f"{cfg['optim']['lr']:.4g}" in r["trial"]
+
+
+def test_asha_stops_poor_trials_and_their_summaries_are_written(tmp_path):
+    # the poor learning rates come last, so that the good ones have set each rung's bar when they reach it
+    path = _sweep_file(tmp_path, "asha", set={"train.epochs": 3},
+                       grid={"optim.lr": [0.05, 0.02, 0.00001, 0.000001]},
+                       asha={"metric": "source_val_acc", "grace_period": 1, "reduction_factor": 2})
+    done = _sweep(path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["trial"]: r for r in json.loads((tmp_path / "sweeps/asha/trials.json").read_text())}
+    stopped = [r for r in rows.values() if r["status"] == "stopped"]
+    assert stopped and {r["trial"] for r in stopped} <= {"optim.lr=1e-05", "optim.lr=1e-06"}
+    for r in rows.values():  # every trial, stopped or not, has its summary at the epoch it reached
+        summary = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
+        assert summary["epochs"] == r["epochs"]
+        assert summary["stopped_early"] == (r["status"] == "stopped")
+        assert (r["epochs"] < 3) == (r["status"] == "stopped")
+    again = _sweep(path)  # nothing is trained further
+    assert again.returncode == 0 and f"{4 - len(stopped)} finished, 0 failed, {len(stopped)} stopped" in again.stdout
+    assert {r["trial"]: r for r in json.loads((tmp_path / "sweeps/asha/trials.json").read_text())} == rows

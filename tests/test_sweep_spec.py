@@ -76,6 +76,8 @@ def test_errors_name_the_file_and_key(tmp_path):
     with pytest.raises(SweepError, match="reads target test labels"):
         load_sweep(_write(tmp_path, search={"algorithm": "optuna", "metric": "target_acc",
                                             "space": {"optim.lr": {"uniform": [0.01, 0.1]}}}))
+    with pytest.raises(SweepError, match="asha.metric 'target_acc' reads target test labels"):
+        load_sweep(_write(tmp_path, asha={"metric": "target_acc"}))
     with pytest.raises(SweepError, match="valid top-level keys"):
         load_sweep(_write(tmp_path, grids={"experiment.seed": [0]}))
     with pytest.raises(SweepError, match="share the run folder"):

@@ -26,6 +26,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..config import Config, build_config, run_dir
+from ..engine.checkpoint import load_checkpoint
 from ..utils import atomic_write_text, write_json
 from .spec import SweepSpec, Trial, check_sampled_keys, expand, grid_trials, sweep_dir, trial_name
 
@@ -71,14 +72,16 @@ def _tune_trainable(config: dict[str, Any]) -> None:
     from ray import tune
 
     torch.set_num_threads(max(1, int(config.get("_threads", 1))))
-    sampled = {k: v for k, v in config.items() if not k.startswith("_")}
-    base = config["_config"]
+    run_trial(_trial_config(config), report=tune.report)
+
+
+def _trial_config(tune_config: dict[str, Any]) -> Config:
+    """A trial's config from what Tune passed it: the resolved config, plus the keys Optuna sampled."""
+    sampled = {k: v for k, v in tune_config.items() if not k.startswith("_")}
     if sampled:  # Optuna proposed these: the run folder is named after them
-        name = trial_name({**config["_point"], **sampled})
-        cfg = build_config([], {**sampled, "experiment.name": name}, start=base)
-    else:
-        cfg = Config.model_validate(base)
-    run_trial(cfg, report=tune.report)
+        name = trial_name({**tune_config["_point"], **sampled})
+        return build_config([], {**sampled, "experiment.name": name}, start=tune_config["_config"])
+    return Config.model_validate(tune_config["_config"])
 
 
 # ---------------------------------------------------------------------------------------------- progress
@@ -180,8 +183,7 @@ def _tuner(spec: SweepSpec, trials: list[Trial], storage: Path, name: str, progr
     sched = _scheduler(spec)
     tune_config = tune.TuneConfig(
         num_samples=num_samples, search_alg=search_alg, scheduler=sched,
-        max_concurrent_trials=spec.max_concurrent,
-        metric=spec.asha.metric if sched else None, mode="max" if sched else None,
+        max_concurrent_trials=spec.max_concurrent,  # the ASHA scheduler carries its own metric and mode
         trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}")
     run_config = tune.RunConfig(name=name, storage_path=str(storage), verbose=0, callbacks=[progress],
                                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False))
@@ -256,10 +258,19 @@ def _row(spec: SweepSpec, base: dict, tune_config: dict, error, metrics) -> dict
         return {**row, "status": "failed", "error": _one_line(error)}
     if (folder / "summary.json").is_file():
         summary = json.loads((folder / "summary.json").read_text())
-        return {**row, "status": "finished", "selection": summary["selection"], "target_acc": summary["target_acc"],
-                "epochs": summary["epochs"]}
-    if spec.asha is not None:  # stopped by ASHA: the next run of the sweep writes its summary, no training
-        atomic_write_text(folder / "stopped_by_scheduler", "ASHA stopped this trial\n")
+        return {**row, "status": "stopped" if summary.get("stopped_early") else "finished",
+                "selection": summary["selection"], "target_acc": summary["target_acc"], "epochs": summary["epochs"]}
+    ckpt = folder / "checkpoints" / "last.pt"
+    if spec.asha is not None and ckpt.is_file():
+        # ASHA ends a trial right after a report: one it stopped early, or one that reached its last epoch
+        # (before fit() wrote the summary). The summary is written now, without training; the marker keeps
+        # a later run of the sweep from training a stopped trial further.
+        cfg = _trial_config(tune_config)
+        if load_checkpoint(ckpt)["epoch"] < cfg.train.epochs:
+            atomic_write_text(folder / "stopped_by_scheduler", "ASHA stopped this trial\n")
+        summary = run_trial(cfg)
+        return {**row, "status": "stopped" if summary["stopped_early"] else "finished",
+                "selection": summary["selection"], "target_acc": summary["target_acc"], "epochs": summary["epochs"]}
     return {**row, "status": "stopped", "epochs": (metrics or {}).get("epoch")}
 
 

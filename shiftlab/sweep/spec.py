@@ -43,6 +43,14 @@ from ..errors import ShiftlabError
 from ..methods.base import method_params
 from ..utils import unknown_choice_error
 
+def blind_metric(metric: str, key: str) -> str:
+    """``metric`` if it reads no target test label (a search or a scheduler may only follow such a metric)."""
+    if metric.startswith("target_") and metric != "target_val_acc":
+        raise ValueError(f"{key} '{metric}' reads target test labels; use source_val_acc, an unsupervised "
+                         f"validator (unsup_entropy, unsup_im, unsup_snd) or target_val_acc")
+    return metric
+
+
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 
 
@@ -77,16 +85,18 @@ class SearchSpec(_Strict):
     @field_validator("metric")
     @classmethod
     def _blind_metric(cls, metric):
-        if metric.startswith("target_") and metric != "target_val_acc":
-            raise ValueError(f"search.metric '{metric}' reads target test labels; use source_val_acc, an "
-                             f"unsupervised validator (unsup_entropy, unsup_im, unsup_snd) or target_val_acc")
-        return metric
+        return blind_metric(metric, "search.metric")
 
 
 class AshaSpec(_Strict):
     metric: str = "source_val_acc"
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2, gt=1)
+
+    @field_validator("metric")
+    @classmethod
+    def _blind_metric(cls, metric):  # stopping trials on target labels would select on them
+        return blind_metric(metric, "asha.metric")
 
 
 class SweepSpec(_Strict):
