@@ -226,3 +226,18 @@ def test_a_corrupt_summary_names_its_file(runs_folder):
     broken.write_text('{"selections": ')
     with pytest.raises(ReportError, match=f"{broken} cannot be read as a run summary"):
         load_runs(runs_folder)
+
+
+def test_a_key_newer_than_some_runs_is_not_taken_for_a_hyperparameter(tmp_path):
+    """Runs made before a config key existed behaved as its default: a run that states the default and one
+    that lacks the key are the same setting, while a run with another value is a different one."""
+    old = hand_config("source_only", "cartoon", 0.01, 0)
+    write_run(tmp_path / "old", old, 0.9, 0.4)
+    write_run(tmp_path / "new", {**hand_config("source_only", "cartoon", 0.01, 1), "train.eval_every": 1}, 0.8, 0.5)
+    runs = load_runs(tmp_path).finished
+    assert {r.config["train.eval_every"] for r in runs} == {1}
+    code, out = report(tmp_path, "--no-plots")
+    assert code == 0 and line(read_csv(out / "table.csv"), rule="source_val", kind="ours")["n"] == "2"
+    write_run(tmp_path / "other", {**hand_config("source_only", "cartoon", 0.01, 2), "train.eval_every": 2}, 0.7, 0.6)
+    code, out = report(tmp_path, "--no-plots")
+    assert "train.eval_every" in (out / "report.md").read_text()  # now it does vary: a hyperparameter

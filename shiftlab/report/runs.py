@@ -7,6 +7,7 @@ listed, never fatal.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,16 @@ def read_metrics(path: Path) -> list[dict[str, float | None]]:
 def load_run(folder: Path) -> RunRecord:
     config = _read_mapping(folder / "config.yaml", yaml.safe_load, yaml.YAMLError, "a config (YAML)")
     summary = _read_mapping(folder / "summary.json", json.loads, json.JSONDecodeError, "a run summary (JSON)")
-    return RunRecord(folder, flatten_config(config), summary, read_metrics(folder / "metrics.csv"))
+    # a key added to shiftlab after the run was made has its default there (new keys default to the old
+    # behaviour), so that it does not pass for a hyperparameter varying between older and newer runs
+    return RunRecord(folder, {**_defaults(), **flatten_config(config)}, summary, read_metrics(folder / "metrics.csv"))
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    from ..config import Config
+
+    return {k: v for k, v in flatten_config(Config().to_dict()).items() if not k.startswith("method.")}
 
 
 def _unfinished_status(folder: Path) -> str:
