@@ -80,7 +80,7 @@ Channels = Annotated[list[float], Field(min_length=3, max_length=3)]
 class ModelConfig(Section):
     name: str = Field("resnet18", description="backbone: any torchvision classification model (resnet18, resnet50, "
                       "alexnet, vgg16, efficientnet_b0, convnext_tiny, vit_b_16 ...: torchvision.models.list_models()) "
-                      "or small_cnn (digits)")
+                      "or small_cnn / dann_digits (digits; dann_digits is the DANN paper's MNIST network)")
     pretrained: str = Field("none", description="'none', 'imagenet' (torchvision's DEFAULT weights) or a torchvision weights name such as IMAGENET1K_V1")
     weights: Path | None = Field(None, description="local weights file: a torchvision state dict or a shiftlab checkpoint")
     bottleneck_dim: int = Field(0, ge=0, description="size of a Linear-BN-ReLU bottleneck before the head (0 = none)")
@@ -114,9 +114,16 @@ class OptimConfig(Section):
     weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay")
     schedule: Literal["constant", "step", "cosine", "inverse"] = Field(
         "constant", description="learning-rate schedule over all steps: 'step' multiplies by gamma from step_at of "
-                                "training on; 'inverse' is lr/(1+10p)^0.75 (Ganin & Lempitsky 2015)")
+                                "training on; 'inverse' is lr/(1+alpha*p)^beta (Ganin & Lempitsky 2015: alpha 10, "
+                                "beta 0.75), p the training progress 0->1 or the step count (see inverse_per)")
     step_at: float = Field(0.8, gt=0, le=1, description="fraction of training after which 'step' decays the learning rate")
     gamma: float = Field(0.1, gt=0, description="decay factor of the 'step' schedule")
+    alpha: float = Field(10.0, ge=0, description="rate of the 'inverse' schedule: 10 per unit of progress (DANN); "
+                         "per step with inverse_per=step (ToAlign 5e-4; the CDAN and HDA codes 1e-3)")
+    beta: float = Field(0.75, ge=0, description="power of the 'inverse' schedule")
+    inverse_per: Literal["progress", "step"] = Field(
+        "progress", description="what p counts in the 'inverse' schedule: 'progress' (0 -> 1 over training, DANN's "
+                                "form) or 'step' (optimiser steps, lr0*(1+alpha*step)^-beta, the per-iteration form)")
 
 
 class TrainConfig(Section):

@@ -341,7 +341,7 @@ class Trainer:
         self.method.train()
         streams = [self._batches(l, i) if l is not None else None
                    for i, l in enumerate((self.source_loader, self.target_loader))]
-        automatic = type(self.method).automatic_optimization
+        automatic = self.method.automatic_optimization  # the instance's: its params may choose
         sums: dict[str, float] = {}
         seen = 0
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",

@@ -17,15 +17,27 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SETTINGS = ("name", "lr", "momentum", "nesterov", "weight_decay", "betas", "eps", "schedule")
 
 
-def lr_factor(schedule: str, progress: float, step_at: float = 0.8, gamma: float = 0.1) -> float:
-    """Multiplier of the base learning rate at ``progress`` in [0, 1]."""
+def lr_factor(schedule: str, progress: float, step_at: float = 0.8, gamma: float = 0.1, *, alpha: float = 10.0,
+              beta: float = 0.75, step: int | None = None) -> float:
+    """Multiplier of the base learning rate at ``progress`` in [0, 1].
+
+    'inverse' is ``(1 + alpha * p)^-beta`` with ``p = progress``, or ``p = step`` when ``step`` is given
+    (the per-iteration form of the CDAN/HDA/ToAlign codes, ``inverse_per=step``).
+    """
     if schedule == "step":
         return gamma if progress >= step_at - 1e-9 else 1.0
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
-    if schedule == "inverse":  # Ganin & Lempitsky, ICML 2015, Sec. 5: mu_p = mu_0 / (1 + 10 p)^0.75
-        return (1 + 10 * progress) ** -0.75
+    if schedule == "inverse":  # Ganin & Lempitsky, ICML 2015, Sec. 5: mu_p = mu_0 / (1 + 10 p)^0.75 by default
+        return (1 + alpha * (progress if step is None else step)) ** -beta
     return 1.0
+
+
+def schedule_factor(schedule: str, step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """:func:`lr_factor` at optimiser step ``step`` of ``total_steps``, with the ``optim.*`` settings."""
+    per_step = step if schedule == "inverse" and cfg.inverse_per == "step" else None
+    return lr_factor(schedule, step / total_steps, cfg.step_at, cfg.gamma, alpha=cfg.alpha, beta=cfg.beta,
+                     step=per_step)
 
 
 def build_optimizer(name: str, spec: list[dict] | dict[str, Any], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -71,7 +83,7 @@ def build_optimizers(declared: dict[str, Any], cfg: OptimConfig, total_steps: in
         schedule = cfg.schedule if scheduled else "constant"
         optimizers[name] = opt
         schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step, s=schedule: lr_factor(s, step / total_steps, cfg.step_at, cfg.gamma))
+            opt, lambda step, s=schedule: schedule_factor(s, step, total_steps, cfg))
     return optimizers, schedulers
 
 

@@ -4,6 +4,7 @@ The built-in methods are imported here, explicitly; a method of your own registe
 ``@register_method`` in any module that ``experiment.plugins`` names (or that your code imports).
 """
 from . import activation_shaping, adabn, finetune, oracle, source_only  # noqa: F401  (registers the built-in methods)
+from . import dann, dannp, hda  # noqa: F401  (the adversarial family)
 from .base import METHODS, Batch, Method, build_method, get_method, method_params, register_method
 
 __all__ = ["METHODS", "Batch", "Method", "build_method", "get_method", "method_params", "register_method"]

@@ -42,8 +42,9 @@ class Method(nn.Module):
     # An instance may narrow "unlabelled" to "none" from its params (the loop reads the instance's streams).
     target_stream: ClassVar[Literal["none", "unlabelled", "labelled"]] = "none"
     requires_trained_model: ClassVar[bool] = False  # e.g. fine-tuning starts from model.weights
-    # False: the method does its own backward passes and optimiser steps (see manual_backward / optimizer)
-    automatic_optimization: ClassVar[bool] = True
+    # False: the method does its own backward passes and optimiser steps (see manual_backward / optimizer);
+    # an instance may set it from its params (the loop reads the instance's)
+    automatic_optimization: bool = True
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -116,10 +116,41 @@ class SmallCNN(nn.Module):
         ]))
 
 
+class DANNDigits(nn.Module):
+    """The MNIST network of Ganin et al., "Domain-Adversarial Training of Neural Networks", JMLR 2016,
+    Sec. 5.2.2 / Fig. 4: conv 5x5x32 - ReLU - max-pool 2 - conv 5x5x48 - ReLU - max-pool 2 (the feature
+    extractor), then the label predictor FC 100 - ReLU - FC 100 - ReLU - FC 10; no BatchNorm.
+
+    Laid out like torchvision's AlexNet (``features`` then ``classifier``), so the generic split applies:
+    ``model.head_layers=3`` makes the convolutional part G_f and the three FC layers G_y, as in the paper.
+    The second pooling is adaptive to 4x4: exactly the paper's 2x2 pooling at its 28 px, and a near one
+    at the digits pipeline's default 32 px, so the features are 48 * 4 * 4 = 768 at either size.
+    """
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(OrderedDict([
+            ("conv1", nn.Conv2d(3, 32, 5)), ("relu1", nn.ReLU(inplace=True)), ("pool1", nn.MaxPool2d(2)),
+            ("conv2", nn.Conv2d(32, 48, 5)), ("relu2", nn.ReLU(inplace=True)), ("pool2", nn.AdaptiveMaxPool2d(4)),
+            ("flatten", nn.Flatten()),
+        ]))
+        self.classifier = nn.Sequential(OrderedDict([
+            ("fc1", nn.Linear(48 * 4 * 4, 100)), ("relu1", nn.ReLU(inplace=True)),
+            ("fc2", nn.Linear(100, 100)), ("relu2", nn.ReLU(inplace=True)), ("fc3", nn.Linear(100, num_classes)),
+        ]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+#: Digits networks defined here rather than in torchvision; they have no ImageNet weights.
+OWN_MODELS = {"small_cnn": SmallCNN, "dann_digits": DANNDigits}
+
+
 @cache
 def available_models() -> tuple[str, ...]:
-    """Every valid ``model.name``: torchvision's classification models and ``small_cnn``."""
-    return tuple(sorted([*torchvision.models.list_models(module=torchvision.models), "small_cnn"]))
+    """Every valid ``model.name``: torchvision's classification models, ``small_cnn`` and ``dann_digits``."""
+    return tuple(sorted([*torchvision.models.list_models(module=torchvision.models), *OWN_MODELS]))
 
 
 def check_model_name(name: str) -> str:
@@ -142,7 +173,7 @@ _LEGACY_PREFIXES = {"alexnet": {"features.conv.": "features.features.", "feature
 def build_backbone(name: str, num_classes: int, *, pretrained: str = "none", weights: str | Path | None = None,
                    bottleneck_dim: int = 0, head_layers: int = 1, mean: Sequence[float] | None = None,
                    std: Sequence[float] | None = None, progress: bool = True) -> Backbone:
-    """A :class:`Backbone` of any torchvision classification model (or ``small_cnn``).
+    """A :class:`Backbone` of any torchvision classification model (or ``small_cnn``, ``dann_digits``).
 
     ``pretrained`` ("none", "imagenet" or a torchvision weights name) and a torchvision-format
     ``weights`` file load into the torchvision model before it is split, strictly except the final
@@ -166,16 +197,16 @@ def build_backbone(name: str, num_classes: int, *, pretrained: str = "none", wei
         raise WeightsError("give either model.pretrained or model.weights, not both")
     state = None
     if pretrained != "none":
-        if name == "small_cnn":
-            raise WeightsError("small_cnn has no ImageNet weights; use model.pretrained=none or model.weights")
+        if name in OWN_MODELS:
+            raise WeightsError(f"{name} has no ImageNet weights; use model.pretrained=none or model.weights")
         state = load_imagenet(name, pretrained, progress=progress)
     elif weights:
         state = load_local(weights)
     own = state is not None and is_backbone_state(state)
     what = f"{name} ({weights or pretrained})"
 
-    if name == "small_cnn":
-        model = SmallCNN()
+    if name in OWN_MODELS:
+        model = OWN_MODELS[name]()
     else:
         model = torchvision.models.get_model(name, **_CONSTRUCTOR_KWARGS.get(name, {}))
     if state is not None and not own:
