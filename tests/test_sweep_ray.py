@@ -116,7 +116,9 @@ def test_asha_stops_poor_trials_and_their_summaries_are_written(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {r["trial"]: r for r in json.loads((tmp_path / "sweeps/asha/trials.json").read_text())}
     stopped = [r for r in rows.values() if r["status"] == "stopped"]
-    assert stopped and {r["trial"] for r in stopped} <= {"optim.lr=1e-05", "optim.lr=1e-06"}
+    # ASHA is asynchronous: which of the good trials it stops depends on who reaches a rung first, but the
+    # first to reach the last rung runs to the end, and the worst rate, started last, is below every bar
+    assert rows["optim.lr=1e-06"]["status"] == "stopped" and len(stopped) < len(rows)
     for r in rows.values():  # every trial, stopped or not, has its summary at the epoch it reached
         summary = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
         assert summary["epochs"] == r["epochs"]
