@@ -433,7 +433,8 @@ class Trainer:
             self.method.eval()
             self.method.before_evaluation(domain, self.target_images if domain == "target" else None)
             try:
-                target_probs: list | None = [] if self.validators_reuse_target_pass else None
+                reuse = self.validators_reuse_target_pass and self.cfg.train.validators
+                target_probs: list | None = [] if reuse else None
                 for name in names:
                     acc, loss, correct, count = self._accuracy(self.eval_sets[name][1], name,
                                                                target_probs if name == "target" else None)

@@ -27,14 +27,6 @@ from .tables import ORACLE_LABEL, Report, col_label, our_row_label, row_label
 SOURCE_STYLE = dict(linestyle="--", linewidth=1.2, alpha=0.8)
 
 
-
-def _panel_title(report: Report, row: tuple) -> str:
-    """A panel's row as ``key=value`` (``method.mask_ratio=0.5``), except method names, which speak for themselves."""
-    if report.layout.rows == ("method.name",):
-        return our_row_label(report, row)
-    suffix = our_row_label(report, row)[len(row_label(row)):]
-    return ", ".join(f"{k}={v}" for k, v in zip(report.layout.rows, row)) + suffix
-
 def _save(fig: Figure, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
@@ -109,7 +101,7 @@ def plot_curves(report: Report, path: Path) -> Path:
             color = colors[cell.col]
             _draw_series(ax, runs, "target_acc", col_label(report.layout, cell.col), color, {})
             _draw_series(ax, runs, "source_val_acc", None, color, SOURCE_STYLE)
-        ax.set_title(_panel_title(report, row), fontsize="medium")
+        ax.set_title(our_row_label(report, row, keyed=True), fontsize="medium")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("accuracy (%)")
@@ -157,7 +149,7 @@ def plot_versus(report: Report, key: str, path: Path) -> Path:
                         yerr=[_err(c) for _, c in points], color=color, marker="o", capsize=3,
                         label=label)
         _numeric_x_axis(ax, [float(c.col[-1]) for c in report.cells])
-        ax.set_title(_panel_title(report, row), fontsize="medium")
+        ax.set_title(our_row_label(report, row, keyed=True), fontsize="medium")
         ax.set_xlabel(key)
         ax.set_ylabel(f"{report.metric} (%)")
         ax.grid(alpha=0.3)

@@ -117,8 +117,11 @@ def _trains_on_target(report: Report, row: tuple) -> bool:
                for c in report.cells if c.row == row for run in c.runs)
 
 
-def our_row_label(report: Report, row: tuple) -> str:
+def our_row_label(report: Report, row: tuple, keyed: bool = False) -> str:
+    """The row's values, as ``key=value`` when ``keyed`` and the rows are not just methods (a plot's panel)."""
     label = row_label(row)
+    if keyed and report.layout.rows != ("method.name",):
+        label = ", ".join(f"{k}={v}" for k, v in zip(report.layout.rows, row))
     return f"{label} (trains on target labels)" if _trains_on_target(report, row) else label
 
 
