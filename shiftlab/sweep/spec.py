@@ -9,6 +9,8 @@ A sweep is a YAML file (one table of a study = one file under ``sweeps/``)::
     grid:                              # the cartesian product of these lists
       method.name: [source_only, adabn, target_oracle]
       experiment.seed: [0, 1, 2]
+    exclude:                           # optional: grid points to skip (every key of an entry must match)
+      - {method.name: adabn, experiment.seed: 2}
     search:                            # optional: sample some keys instead of listing them
       algorithm: random                # random | optuna (Optuna's TPE through Ray Tune's OptunaSearch)
       num_samples: 8                   # per grid point
@@ -105,6 +107,7 @@ class SweepSpec(_Strict):
     config: list[str] = Field(default_factory=list)
     set: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
     search: SearchSpec | None = None
     resources: dict[str, float] = Field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     max_concurrent: int | None = Field(None, ge=1)
@@ -118,6 +121,20 @@ class SweepSpec(_Strict):
             if not values:
                 raise ValueError(f"grid.{key} is an empty list: a grid with no value runs no trial")
         return grid
+
+    @field_validator("exclude")
+    @classmethod
+    def _exclude_grid_keys(cls, exclude, info):
+        grid = info.data.get("grid") or {}
+        for i, entry in enumerate(exclude):
+            if not entry:
+                raise ValueError(f"exclude[{i}] is empty: it would skip every trial")
+            for key, value in entry.items():
+                if key not in grid:
+                    raise ValueError(f"exclude[{i}]: {key} is not a grid key; grid keys: {', '.join(grid) or '(none)'}")
+                if value not in grid[key]:
+                    raise ValueError(f"exclude[{i}]: {key}={value!r} is not among grid.{key} {grid[key]}")
+        return exclude
 
     @field_validator("resources")
     @classmethod
@@ -176,7 +193,8 @@ def sweep_dir(spec: SweepSpec) -> Path:
 
 def _grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
     keys = list(spec.grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*(spec.grid[k] for k in keys))]
+    points = [dict(zip(keys, values)) for values in itertools.product(*(spec.grid[k] for k in keys))]
+    return [p for p in points if not any(all(p[k] == v for k, v in e.items()) for e in spec.exclude)]
 
 
 def draw(space: dict[str, dict[str, list[Any]]], rng: np.random.Generator) -> dict[str, Any]:
