@@ -1,4 +1,4 @@
-"""Command line: ``shiftlab train | sweep | report | datasets | download``."""
+"""Command line: ``shiftlab train | sweep | report | datasets | download | adapt-images``."""
 from __future__ import annotations
 
 import argparse
@@ -198,20 +198,68 @@ def cmd_report(argv: list[str]) -> int:
         return 2
 
 
+def cmd_adapt_images(argv: list[str]) -> int:
+    from .errors import ShiftlabError
+
+    parser = argparse.ArgumentParser(
+        prog="shiftlab adapt-images", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Apply the adapter of a trained AdapterNet run (--method.name=adapternet) alone to images, "
+                    "at their own resolution, and write the adapted PNGs and a grid PNG (original / simulated "
+                    "camera / after the adapter, as in Figures 3, 4 and 6 of Hazan et al. 2018).",
+        epilog="examples:\n"
+               "  shiftlab adapt-images --adapter runs/adapternet/digits/adapternet --images "
+               "'mnist_m@colour_rotation(150)' --out runs/adapted/colour_rotation\n"
+               "  shiftlab adapt-images --adapter runs/adapternet/digits/adapternet/adapter.pt --images my_camera_pngs/ "
+               "--out runs/adapted/mine --limit 20")
+    parser.add_argument("--adapter", required=True, metavar="RUN",
+                        help="run folder of a finished adapternet run (its adapter.pt, written at the end of "
+                             "training from checkpoints/best.pt; exported now if missing) or an adapter.pt file")
+    parser.add_argument("--images", required=True, metavar="DIR_OR_DOMAIN",
+                        help="a folder of images (searched recursively; grid rows: input / adapted), or a domain "
+                             "of the run's dataset such as 'mnist_m@colour_rotation(150)' or 'photo@power(0.2,0.3,0.4)' "
+                             "(quote the parentheses in a shell; grid rows: original base-domain image / simulated "
+                             "camera / adapted)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder: adapted/*.png (for a domain also original/ and camera/) and grid.png")
+    parser.add_argument("--limit", type=int, default=8, metavar="N",
+                        help="how many images to adapt (a domain's are evenly spaced over its split; a folder's "
+                             "are the first N in sorted order); default 8")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"),
+                        help="split of the domain to read (default: test, which no method trains on)")
+    parser.add_argument("--dataset", default=None,
+                        help="dataset of --images when it is a domain (default: the adapter run's data.dataset)")
+    parser.add_argument("--root", default=None,
+                        help="data root (default: the adapter run's data.root, else $SHIFTLAB_DATA, else ./data)")
+    parser.add_argument("--cell", type=int, default=96, help="pixels per image in grid.png (default 96)")
+    parser.add_argument("--grid-columns", type=int, default=8, help="images per row of grid.png (default 8)")
+    args = parser.parse_args(argv)
+    try:
+        from .adapt_images import adapt_images
+        written = adapt_images(args.adapter, args.images, args.out, limit=args.limit, dataset=args.dataset,
+                               root=args.root, split=args.split, cell=args.cell, grid_columns=args.grid_columns)
+    except ShiftlabError as err:
+        print(f"shiftlab adapt-images: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(written['adapted'])} adapted image(s) in {Path(args.out) / 'adapted'}; grid {written['grid']} "
+          f"(adapter {written['adapter']})")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "datasets": cmd_datasets, "download": cmd_download, "sweep": cmd_sweep,
-            "report": cmd_report}
+            "report": cmd_report, "adapt-images": cmd_adapt_images}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: shiftlab {train,sweep,report,datasets,download} [options]   (shiftlab <command> --help)\n\n"
+        print("usage: shiftlab {train,sweep,report,datasets,download,adapt-images} [options]   (shiftlab <command> --help)\n\n"
               "  train     train a method on a source -> target pair; writes runs/<experiment.name>/\n"
               "  sweep     run a grid / random / Optuna sweep of trainings on Ray Tune (sweeps/*.yaml)\n"
               "  report    tables (Markdown, CSV) and plots (PNG) from a sweep's or any run folders\n"
               "  datasets  list known datasets and domains; check what is on disk\n"
-              "  download  download a dataset with a public source, verified and safely extracted")
+              "  download  download a dataset with a public source, verified and safely extracted\n"
+              "  adapt-images  apply a trained AdapterNet to images (a folder or a simulated camera); PNGs + grid")
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nshiftlab: error: unknown command '{argv[0]}'", file=sys.stderr)
             return 2

@@ -64,6 +64,18 @@ class DataConfig(Section):
     eval_batch_size: int | None = Field(None, ge=1, description="images per evaluation batch; default 2 x batch_size")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = load in the main process)")
     limit: int | None = Field(None, ge=1, description="keep at most this many images per split, evenly spaced (quick runs)")
+    loader: Literal["auto", "cached", "files"] = Field(
+        "auto", description="'cached': decode each split once into uint8 tensors (kept under $SHIFTLAB_CACHE/decoded "
+        "and in memory on the model's device) and augment batches there; 'files': a DataLoader decoding files "
+        "each epoch; 'auto': cached when every split of the run fits data.cache_budget_gb")
+    cache_budget_gb: float | None = Field(
+        None, gt=0, description="memory the decoded splits of one run may take with data.loader=auto; null = a "
+        "quarter of the free memory where they live (GPU memory on CUDA, else RAM)")
+    target_train_limit: int | None = Field(
+        None, ge=1, description="keep at most this many labelled target training images, evenly spaced (the "
+        "same images for every seed and method), for methods that train on target labels (fine-tuning, "
+        "AdapterNet: curves over the number of labelled samples); their val and test parts are unchanged. "
+        "Ignored by methods that read no target label")
 
     @field_validator("target_adapt_split", "target_eval_split")
     @classmethod
@@ -146,6 +158,14 @@ class TrainConfig(Section):
                     "target's adaptation images, without labels (metrics unsup_<name>, higher is better): "
                     "'entropy' (Morerio et al., ICLR 2018), 'im' information maximisation (Gomes et al., NeurIPS "
                     "2010), 'snd' soft neighborhood density (Saito et al., ICCV 2021). [] skips the extra pass")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop when the metric of train.selection (target_val: target_val_acc; source_val: "
+        "source_val_acc; a validator: its score) has not improved for this many evaluations; null = train "
+        "every epoch. Not with selection 'last'")
+    compile: bool = Field(False, description="torch.compile the backbone (pays a compilation at the start; worth it "
+                          "for long GPU runs)")
+    channels_last: bool | None = Field(None, description="channels-last memory format for the model and its inputs; "
+                                       "null = on CUDA only (faster convolutions with bf16 there)")
     deterministic: bool = Field(True, description="deterministic algorithms, so a resumed CPU run matches an uninterrupted one")
     progress: bool = Field(True, description="show a progress bar")
 

@@ -39,7 +39,8 @@ def test_unknown_shift_lists_the_registered_ones():
         parse_domain("photo@grayscale")
     msg = str(err.value)
     assert "unknown shift 'grayscale' in domain 'photo@grayscale'" in msg
-    assert "registered shifts: brightness(delta: float), greyscale()" in msg
+    assert ("registered shifts: brightness(delta: float), colour_rotation(degrees: float), greyscale(), "
+            "power(r: float, g: float, b: float)") in msg
     assert "Did you mean 'greyscale'?" in msg
 
 

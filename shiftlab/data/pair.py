@@ -143,14 +143,15 @@ def build_domain_pair(dataset: str, root: Path | None, source: str, target: str,
                       augment: bool = True, limit: int | None = None, target_labels: bool = False,
                       target_adapt_split: str | None = None, target_eval_split: str | None = None,
                       holdout_fraction: float = 0.2, strict_classes: bool = False,
-                      skip_unreadable: bool = False) -> DomainPair:
+                      skip_unreadable: bool = False, target_train_limit: int | None = None) -> DomainPair:
     """The datasets of one run (see the module docstring for which target images go where).
 
     ``target_labels``: the method trains on target labels. ``target_adapt_split``/``target_eval_split``:
     None = the dataset's protocol. ``holdout_fraction``: share of a transductive eval split held out for
     every method. ``strict_classes``: a target lacking some source classes is an error rather than a
     warning. ``skip_unreadable``: decode every file first and leave out those that fail (listed in
-    ``skipped_files``) instead of stopping the run at the first one.
+    ``skipped_files``) instead of stopping the run at the first one. ``target_train_limit``: at most this
+    many labelled target training images, evenly spaced (only when ``target_labels``).
     """
     root = data_root(root)
     spec = get_dataset(dataset, root)
@@ -171,6 +172,9 @@ def build_domain_pair(dataset: str, root: Path | None, source: str, target: str,
     sizes = {"before_limit": {name: len(p.data) for name, p in parts.items()}}
     for p in parts.values():
         p.data = evenly_spaced(p.data, limit)
+    if target_labels and target_train_limit is not None:  # data.target_train_limit: labelled target train only
+        for name in ("target_train", "target_adapt_images"):  # the same images (see plan_parts)
+            parts[name].data = evenly_spaced(parts[name].data, target_train_limit)
     sizes["before_skipping"] = {name: len(p.data) for name, p in parts.items()}
     skipped = _skip_unreadable(parts) if skip_unreadable else []
     for name, p in parts.items():

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -202,3 +203,38 @@ def brightness(image: np.ndarray, delta: float) -> np.ndarray:
 
 register_shift("greyscale", greyscale)
 register_shift("brightness", brightness)
+
+
+# ----------------------------------------------------------- simulated cameras (AdapterNet, Hazan et al.)
+# Hazan, Shoham, Avraham, Perets, Kasten, Hauptmann, Kaufman, Ben-Moshe, "AdapterNet - learning input
+# transformation for domain adaptation" (2018), Sec. 4: a new camera is simulated by a colour rotation
+# in CIELAB or by per-channel power functions of the ImageNet validation images.
+
+def colour_rotation(image: np.ndarray, degrees: float) -> np.ndarray:
+    """rotates each pixel's (a, b) chroma in CIELAB by degrees, keeps L, clips to the RGB gamut (AdapterNet)"""
+    from skimage.color import lab2rgb, rgb2lab  # imported here: only this shift needs scikit-image
+
+    lab = rgb2lab(image)  # uint8 RGB is read as sRGB in [0, 1]
+    theta = np.deg2rad(degrees)
+    cos, sin = np.cos(theta), np.sin(theta)
+    a, b = lab[..., 1].copy(), lab[..., 2].copy()
+    lab[..., 1], lab[..., 2] = cos * a - sin * b, sin * a + cos * b
+    # a rotated chroma may leave the sRGB gamut: lab2rgb clips (and warns, for every image: silenced, since
+    # clipping is intended here) and so do we, as a camera saturates
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*negative Z values that have been clipped")
+        rgb = np.clip(lab2rgb(lab), 0.0, 1.0)
+    return np.round(rgb * 255.0).astype(np.uint8)
+
+
+def power(image: np.ndarray, r: float, g: float, b: float) -> np.ndarray:
+    """per-channel power x**p of values in [0, 1], rounded back to 8 bits (AdapterNet's power camera)"""
+    exponents = np.array([r, g, b], dtype=np.float64)
+    if (exponents <= 0).any():
+        raise DataError(f"power(r, g, b): every exponent must be positive, got ({r}, {g}, {b})")
+    # round to the nearest level, as an 8-bit camera would store it: power 0.2 leaves 120 of 256 levels
+    return np.round(255.0 * (image.astype(np.float64) / 255.0) ** exponents).astype(np.uint8)
+
+
+register_shift("colour_rotation", colour_rotation)
+register_shift("power", power)

@@ -44,17 +44,27 @@ class EarlyStopping(Callback):
         self.best: float | None = None
         self.waited = 0
 
+    def on_fit_start(self, trainer) -> None:
+        # a resumed run replays its evaluations so far, so patience counts as in an uninterrupted run
+        self.best, self.waited = None, 0
+        for row in getattr(trainer, "history", []):
+            if self.monitor in row and row[self.monitor] is not None:
+                self._update(row[self.monitor])
+
     def on_evaluation(self, trainer, metrics) -> None:
         if self.monitor not in metrics:
             raise KeyError(f"EarlyStopping monitors '{self.monitor}', which this run does not log; "
                            f"logged: {', '.join(metrics)}")
-        value = metrics[self.monitor]
+        if self._update(metrics[self.monitor]):
+            trainer.should_stop = True
+
+    def _update(self, value: float) -> bool:
+        """Count one evaluation; True when patience has run out."""
         if self.best is None or value > self.best + self.min_delta:
             self.best, self.waited = value, 0
-            return
+            return False
         self.waited += 1
-        if self.waited >= self.patience:
-            trainer.should_stop = True
+        return self.waited >= self.patience
 
 
 def as_callback(obj: Callback | Callable) -> Callback:

@@ -107,6 +107,10 @@ class Method(nn.Module):
     def after_evaluation(self) -> None:
         """Undo whatever :meth:`before_evaluation` changed, so training and checkpoints are unaffected."""
 
+    def on_fit_end(self, run_dir) -> None:
+        """After ``summary.json`` is written: files of the method's own in the run folder (AdapterNet writes
+        its adapter alone, ``adapter.pt``, from ``checkpoints/best.pt``)."""
+
     @staticmethod
     def classification(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy and accuracy (detached) of a labelled batch."""

@@ -10,3 +10,7 @@ __all__ = ["batchnorm_modules", "batchnorm_state", "load_batchnorm_state", "rees
            "select_modules"]
 __all__ += ["DomainDiscriminator", "GradientReversal", "RandomizedMultilinearMap", "ReverseGradient",
             "discriminator_from_head", "ganin_lambda", "multilinear_map", "positive_features", "reverse_gradient"]
+from .matching import ActivationTaps, GaussianMatcher, channel_moments, last_linear_points, match_moments, resolve_points
+
+__all__ += ["ActivationTaps", "GaussianMatcher", "channel_moments", "last_linear_points", "match_moments",
+            "resolve_points"]

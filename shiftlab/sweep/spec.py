@@ -5,7 +5,8 @@ A sweep is a YAML file (one table of a study = one file under ``sweeps/``)::
     name: demo_methods                 # the sweep's folder: <output_dir>/<name> (default: the file's stem)
     output_dir: runs/sweeps            # where sweep folders go
     config: [configs/demo.yaml]        # base config files, as `shiftlab train --config` takes them
-    set: {train.epochs: 10}            # fixed config keys, for every trial
+    set: {train.epochs: 10}            # fixed config keys, for every trial; "{grid.key}" in a value is
+                                       # that trial's grid value (see fill_templates: two-stage sweeps)
     grid:                              # the cartesian product of these lists
       method.name: [source_only, adabn, target_oracle]
       experiment.seed: [0, 1, 2]
@@ -221,12 +222,24 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+def _dotted(point: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """A grid value that is a whole section (``method: {name: finetune, layers: 2}``) names the trial by its
+    keys (``method.name=finetune,method.layers=2``), like separate grid keys would."""
+    out = []
+    for key, value in point.items():
+        if isinstance(value, dict) and value:
+            out += _dotted(value, f"{prefix}{key}.")
+        else:
+            out.append((prefix + key, value))
+    return out
+
+
 def trial_name(point: dict[str, Any]) -> str:
     """``key=value,key=value`` of the keys that make the trial differ, safe as a folder name; long names
     end in a hash of the full point so that two trials never share a folder."""
     if not point:
         return "default"
-    text = ",".join(f"{k}={_format(v)}" for k, v in point.items())
+    text = ",".join(f"{k}={_format(v)}" for k, v in _dotted(point))
     text = re.sub(r"[^A-Za-z0-9._=,+@()-]", "_", text)
     if len(text) > 120:
         digest = hashlib.sha1(repr(sorted(point.items())).encode()).hexdigest()[:10]
@@ -234,8 +247,31 @@ def trial_name(point: dict[str, Any]) -> str:
     return text
 
 
+_TEMPLATE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)+)\}")
+
+
+def fill_templates(values: dict[str, Any], point: dict[str, Any], where: str = "set") -> dict[str, Any]:
+    """``set`` values may name the trial's grid keys in braces: ``model.weights: runs/s1/runs/data.target=
+    {data.target},experiment.seed={experiment.seed}/checkpoints/best.pt`` links a second stage to the first
+    stage's run of the same grid point (a source model per pair and seed). Values are written as in trial
+    names; a dotted name in braces that is not a grid key of the trial is an error naming the valid ones."""
+    flat = dict(_dotted(point))
+
+    def fill(value: Any, key: str) -> Any:
+        if not isinstance(value, str):
+            return value
+
+        def one(match: re.Match) -> str:
+            if match.group(1) not in flat:
+                raise SweepError(f"{where}.{key}: '{{{match.group(1)}}}' names no grid key of the trial; grid keys: "
+                                 f"{', '.join(flat) or '(none)'}")
+            return _format(flat[match.group(1)])
+        return _TEMPLATE.sub(one, value)
+    return {k: fill(v, k) for k, v in values.items()}
+
+
 def _config_for(spec: SweepSpec, point: dict[str, Any], name: str, where: str) -> Config:
-    overrides = {**spec.set, **point,
+    overrides = {**fill_templates(spec.set, point), **point,
                  "experiment.output_dir": str(sweep_dir(spec) / "runs"), "experiment.name": name}
     try:
         cfg = build_config(spec.config, overrides)
