@@ -52,12 +52,7 @@ def reestimate_batchnorm(model: nn.Module, images: Iterable, device: torch.devic
             m.reset_running_stats()
             m.momentum = None
             m.train()
-        for i, batch in enumerate(images):
-            if max_batches is not None and i >= max_batches:
-                break
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x.to(device))
-            seen += len(x)
+        seen = forward_images(model, images, device, max_batches)
     finally:
         model.train(was_training)
         for m, momentum, training in saved:
@@ -65,4 +60,17 @@ def reestimate_batchnorm(model: nn.Module, images: Iterable, device: torch.devic
             m.train(training)
     if seen == 0:
         raise ValueError("reestimate_batchnorm got no images")
+    return seen
+
+
+def forward_images(model: nn.Module, images: Iterable, device, max_batches: int | None = None) -> int:
+    """Forward ``images`` (tensors, or ``(x, y)`` batches whose labels are ignored) through ``model`` as it
+    is (its hooks and BatchNorm modes decide what is recorded); returns how many images went through."""
+    seen = 0
+    for k, batch in enumerate(images):
+        if max_batches is not None and k >= max_batches:
+            break
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        model(x.to(device))
+        seen += len(x)
     return seen

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ConfigError
+from .batchnorm import forward_images
 from .shaping import as_names, select_modules
 
 WHERE = ("out", "in")
@@ -340,14 +341,8 @@ def _run(model: nn.Module, images: Iterable, device, max_batches: int | None) ->
     """Forward ``images`` (tensors, or ``(x, y)`` batches whose labels are ignored) in eval mode."""
     was_training = model.training
     model.eval()
-    seen = 0
     try:
-        for k, batch in enumerate(images):
-            if max_batches is not None and k >= max_batches:
-                break
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x.to(device))
-            seen += len(x)
+        seen = forward_images(model, images, device, max_batches)
     finally:
         model.train(was_training)
     if seen == 0:
