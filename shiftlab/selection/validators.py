@@ -33,6 +33,7 @@ Validator = Callable[[torch.Tensor], float]
 
 SND_TEMPERATURE = 0.05
 SND_MAX_SAMPLES = 8192
+SND_CHUNK_ROWS = 1024
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
@@ -63,10 +64,15 @@ def soft_neighborhood_density(probs: torch.Tensor, temperature: float = SND_TEMP
     if len(p) > max_samples:
         p = p[torch.linspace(0, len(p) - 1, max_samples).round().long()]
     f = torch.nn.functional.normalize(p, dim=1)
-    sim = f @ f.T
     n = len(f)
-    sim = sim[~torch.eye(n, dtype=torch.bool)].view(n, n - 1)  # a sample is not its own neighbour
-    return _entropy(torch.softmax(sim / temperature, dim=1)).mean().item()
+    total = f.new_zeros(())
+    # row blocks keep memory at chunk x N instead of materialising (and copying) the N x N matrix
+    for start in range(0, n, SND_CHUNK_ROWS):
+        rows = torch.arange(start, min(start + SND_CHUNK_ROWS, n))
+        logits = (f[rows] @ f.T) / temperature
+        logits[torch.arange(len(rows)), rows] = float("-inf")  # a sample is not its own neighbour
+        total += _entropy(torch.softmax(logits, dim=1)).sum()
+    return (total / n).item()
 
 
 VALIDATORS: dict[str, Validator] = {
