@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import logging
 import sys
@@ -64,6 +65,11 @@ def cmd_train(argv: list[str]) -> int:
             else "were none"
         print(f"\nshiftlab train: interrupted. Completed epochs {where}.", file=sys.stderr)
         return 130
+    finally:
+        if trainer is not None:
+            trainer.dist.close()
+    if not trainer.dist.is_main:  # under torchrun, rank 0 speaks for the run
+        return 0
     sel = summary["selections"][summary["selection"]]
     print(f"{summary['experiment']}: target accuracy {summary['target_acc']:.4f} "
           f"(selection: {summary['selection']}, epoch {sel['epoch']}); "
@@ -264,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nshiftlab: error: unknown command '{argv[0]}'", file=sys.stderr)
             return 2
         return 0
-    return COMMANDS[argv[0]](argv[1:])
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except BrokenPipeError:  # the reader left early (`shiftlab sweep --dry-run | head`): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
+        return 141  # 128 + SIGPIPE, as a shell tool would
 
 
 if __name__ == "__main__":

@@ -133,3 +133,15 @@ def test_every_shipped_sweep_expands(tmp_path, monkeypatch):
         trials = expand(spec)
         assert trials, f
         assert len({t.name for t in trials}) == len(trials), f
+
+
+def test_dry_run_into_a_closed_pipe_exits_quietly():
+    """`shiftlab sweep --dry-run FILE | head -1`: the reader leaves early; no traceback, exit status 141."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "shiftlab.cli", "sweep", "--dry-run",
+                             str(REPO / "sweeps/toalign_office_home_dannp.yaml")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    proc.stdout.close()  # nothing is read
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and "Traceback" not in err, err

@@ -56,6 +56,11 @@ class DistEnv:
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, rank=self.rank, world_size=self.world)
 
+    def close(self) -> None:
+        """Leave the process group at the end of a run, so that torchrun's processes exit cleanly."""
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
