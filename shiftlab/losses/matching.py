@@ -1,14 +1,19 @@
 """Losses of deep activation matching: the weight drift and the two GAN forms of the layer discriminators.
 
-Huang, Huang, Krähenbühl, "Domain transfer through deep activation matching", ECCV 2018 (method section):
+Huang, Huang, Krähenbühl, "Domain transfer through deep activation matching", ECCV 2018, Eq. 3:
+``min_theta_t ||theta_s - theta_t||^2 + lambda * sum_i J(P(A_i^s), P(A_i^t))``, lambda = 0.1, J the
+Jensen-Shannon divergence between the source and target activation distributions of layer i (equation
+numbers read from images of the paper's equations in a public summary, xiaosean.github.io, 2018-10-01):
 
-* the **weight drift** ``lambda * ||theta_t - theta_s||^2`` keeps the target network F_t near the frozen
-  source network F_s it starts from (lambda 0.1 in the paper), :func:`weight_drift`;
+* the **weight drift** ``||theta_t - theta_s||^2`` keeps the target network F_t near the frozen source
+  network F_s it starts from (Eq. 1's objective, Eq. 3's first term), :func:`weight_drift`. The paper gives
+  it weight 1 and the matching term lambda = 0.1; the weight here is the caller's (the method's default,
+  puts 0.1 on the drift instead);
 * each chosen layer has a discriminator told to separate F_s's activations on source images from F_t's on
-  target images; F_t is trained to fool it. The Jensen-Shannon form is the standard GAN loss (Goodfellow
-  et al., NeurIPS 2014), with the generator's non-saturating "inverted labels" (as ADDA's and the
-  authors' digits code write it); the least-squares form is LSGAN's (Mao et al., ICCV 2017):
-  :func:`discriminator_loss`, :func:`generator_loss`.
+  target images; F_t is trained to fool it (Eq. 3's J, estimated adversarially). The Jensen-Shannon form is
+  the standard GAN loss (Goodfellow et al., NeurIPS 2014), with the generator's non-saturating "inverted
+  labels" (as ADDA's and the authors' digits code write it); the least-squares form is LSGAN's (Mao et al.,
+  ICCV 2017), which the paper uses for segmentation: :func:`discriminator_loss`, :func:`generator_loss`.
 
 Domain labels follow :mod:`shiftlab.losses.adversarial`: source 0, target 1 (the losses are symmetric in them).
 """
@@ -32,7 +37,7 @@ def weight_drift(target: nn.Module, source: nn.Module, weight: float = 0.1,
                  reduction: Literal["sum", "mean"] = "sum") -> torch.Tensor:
     """``weight * sum_k ||theta_t,k - theta_s,k||^2`` over the parameters of ``target`` and ``source``, matched by name.
 
-    ``reduction="sum"`` is the paper's squared norm over all weights (ECCV 2018, method section): zero at
+    ``reduction="sum"`` is the paper's squared norm over all weights (ECCV 2018, Eqs. 1 and 3): zero at
     initialisation (F_t starts as a copy of F_s) and of gradient ``2 * weight * (theta_t - theta_s)``.
     ``reduction="mean"`` averages each tensor's squared differences before summing over tensors, as the
     authors' released digits code does (there with weight 1). Only ``target`` receives gradients: the

@@ -1,10 +1,14 @@
 """Activation taps and Gaussian i.i.d. matching: reading and re-mapping a network's activations at chosen layers.
 
-Huang, Huang, Krähenbühl, "Domain transfer through deep activation matching", ECCV 2018, method section: the
-target network's activations at chosen layers should be distributed like the source network's on source
-images. Under the paper's Gaussian i.i.d. model (each channel's activations independent Gaussians) this is
-an affine map per channel, ``a' = (a - mu_t) * sigma_s / sigma_t + mu_s``, with ``mu, sigma`` the channel's
-mean and standard deviation over images (and positions, for feature maps): :class:`GaussianMatcher`.
+Huang, Huang, Krähenbühl, "Domain transfer through deep activation matching", ECCV 2018: the target
+network's activations at chosen layers should be distributed like the source network's on source images
+(the constraint of the paper's Eq. 1). Under the paper's Gaussian i.i.d. model (each channel's activations
+independent Gaussians) this is an affine map per channel, Eq. 2: ``a' = (a - mu_t) * sigma_s / sigma_t + mu_s``
+(scale ``sigma_s / sigma_t``, shift ``mu_s - scale * mu_t``), with ``mu, sigma`` the channel's mean and standard
+deviation over images (and positions, for feature maps): :class:`GaussianMatcher`. (Equation numbers read
+from images of the paper's equations in a public summary, xiaosean.github.io, 2018-10-01; the paper's
+section numbers were not available, nor what its text says about how the statistics are measured: the
+estimation below, layer by layer over the adaptation images, is our choice.)
 
 A *point* is where an activation is read, by module name relative to the hooked root (the names of
 ``root.named_modules()``, e.g. ``head``, ``features.classifier.fc2``, ``features.layer4.1.conv2``):
@@ -73,8 +77,8 @@ def resolve_points(root: nn.Module, specs: str | Iterable[str]) -> list[Point]:
 
 
 def last_linear_points(root: nn.Module) -> list[str]:
-    """The paper's classification choice, "the last two layers" (ECCV 2018, classification experiments / the authors' digits code:
-    LeNet's fc3 and fc4), for any backbone: the input of its last ``nn.Linear`` (the penultimate activation,
+    """The paper's classification choice, "the last two layers" (ECCV 2018, digits experiments of its Table 1, as
+    a public summary of the paper states it; the authors' digits code: LeNet's fc3 and fc4), for any backbone: the input of its last ``nn.Linear`` (the penultimate activation,
     LeNet's fc3 after its ReLU) and that layer's output (the logits)."""
     linears = [n for n, m in root.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
@@ -163,7 +167,7 @@ class ActivationTaps:
 
 
 class GaussianMatcher(nn.Module):
-    """Gaussian i.i.d. matching (ECCV 2018, method section) at chosen points of ``root``, by forward hooks.
+    """Gaussian i.i.d. matching (ECCV 2018, Eq. 2) at chosen points of ``root``, by forward hooks.
 
     Statistics: :meth:`add_source` accumulates exact per-channel sums of the (unmatched) activations of
     source images (so batches of a training run can feed it, and a checkpoint resumes it exactly; the sums
