@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from shiftlab.data import registry
 from shiftlab.data.shifts import SHIFTS
@@ -47,3 +48,13 @@ def restore_registry():
     registry._REGISTRY.update(before)
     SHIFTS.clear()
     SHIFTS.update(shifts_before)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (modules opt in with ``pytestmark``): on two busy cores one thread
+    is several times faster than two competing ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -29,13 +29,7 @@ CONFIGS = REPO / "configs" / "activation_matching"
 DIGITS = dict(mean=(0.5,) * 3, std=(0.5,) * 3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two busy cores: one intra-op thread is several times faster than two competing ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _backbone(name="dann_digits", seed=0):

@@ -27,13 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOALIGN = sorted((REPO / "configs" / "toalign").glob("office_home_*.yaml"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two busy cores: one intra-op thread is several times faster than two competing ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 # ------------------------------------------------------------------ gradient reversal
