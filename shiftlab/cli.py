@@ -174,9 +174,8 @@ def cmd_sweep(argv: list[str]) -> int:
     except ShiftlabError as err:
         print(f"shiftlab sweep: error: {err}", file=sys.stderr)
         return 2
-    done = sum(r["status"] == "finished" for r in result["trials"])
-    print(f"sweep {spec.name}: {done} finished, {result['failed']} failed, "
-          f"{len(result['trials']) - done - result['failed']} stopped; {result['dir']}/trials.json")
+    from .sweep.runner import outcome_line
+    print(outcome_line(spec.name, result))
     return 1 if result["failed"] else 0
 
 

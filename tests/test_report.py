@@ -177,6 +177,22 @@ def test_plots_are_written_and_not_empty(runs_folder):
     assert "![vs_optim.lr](vs_optim.lr.png)" in (out / "report.md").read_text()
 
 
+def test_bars_give_no_legend_entry_to_a_row_without_cells_under_the_rule(runs_folder, monkeypatch):
+    import shiftlab.report.plots as plots
+
+    for seed in (0, 1):  # a row with no source-validation choice, as a pure-inference run has none
+        folder = write_run(runs_folder / "no_val" / f"s{seed}", hand_config("no_val", "cartoon", 0.01, seed), 0.9, 0.3)
+        summary = json.loads((folder / "summary.json").read_text())
+        del summary["selections"]["source_val"]
+        (folder / "summary.json").write_text(json.dumps(summary))
+    figures = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(Path(path).name, fig) and save(fig, path))
+    report(runs_folder, "--rules", "source_val,target_oracle")
+    legend = [t.get_text() for t in figures["bars.png"].legends[0].get_texts()]
+    assert sorted(legend) == ["adabn", "source_only"]
+
+
 @pytest.mark.parametrize("options, message", [
     (["--rows", "method.nme"], r"unknown row key 'method.nme'.*optim.lr"),
     (["--rules", "snd"], r"'snd' is not supported.*source_val, last, cross_domain, target_oracle"),

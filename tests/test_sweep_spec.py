@@ -1,6 +1,7 @@
 """Sweep files: grid expansion, random search, names, and errors that name the key (no Ray here)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,24 @@ def test_dry_run_into_a_closed_pipe_exits_quietly():
     proc.stdout.close()  # nothing is read
     err = proc.stderr.read().decode()
     assert proc.wait() == 141 and "Traceback" not in err, err
+
+
+def test_a_trial_that_early_stopped_by_patience_counts_as_finished_and_one_asha_stopped_does_not(tmp_path):
+    from shiftlab.sweep.runner import _summary_status, outcome_line
+
+    def trial(name, stopped_early, marker=False):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps(
+            {"stopped_early": stopped_early, "selection": "last", "target_acc": 0.5, "epochs": 2}))
+        if marker:
+            (folder / "stopped_by_scheduler").write_text("ASHA stopped this trial\n")
+        return {"trial": name, **_summary_status(folder)}
+
+    rows = [trial("ran_out", False), trial("patience", True), trial("asha", True, marker=True)]
+    assert [(r["status"], r["early_stopped"]) for r in rows] == \
+        [("finished", False), ("finished", True), ("stopped", False)]
+    line = outcome_line("demo", {"trials": rows + [{"trial": "bad", "status": "failed"}], "failed": 1,
+                                 "dir": "runs/sweeps/demo"})
+    assert line == ("sweep demo: 2 finished (1 of them early-stopped by train.early_stopping_patience), "
+                    "1 failed, 1 stopped by the scheduler; runs/sweeps/demo/trials.json")

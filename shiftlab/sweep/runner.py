@@ -257,9 +257,7 @@ def _row(spec: SweepSpec, base: dict, tune_config: dict, error, metrics) -> dict
     if error is not None:
         return {**row, "status": "failed", "error": _one_line(error)}
     if (folder / "summary.json").is_file():
-        summary = json.loads((folder / "summary.json").read_text())
-        return {**row, "status": "stopped" if summary.get("stopped_early") else "finished",
-                "selection": summary["selection"], "target_acc": summary["target_acc"], "epochs": summary["epochs"]}
+        return {**row, **_summary_status(folder)}
     ckpt = folder / "checkpoints" / "last.pt"
     if spec.asha is not None and ckpt.is_file():
         # ASHA ends a trial right after a report: one it stopped early, or one that reached its last epoch
@@ -268,10 +266,30 @@ def _row(spec: SweepSpec, base: dict, tune_config: dict, error, metrics) -> dict
         cfg = _trial_config(tune_config)
         if load_checkpoint(ckpt)["epoch"] < cfg.train.epochs:
             atomic_write_text(folder / "stopped_by_scheduler", "ASHA stopped this trial\n")
-        summary = run_trial(cfg)
-        return {**row, "status": "stopped" if summary["stopped_early"] else "finished",
-                "selection": summary["selection"], "target_acc": summary["target_acc"], "epochs": summary["epochs"]}
+        run_trial(cfg)
+        return {**row, **_summary_status(folder)}
     return {**row, "status": "stopped", "epochs": (metrics or {}).get("epoch")}
+
+
+def _summary_status(folder: Path) -> dict[str, Any]:
+    """A trial with a summary: 'stopped' when ASHA stopped it (its marker file), else 'finished', with
+    ``early_stopped`` telling a run that ended by its own ``train.early_stopping_patience``."""
+    summary = json.loads((folder / "summary.json").read_text())
+    by_scheduler = (folder / "stopped_by_scheduler").is_file()
+    return {"status": "stopped" if by_scheduler else "finished",
+            "early_stopped": bool(summary.get("stopped_early")) and not by_scheduler,
+            "selection": summary["selection"], "target_acc": summary["target_acc"], "epochs": summary["epochs"]}
+
+
+def outcome_line(name: str, result: dict[str, Any]) -> str:
+    """The closing line of ``shiftlab sweep``: trials finished (those that ended by their own early stopping
+    counted among them), failed, and stopped by the ASHA scheduler."""
+    rows = result["trials"]
+    done = [r for r in rows if r["status"] == "finished"]
+    early = sum(bool(r.get("early_stopped")) for r in done)
+    patience = f" ({early} of them early-stopped by train.early_stopping_patience)" if early else ""
+    return (f"sweep {name}: {len(done)} finished{patience}, {result['failed']} failed, "
+            f"{len(rows) - len(done) - result['failed']} stopped by the scheduler; {result['dir']}/trials.json")
 
 
 def _one_line(error: BaseException) -> str:
