@@ -168,13 +168,12 @@ def cmd_sweep(argv: list[str]) -> int:
                 spec.search.algorithm == "optuna" else ""
             print(f"{len(trials)} trials{extra}; sweep folder {sweep_spec.sweep_dir(spec)}")
             return 0
-        from .sweep.runner import run_sweep
+        from .sweep.runner import outcome_line, run_sweep
         result = run_sweep(spec, address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                            progress=not args.no_progress)
     except ShiftlabError as err:
         print(f"shiftlab sweep: error: {err}", file=sys.stderr)
         return 2
-    from .sweep.runner import outcome_line
     print(outcome_line(spec.name, result))
     return 1 if result["failed"] else 0
 

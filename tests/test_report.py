@@ -185,9 +185,13 @@ def test_bars_give_no_legend_entry_to_a_row_without_cells_under_the_rule(runs_fo
         summary = json.loads((folder / "summary.json").read_text())
         del summary["selections"]["source_val"]
         (folder / "summary.json").write_text(json.dumps(summary))
-    figures = {}
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(Path(path).name, fig) and save(fig, path))
+    figures, save = {}, plots._save
+
+    def keep_figure(fig, path):
+        figures[Path(path).name] = fig
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep_figure)
     report(runs_folder, "--rules", "source_val,target_oracle")
     legend = [t.get_text() for t in figures["bars.png"].legends[0].get_texts()]
     assert sorted(legend) == ["adabn", "source_only"]

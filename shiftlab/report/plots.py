@@ -178,10 +178,10 @@ def plot_bars(report: Report, path: Path) -> Path:
     ax = fig.subplots()
     for i, row in enumerate(rows):
         choices = [report.choices[rule].get((row, col)) for col in cols]
-        xs = [j + (i - (len(rows) - 1) / 2) * width for j, c in enumerate(choices) if c is not None]
         present = [c for c in choices if c is not None]
         if not present:  # a row with no cell under this rule (e.g. no validation split) gets no legend entry
             continue
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j, c in enumerate(choices) if c is not None]
         ax.bar(xs, [100 * c.mean for c in present], width, yerr=[_err(c) for c in present],
                capsize=3, label=row_label(row), color=f"C{i % 10}")
     ax.set_xticks(range(len(cols)), [col_label(report.layout, c) for c in cols],
