@@ -10,7 +10,7 @@ from typing import Callable
 
 import pytest
 
-from shiftlab.engine.checkpoint import load_checkpoint
+from shiftlab.checkpoints import load_checkpoint
 
 
 def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 300) -> None:

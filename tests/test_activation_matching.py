@@ -14,7 +14,7 @@ import torch
 
 from shiftlab.config import ConfigError, OptimConfig, build_config
 from shiftlab.data.pair import build_domain_pair, make_loader
-from shiftlab.engine.checkpoint import load_checkpoint
+from shiftlab.checkpoints import load_checkpoint
 from shiftlab.engine.loop import Trainer
 from shiftlab.engine.optim import ManagedOptimizer, build_optimizers
 from shiftlab.losses import discriminator_loss, generator_loss, weight_drift

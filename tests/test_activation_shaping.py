@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from shiftlab.config import build_config
-from shiftlab.engine.checkpoint import load_checkpoint
+from shiftlab.checkpoints import load_checkpoint
 from shiftlab.engine.loop import Trainer
 from shiftlab.methods import Batch, build_method, method_params
 from shiftlab.models import build_backbone

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from shiftlab.config import build_config
-from shiftlab.engine.checkpoint import load_checkpoint
+from shiftlab.checkpoints import load_checkpoint
 from shiftlab.engine.loop import RunExistsError, Trainer
 
 from processes import checkpointed, kill_when

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from shiftlab.config import build_config
-from shiftlab.engine.checkpoint import load_checkpoint
+from shiftlab.checkpoints import load_checkpoint
 from shiftlab.engine.loop import Trainer
 
 from processes import checkpointed, kill_when

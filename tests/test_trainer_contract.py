@@ -14,7 +14,7 @@ import torch
 from shiftlab.cli import main
 from shiftlab.config import build_config
 from shiftlab.engine.callbacks import EarlyStopping
-from shiftlab.engine.checkpoint import load_checkpoint
+from shiftlab.checkpoints import load_checkpoint
 from shiftlab.engine.loop import Trainer
 from shiftlab.errors import RunFolderError
 from shiftlab.methods import METHODS, register_method

@@ -11,21 +11,11 @@ import torch
 
 # The atomic writers live in shiftlab.utils (one copy for the whole toolkit); they are re-exported
 # here because the loop and older code import them from this module.
+from ..checkpoints import load_checkpoint, save_checkpoint
 from ..utils import atomic_write_bytes, atomic_write_text, write_json
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "save_checkpoint", "load_checkpoint",
            "rng_state", "set_rng_state", "write_metrics_csv"]
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    # weights_only stays on: checkpoints hold only tensors, numbers, strings, lists and dicts.
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def rng_state() -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..engine.checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoints import load_checkpoint, save_checkpoint
 from ..errors import ShiftlabError
 from ..nn.adapters import AdapterNet
 from .base import Batch, Method, register_method

@@ -26,7 +26,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..config import Config, build_config, run_dir
-from ..engine.checkpoint import load_checkpoint
+from ..checkpoints import load_checkpoint
 from ..utils import atomic_write_text, write_json
 from .spec import SweepSpec, Trial, check_sampled_keys, expand, grid_trials, sweep_dir, trial_name
 
