@@ -95,12 +95,11 @@ def limit_runner(trainer: Trainer):
     g = torch.Generator().manual_seed(0)
 
     def batch(labelled: bool) -> Batch:
-        x = trainer._input(torch.rand(d.batch_size, 3, size, size, generator=g))
+        x = trainer.to_device(torch.rand(d.batch_size, 3, size, size, generator=g))
         return Batch(x, torch.randint(0, n, (d.batch_size,), generator=g).to(dev) if labelled else None)
 
-    source = batch(True) if trainer.source_loader is not None else None
-    target = batch(trainer.reads_target_labels) if trainer.target_loader is not None else None
-    step_fn = trainer._step_module if trainer._step_module is not None else trainer.method.training_step
+    source = batch(True) if trainer.loaders.source is not None else None
+    target = batch(trainer.reads_target_labels) if trainer.loaders.target is not None else None
     images = sum(len(b.x) for b in (source, target) if b is not None)
 
     def run(steps: int) -> float:
@@ -108,7 +107,7 @@ def limit_runner(trainer: Trainer):
         sync(dev)
         start = time.perf_counter()
         for _ in range(steps):
-            trainer._train_step(source, target, step_fn, trainer.method.automatic_optimization, check_values=False)
+            trainer.train_step(source, target, check_values=False)
         sync(dev)
         return steps * images / (time.perf_counter() - start)
     return run
@@ -119,7 +118,7 @@ def full_runner(trainer: Trainer):
     def run(steps: int) -> float:
         trainer.steps_per_epoch = steps
         sync(trainer.device)
-        return trainer._train_epoch()["images_per_s"]
+        return trainer.train_epoch()["images_per_s"]
     return run
 
 
@@ -138,8 +137,7 @@ def plain_loader(ds: Transformed, batch: int, size: int, photo: bool, workers: i
 def data_runner(trainer: Trainer):
     """``run(steps) -> images/s`` of shiftlab's data path alone: batches from the trainer's own streams, on
     the device, no model (what the full step pays for data)."""
-    streams = [trainer._batches(l, i) if l is not None else None
-               for i, l in enumerate((trainer.source_loader, trainer.target_loader))]
+    streams = [trainer.loaders.batches(i, trainer.epoch) for i in (0, 1)]
 
     def run(steps: int) -> float:
         sync(trainer.device)
@@ -147,7 +145,7 @@ def data_runner(trainer: Trainer):
         for _ in range(steps):
             for s in streams:
                 if s is not None:
-                    images += len(trainer._to_batch(next(s)).x)
+                    images += len(trainer.to_batch(next(s)).x)
         sync(trainer.device)
         return images / (time.perf_counter() - start)
     return run
@@ -160,9 +158,9 @@ def plain_runner(trainer: Trainer, workers: int):
     photo = p.spec.family == "photo"
     method = trainer.method
     loaders = [plain_loader(p.source_train, d.batch_size, d.image_size, photo, workers, 0)
-               if trainer.source_loader is not None else None,
+               if trainer.loaders.source is not None else None,
                plain_loader(p.target_train, d.batch_size, d.image_size, photo, workers, 1)
-               if trainer.target_loader is not None else None]
+               if trainer.loaders.target is not None else None]
 
     def endless(loader):
         while True:
@@ -254,7 +252,7 @@ def main() -> None:
                 limit, full, plain = best["limit"], best["full"], best["plain"]
                 data, plain_data = best["data"], best["plain_data"]
             row = dict(name=name, label=s["label"], batch=batch, size=size, steps=steps, device=str(trainer.device),
-                       precision=trainer.precision, loader=trainer.loader_kind, build_s=build,
+                       precision=trainer.precision, loader=trainer.loaders.kind, build_s=build,
                        limit=limit, full=full, plain=plain, data=data, plain_data=plain_data)
             rows.append(row)
             print(f"\n{s['label']}: batch {batch} per stream, {size} px, best of {args.rounds} rounds of {steps} steps, {row['device']} "

@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ShiftlabError
+from .selection.epochs import EPOCH_RULES
+from .selection.validators import VALIDATORS
 from .utils import did_you_mean
 
 
@@ -144,7 +146,7 @@ class TrainConfig(Section):
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', 'mps'")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="'auto' = bf16 autocast on GPUs that support it, fp32 elsewhere")
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (the last epoch is always evaluated)")
-    selection: Literal["auto", "source_val", "target_val", "last", "target_oracle", "entropy", "im", "snd"] = Field(
+    selection: Literal[("auto", *EPOCH_RULES)] = Field(  # type: ignore[valid-type]
         "auto", description="rule that picks the reported epoch and checkpoints/best.pt: 'source_val' (best source "
                             "validation accuracy, reads no target label), 'target_val' (best accuracy on the labelled "
                             "target validation part; only for methods that train on target labels), 'last', "
@@ -152,12 +154,16 @@ class TrainConfig(Section):
                             "adaptation images; see train.validators), 'target_oracle' (best target accuracy: ORACLE, "
                             "reads target labels). 'auto' = target_val for methods trained on target labels, else "
                             "source_val. Every rule's choice is recorded in summary.json whatever this key says")
-    validators: list[Literal["entropy", "im", "snd"]] = Field(
+    validators: list[Literal[tuple(VALIDATORS)]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["entropy", "im", "snd"],
         description="unsupervised validators computed at every evaluation from the model's predictions on the "
                     "target's adaptation images, without labels (metrics unsup_<name>, higher is better): "
                     "'entropy' (Morerio et al., ICLR 2018), 'im' information maximisation (Gomes et al., NeurIPS "
                     "2010), 'snd' soft neighborhood density (Saito et al., ICCV 2021). [] skips the extra pass")
+    validator_limit: int | None = Field(
+        10_000, ge=1, description="score the validators on at most this many target adaptation images, a fixed "
+        "subset (seed 0, the same for every epoch, method, seed and resume; recorded in summary.json) instead of "
+        "a full pass (MNIST's 60,000); null = every image")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop when the metric of train.selection (target_val: target_val_acc; source_val: "
         "source_val_acc; a validator: its score) has not improved for this many evaluations; null = train "

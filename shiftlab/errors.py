@@ -21,3 +21,7 @@ class RunExistsError(RunFolderError, FileExistsError):
 
 class NothingToResumeError(RunFolderError, FileNotFoundError):
     """--resume was asked for a run that has no checkpoint."""
+
+
+class TrainingDivergedError(ShiftlabError, FloatingPointError):
+    """A loss, an evaluation loss or the weights became NaN or infinite; the last finite checkpoint is kept."""

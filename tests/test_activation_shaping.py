@@ -259,7 +259,7 @@ def test_method_keys_from_the_command_line(tmp_path, resnet18):
 def test_the_trainer_loads_a_target_stream_only_for_target_maps(tmp_path):
     random_maps = Trainer(_method_cfg(tmp_path, "--experiment.name=random", "--method.maps=random"))
     target_maps = Trainer(_method_cfg(tmp_path, "--experiment.name=target", "--method.maps=target"))
-    assert random_maps.target_loader is None and target_maps.target_loader is not None
+    assert random_maps.loaders.target is None and target_maps.loaders.target is not None
 
 
 def test_train_help_lists_every_key():

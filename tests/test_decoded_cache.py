@@ -196,7 +196,7 @@ def _rows(trainer):
 def test_resume_with_the_cached_path_is_exact(tmp_path, data_root):
     root = _toy_folder(tmp_path / "data", data_root)
     full = Trainer(_cfg(tmp_path, root, "full", "--train.epochs=3", "--data.loader=cached"))
-    assert full.loader_kind == "cached" and full.source_loader.augment is not None  # photos: crops and flips
+    assert full.loaders.kind == "cached" and full.loaders.source.augment is not None  # photos: crops and flips
     full.fit()
     part = Trainer(_cfg(tmp_path, root, "part", "--train.epochs=2", "--data.loader=cached"))
     part.fit()
@@ -211,9 +211,9 @@ def test_resume_with_the_cached_path_is_exact(tmp_path, data_root):
 
 def test_loader_choice_follows_the_key_and_the_budget(tmp_path, data_root):
     root = _toy_folder(tmp_path / "data", data_root)
-    assert Trainer(_cfg(tmp_path, root, "a", "--train.epochs=1")).loader_kind == "cached"  # auto: it fits
+    assert Trainer(_cfg(tmp_path, root, "a", "--train.epochs=1")).loaders.kind == "cached"  # auto: it fits
     tiny = Trainer(_cfg(tmp_path, root, "b", "--train.epochs=1", "--data.cache_budget_gb=1e-9"))
-    assert tiny.loader_kind == "files"
-    assert Trainer(_cfg(tmp_path, root, "c", "--train.epochs=1", "--data.loader=files")).loader_kind == "files"
+    assert tiny.loaders.kind == "files"
+    assert Trainer(_cfg(tmp_path, root, "c", "--train.epochs=1", "--data.loader=files")).loaders.kind == "files"
     with pytest.raises(ConfigError, match="data.loader"):
         _cfg(tmp_path, root, "d", "--data.loader=gpu")

@@ -13,7 +13,8 @@ import yaml
 
 from shiftlab.config import build_config
 from shiftlab.checkpoints import load_checkpoint
-from shiftlab.engine.loop import RunExistsError, Trainer
+from shiftlab.engine.loop import Trainer
+from shiftlab.errors import RunExistsError
 
 from processes import checkpointed, kill_when
 
@@ -138,7 +139,7 @@ def test_finetune_without_a_trained_model_is_refused(tmp_path):
 
 
 def test_schedules():
-    from shiftlab.engine.loop import lr_factor
+    from shiftlab.engine.optim import lr_factor
 
     steps = 30 * 15  # the study: 30 epochs, x0.1 from epoch 24 on (StepLR(step_size=24))
     assert lr_factor("step", (24 * 15 - 1) / steps) == 1.0

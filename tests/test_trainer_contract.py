@@ -120,6 +120,7 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_without_overwrite(tmp
     run = tmp_path / "early"
     (run / "tensorboard").mkdir(parents=True)
     (run / "config.yaml").write_text("stale: true\n")
+    (run / ".shiftlab-run").write_text("{}\n")  # the marker a run writes first
     Trainer(_cfg(tmp_path, "early", "--train.epochs=1")).fit()
     assert (run / "checkpoints" / "last.pt").is_file() and "stale" not in (run / "config.yaml").read_text()
     with pytest.raises(RunFolderError, match="--resume"):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from shiftlab.config import ConfigError, build_config
-from shiftlab.engine.loop import SELECTIONS, Trainer
+from shiftlab.engine.loop import Trainer
+from shiftlab.selection.epochs import EPOCH_RULES
 from shiftlab.selection.validators import (entropy_score, information_maximization, metric_name, score_all,
                                            soft_neighborhood_density)
 
@@ -87,15 +88,15 @@ def test_no_rule_but_the_oracle_reads_target_labels(tmp_path, adapt_split):
     adapting on the training images takes a pass of their own: both are checked."""
     split = {"data.target_adapt_split": adapt_split}
     h = Trainer(_demo(tmp_path, "honest", **split))
-    assert h.validators_reuse_target_pass == (adapt_split == "test")
+    assert h.loaders.validators_reuse_target_pass == (adapt_split == "test")
     honest = h.fit()
     # the evaluation-time scores equal a separate pass over the adaptation images with the final model
-    separate = score_all(h._probabilities(h.target_images), ["entropy", "im", "snd"])
+    separate = score_all(h.evaluator.probabilities(h.loaders.target_images), ["entropy", "im", "snd"])
     for key, value in separate.items():
         assert h.history[-1][key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
     t = Trainer(_demo(tmp_path, "scrambled", **split))
-    domain, loader = t.eval_sets["target"]
-    t.eval_sets["target"] = (domain, ScrambledLabels(loader, t.pair.num_classes))
+    domain, loader = t.loaders.eval_sets["target"]
+    t.loaders.eval_sets["target"] = (domain, ScrambledLabels(loader, t.pair.num_classes))
     scrambled = t.fit()
 
     assert honest["final_target_acc"] != scrambled["final_target_acc"]  # the labels did change
@@ -114,7 +115,7 @@ def test_no_rule_but_the_oracle_reads_target_labels(tmp_path, adapt_split):
 def test_validator_selection_writes_best_checkpoint_and_needs_its_validator(tmp_path):
     s = Trainer(_demo(tmp_path, "im", **{"train.selection": "im", "train.epochs": 2})).fit()
     assert s["selection"] == "im" and s["best_checkpoint"]["epoch"] == s["selections"]["im"]["epoch"]
-    assert SELECTIONS["im"][0] == "unsup_im"
+    assert EPOCH_RULES["im"].metric == "unsup_im"
     with pytest.raises(ConfigError, match="train.validators"):
         Trainer(_demo(tmp_path, "x", **{"train.selection": "snd", "train.validators": "[entropy]"}))
     none = Trainer(_demo(tmp_path, "none", **{"train.validators": "[]", "train.epochs": 1})).fit()

@@ -1,0 +1,437 @@
+"""The run folder: what a run writes, and the promise that nothing else is ever deleted.
+
+``<experiment.output_dir>/<experiment.name>/`` holds ``.shiftlab-run`` (the marker, written first),
+``config.yaml``, ``metrics.csv``, ``summary.json``, ``checkpoints/{last,last.prev,best}.pt``,
+``tensorboard/`` and a method's own files (AdapterNet's ``adapter.pt``). The guarantees:
+
+* **Atomic files.** Every file is written to a temporary beside it and renamed over it, so a kill leaves
+  the old version or the new one; ``last.prev.pt`` keeps the epoch before, in case ``last.pt`` is damaged.
+* **Nothing foreign is deleted.** A restart (a run killed before its first checkpoint) or ``--overwrite``
+  empties a folder only when it carries the marker and holds nothing but run files; any other folder,
+  a folder inside a run, or a folder holding another run, is an error that names it.
+* **One writer.** A lock file (``.lock``: pid, host, time) keeps a second process out while a run lives,
+  ``--overwrite`` included; a lock left by a dead process on this host is taken over.
+* **The checkpoint's history is the truth.** A resume rewrites ``metrics.csv`` from it (a kill between the
+  checkpoint and the CSV loses no row) and removes the temporaries of interrupted writes.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..checkpoints import load_checkpoint, save_checkpoint
+from ..errors import NothingToResumeError, RunExistsError, RunFolderError, TrainingDivergedError
+from ..utils import atomic_write_text, write_json
+
+log = logging.getLogger(__name__)
+
+MARKER = ".shiftlab-run"
+LOCK = ".lock"
+# what a run (the loop, a sweep, a method) writes into its folder; anything else makes it not ours
+RUN_ENTRIES = frozenset({MARKER, LOCK, "config.yaml", "metrics.csv", "summary.json", "checkpoints", "tensorboard",
+                         "skipped_files.txt", "error.txt", "stopped_by_scheduler", "adapter.pt"})
+
+
+def is_temporary(name: str) -> bool:
+    """A temporary of :func:`shiftlab.utils.atomic_path` (``.<name>.<hex>.tmp``) left by an interrupted write."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def is_run_folder(path: Path) -> bool:
+    return (path / MARKER).is_file()
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """Entries of ``path`` that a run does not write (sorted), e.g. a user's notes or another run's folder."""
+    return sorted(p.name for p in path.iterdir() if p.name not in RUN_ENTRIES and not is_temporary(p.name))
+
+
+class RunLock:
+    """An exclusive lock file (created with O_EXCL) holding the owner's pid and host.
+
+    A lock whose owner is a dead process on this host is stale and taken over; a lock of this process is
+    stale unless a live :class:`RunLock` object of this process holds it (a trainer dropped without
+    ``fit`` releases its lock when it is collected)."""
+
+    _held: set[str] = set()  # lock paths held by live RunLock objects of this process
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.owned = False
+        self._finalizer: weakref.finalize | None = None
+
+    def acquire(self) -> None:
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and self._alive(owner):
+                    raise RunFolderError(
+                        f"run folder {self.path.parent} is in use by process {owner.get('pid')} on "
+                        f"{owner.get('host')} (lock file {self.path}); wait for it to finish or stop it, or choose "
+                        f"another --experiment.name (delete the lock file only if that process is gone)") from None
+                log.warning("taking over the stale lock %s of process %s", self.path, owner)
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f)
+            self.owned = True
+            RunLock._held.add(str(self.path))
+            self._finalizer = weakref.finalize(self, RunLock._remove, str(self.path))
+            return
+        raise RunFolderError(f"could not take the lock {self.path}: another process keeps creating it")
+
+    def release(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()  # removes the file once, whoever calls first
+        self.owned = False
+
+    @staticmethod
+    def _remove(path: str) -> None:
+        RunLock._held.discard(path)
+        try:
+            Path(path).unlink()
+        except OSError:
+            pass
+
+    def _owner(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None  # half-written by a process killed between create and write: stale
+
+    def _alive(self, owner: dict) -> bool:
+        if owner.get("host") != socket.gethostname():
+            return True  # another machine's process cannot be checked from here
+        pid = owner.get("pid")
+        if not isinstance(pid, int):
+            return False
+        if pid == os.getpid():
+            return str(self.path) in RunLock._held
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The whole history each time (it is small), so the file always matches the checkpoint."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, out.getvalue())
+
+
+def count_metrics_rows(path: Path) -> int:
+    try:
+        with open(path, newline="") as f:
+            return sum(1 for _ in csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return 0
+
+
+def non_finite_tensors(state: dict[str, Any]) -> list[str]:
+    """Names of floating-point tensors of a state dict holding NaN or infinity."""
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+class RunFolder:
+    """One run's folder: prepared (checked, locked, marked), written (checkpoints, metrics, summary), read back.
+
+    ``main=False`` (ranks other than 0 under torchrun) checks but never writes."""
+
+    def __init__(self, path: Path, output_dir: Path, *, main: bool = True):
+        self.path = path
+        self.output_dir = output_dir
+        self.main = main
+        self.last = path / "checkpoints" / "last.pt"
+        self.previous = path / "checkpoints" / "last.prev.pt"
+        self.best = path / "checkpoints" / "best.pt"
+        self.lock = RunLock(path / LOCK)
+
+    # ------------------------------------------------------------ prepare
+
+    def prepare(self, *, resume: bool, overwrite: bool, before_changes: Callable[[], None] = lambda: None) -> None:
+        """Check the folder for this run and, on the main process, lock and mark it (see the module's rules).
+        ``before_changes`` runs between the checks and the first change (a barrier: every rank has looked)."""
+        self._check_place()
+        if resume:
+            self._check_resumable()
+            before_changes()
+            if self.main:
+                self._check_ours(self.path, "resume")
+                self.lock.acquire()
+                self._remove_temporaries()
+                self._mark()
+            return
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"{self.path} is a file, not a run folder; choose another --experiment.name")
+        occupied = self.path.is_dir() and any(self.path.iterdir())
+        if occupied:
+            self._check_ours(self.path, "overwrite" if overwrite else "restart")
+            started = self.last.is_file() or self.previous.is_file() or (self.path / "summary.json").is_file()
+            if started and not overwrite:
+                raise RunExistsError(f"run folder {self.path} already exists; pass --resume to continue it, "
+                                     f"--overwrite to replace it, or choose another --experiment.name")
+            if not started:
+                log.warning("run folder %s holds no checkpoint (killed before its first epoch ended): starting it "
+                            "again", self.path)
+        before_changes()
+        if not self.main:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()  # before anything is removed: a live run's folder is never emptied
+        try:
+            if occupied:
+                self._empty()
+            self._mark()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _check_place(self) -> None:
+        """The folder lies strictly inside the output folder and inside no other run."""
+        out, path = self.output_dir.resolve(), self.path.resolve()
+        if path == out or out not in path.parents:
+            raise RunFolderError(f"run folder {self.path} is not inside experiment.output_dir={self.output_dir}; "
+                                 f"experiment.name must be a relative path without '..'")
+        for parent in path.parents:
+            if parent == out:
+                break
+            if is_run_folder(parent):
+                raise RunFolderError(f"run folder {self.path} would lie inside the run {parent}; a run folder is "
+                                     f"never the parent of another run: choose another --experiment.name")
+
+    def _check_ours(self, path: Path, action: str) -> None:
+        if not is_run_folder(path):
+            raise RunFolderError(
+                f"{path} exists and is not a shiftlab run folder (no {MARKER}; it holds "
+                f"{', '.join(sorted(p.name for p in path.iterdir())[:5]) or 'nothing'}); shiftlab will not {action} "
+                f"into a folder it did not create: choose another --experiment.name or --experiment.output_dir")
+        foreign = foreign_entries(path)
+        if foreign:
+            raise RunFolderError(f"run folder {path} also holds {', '.join(foreign[:5])}, which shiftlab did not "
+                                 f"write; shiftlab will not {action} it: move them out, or choose another "
+                                 f"--experiment.name")
+
+    def _empty(self) -> None:
+        """Remove the run files (only run files are there: :meth:`_check_ours`), keeping our lock."""
+        for entry in self.path.iterdir():
+            if entry.name == LOCK:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+    def _mark(self) -> None:
+        if not (self.path / MARKER).is_file():
+            write_json(self.path / MARKER, {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid()})
+
+    def _remove_temporaries(self) -> None:
+        for folder in (self.path, self.path / "checkpoints"):
+            if folder.is_dir():
+                for entry in folder.iterdir():
+                    if is_temporary(entry.name) and entry.is_file():
+                        entry.unlink()
+
+    def release(self) -> None:
+        self.lock.release()
+
+    # ------------------------------------------------------------ write
+
+    def guarded(self, what: str, write: Callable[[], None]) -> None:
+        """Run a write; a full disk or a read-only folder becomes one line naming the folder."""
+        try:
+            write()
+        except OSError as err:
+            raise RunFolderError(f"cannot write {what} in {self.path}: {err.strerror or err}; free space there (or "
+                                 f"choose another --experiment.output_dir), then continue with --resume from the last "
+                                 f"complete checkpoint") from err
+
+    def write_text(self, name: str, text: str) -> None:
+        self.guarded(name, lambda: atomic_write_text(self.path / name, text))
+
+    def write_json(self, name: str, obj: Any) -> None:
+        self.guarded(name, lambda: write_json(self.path / name, obj))
+
+    def save_state(self, state: dict[str, Any], *, epoch: int, step: int) -> None:
+        """``last.pt`` (the previous one kept as ``last.prev.pt``), refused if its weights are not finite."""
+        self._refuse_non_finite(state["model"], epoch, step)
+        self.guarded("checkpoints/last.pt", lambda: self._save_keeping_previous(state))
+
+    def save_best(self, state: dict[str, Any], *, epoch: int, step: int) -> None:
+        self._refuse_non_finite(state["model"], epoch, step)
+        self.guarded("checkpoints/best.pt", lambda: save_checkpoint(self.best, state))
+
+    def _save_keeping_previous(self, state: dict[str, Any]) -> None:
+        if self.last.is_file():  # a hard link: no moment without a complete last.pt
+            tmp = self.previous.with_name(f".{self.previous.name}.{os.getpid()}.tmp")
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(self.last, tmp)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(self.last, tmp)
+            os.replace(tmp, self.previous)
+        save_checkpoint(self.last, state)
+
+    def _refuse_non_finite(self, model_state: dict[str, Any], epoch: int, step: int) -> None:
+        bad = non_finite_tensors(model_state)
+        if bad:
+            raise TrainingDivergedError(
+                f"the weights became NaN or infinite by epoch {epoch}, step {step} ({', '.join(bad[:3])}); the "
+                f"checkpoint was not written, {self.last} keeps the last finite one: lower optim.lr or check the data")
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        self.guarded("metrics.csv", lambda: write_metrics_csv(self.path / "metrics.csv", history))
+
+    # ------------------------------------------------------------ read
+
+    def _check_resumable(self) -> None:
+        if not (self.last.is_file() or self.previous.is_file()):
+            raise NothingToResumeError(f"nothing to resume: {self.last} does not exist (the run never finished "
+                                       f"an epoch); run the same command without --resume to start it")
+
+    def load_for_resume(self) -> dict[str, Any]:
+        """The state to resume from (checked to be resumable first; see :meth:`load_state`)."""
+        self._check_place()
+        self._check_resumable()
+        return self.load_state()
+
+    def load_state(self) -> dict[str, Any]:
+        """``last.pt``, or ``last.prev.pt`` (with a warning) when ``last.pt`` is missing or damaged."""
+        errors = []
+        for path in (self.last, self.previous):
+            if not path.is_file():
+                continue
+            try:
+                state = load_checkpoint(path)
+            except Exception as err:  # truncated or corrupt: torch raises several kinds
+                errors.append(f"{path} is unreadable ({type(err).__name__}: {str(err).splitlines()[0][:120]})")
+                continue
+            if errors:
+                log.warning("%s; resuming from %s (epoch %s) instead", errors[0], path, state.get("epoch"))
+            return state
+        raise RunFolderError("; ".join(errors) + " and there is no readable earlier checkpoint to fall back on: "
+                             "start the run again with --overwrite")
+
+    def metrics_rows(self) -> int:
+        return count_metrics_rows(self.path / "metrics.csv")
+
+
+# Keys that may change on --resume: where the run's files and data live, how they are read, and how long it trains.
+# Any other change would make the resumed run a different experiment than its first epochs.
+RESUMABLE_KEYS = frozenset({
+    "experiment.output_dir", "experiment.plugins", "data.root", "data.num_workers", "data.loader",
+    "data.cache_budget_gb", "data.eval_batch_size", "train.epochs", "train.device", "train.progress",
+    "train.compile", "train.early_stopping_patience", "model.weights"})
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def changed_on_resume(saved: dict[str, Any], now: dict[str, Any], checkpoint: Path) -> None:
+    """Refuse a resume whose config changes keys other than :data:`RESUMABLE_KEYS`, naming them."""
+    before, after = _flatten(saved), _flatten(now)
+    changed = sorted(k for k in before.keys() & after.keys()
+                     if before[k] != after[k] and k not in RESUMABLE_KEYS)
+    if changed:
+        listed = ", ".join(f"{k} ({before[k]!r} in the checkpoint, {after[k]!r} now)" for k in changed[:4])
+        raise RunFolderError(f"--resume cannot change {listed}: {checkpoint} was trained with the first values; "
+                             f"drop these keys to continue the run, or start a new run (another --experiment.name, "
+                             f"or --overwrite)")
+
+
+def summarize(trainer, wall_time: float) -> dict[str, Any]:
+    """``summary.json``: the selected and final numbers, every rule's choice, splits, provenance."""
+    from .. import __version__
+    from ..selection.epochs import EPOCH_RULES, choose_row
+
+    t = trainer
+    evaluated = [r for r in t.history if "target_acc" in r]
+    final = evaluated[-1]
+    metric_keys = [k for k in final if k.endswith("_acc") or k.startswith("unsup_")]
+
+    def chosen(rule: str) -> dict[str, Any]:
+        row = choose_row(evaluated, rule)
+        return {"epoch": row["epoch"], **{k: row[k] for k in metric_keys}, "rule": EPOCH_RULES[rule].description}
+
+    selections = {rule: chosen(rule) for rule, r in EPOCH_RULES.items() if r.metric is None or r.metric in final}
+    picked = selections[t.selection]
+    loaders = t.loaders
+    return {
+        "experiment": t.cfg.experiment.name,
+        "method": t.cfg.method.name,
+        "dataset": t.pair.spec.name, "source": t.pair.source, "target": t.pair.target,
+        "target_eval_split": t.pair.target_eval_split,
+        "splits": t.pair.splits,
+        "reads_target_labels": t.reads_target_labels,
+        "selection": t.selection,
+        "target_acc": picked["target_acc"],
+        "target_holdout_acc": picked.get("target_holdout_acc", picked["target_acc"]),
+        "final_target_acc": final["target_acc"],
+        "final_source_val_acc": final["source_val_acc"],
+        "best_target_acc": selections["target_oracle"]["target_acc"],
+        "selections": selections,
+        "validator_images": {"limit": t.cfg.train.validator_limit,
+                             "scored": len(loaders.validator_indices) if loaders.validator_indices is not None
+                             else len(t.pair.target_adapt_images)},
+        "best_checkpoint": {"path": "checkpoints/best.pt", "selection": t.selection,
+                            "epoch": picked["epoch"]} if t.folder.best.is_file() else None,
+        "per_class_target_acc": {"selected": t.per_class.get(picked["epoch"]),
+                                 "final": t.per_class.get(final["epoch"])},
+        "missing_target_classes": list(t.pair.missing_target_classes),
+        "skipped_files": len(t.pair.skipped_files),
+        "stopped_early": t.should_stop,
+        "resumed_at_epochs": t.resumed_at,
+        "final_train_loss": final.get("train_loss"),
+        "epochs": t.epoch,
+        "steps": t.step,
+        "wall_time_s": round(wall_time, 2),
+        "train_time_s": round(t.train_time, 2),
+        "train_images_per_s": round(t.train_images / t.train_time, 2) if t.train_time else None,
+        "device": str(t.device), "precision": t.precision,
+        "num_parameters": sum(p.numel() for p in t.method.parameters()),
+        "seed": t.cfg.experiment.seed,
+        "shiftlab_version": __version__, "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "config": t.cfg.to_dict(),
+    }
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
