@@ -25,3 +25,7 @@ class NothingToResumeError(RunFolderError, FileNotFoundError):
 
 class TrainingDivergedError(ShiftlabError, FloatingPointError):
     """A loss, an evaluation loss or the weights became NaN or infinite; the last finite checkpoint is kept."""
+
+
+class NonFiniteWeightsError(ShiftlabError, ValueError):
+    """A weights file or checkpoint holds NaN or infinite tensors: loading it would only spread them."""

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..checkpoints import load_checkpoint, save_checkpoint
+from ..checkpoints import load_checkpoint, non_finite_tensors, save_checkpoint
 from ..errors import NothingToResumeError, RunExistsError, RunFolderError, TrainingDivergedError
 from ..utils import atomic_write_text, write_json
 
@@ -149,12 +149,6 @@ def count_metrics_rows(path: Path) -> int:
             return sum(1 for _ in csv.DictReader(f))
     except (OSError, csv.Error, UnicodeDecodeError):
         return 0
-
-
-def non_finite_tensors(state: dict[str, Any]) -> list[str]:
-    """Names of floating-point tensors of a state dict holding NaN or infinity."""
-    return [k for k, v in state.items()
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 class RunFolder:

@@ -12,6 +12,7 @@ from urllib.error import URLError
 import torch
 import torchvision
 
+from ..checkpoints import refuse_non_finite
 from ..errors import ShiftlabError
 
 
@@ -81,4 +82,5 @@ def load_local(path: str | os.PathLike) -> dict:
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path} does not hold a state dict of tensors")
+    refuse_non_finite(obj, path)
     return obj
