@@ -27,7 +27,7 @@ from ..config import Config, ConfigError, run_dir
 from ..errors import RunFolderError, TrainingDivergedError
 from ..methods import Batch, Method, build_method, get_method
 from ..models import build_backbone, normalization_for
-from ..selection.epochs import EPOCH_RULES
+from ..selection.epochs import EPOCH_RULES, improves
 from ..selection.validators import VALIDATORS
 from .callbacks import Callback, EarlyStopping, as_callback
 from .distributed import DistEnv, TrainingStep
@@ -35,7 +35,7 @@ from .evaluation import Evaluator
 from .loaders import RunLoaders, build_pair
 from .optim import ManagedOptimizer, build_optimizers
 from .randomness import isolated_process_state, rng_state, seed_everything, set_rng_state
-from .run_folder import RunFolder, changed_on_resume, summarize
+from .run_folder import RunFolder, changed_on_resume, restore_modules, summarize
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,63 @@ def import_plugins(modules: Iterable[str]) -> None:
             raise ConfigError(f"experiment.plugins: cannot import '{name}': {err}") from err
 
 
+def resolve_selection(cfg: Config, method_cls, reads_target_labels: bool) -> str:
+    """``train.selection`` for this method (``auto``: target_val for methods trained on target labels), checked."""
+    t = cfg.train
+    if method_cls.requires_trained_model and not cfg.model.weights and cfg.model.pretrained == "none":
+        raise ConfigError(f"method '{cfg.method.name}' starts from a trained model: set --model.weights=PATH "
+                          f"(e.g. runs/<source-only run>/checkpoints/best.pt) or --model.pretrained=imagenet")
+    selection = t.selection if t.selection != "auto" else ("target_val" if reads_target_labels else "source_val")
+    if selection == "target_val" and not reads_target_labels:
+        raise ConfigError(f"train.selection=target_val reads target labels, which method '{cfg.method.name}' "
+                          f"does not train on; use source_val (or target_oracle, labelled as an oracle)")
+    if selection in VALIDATORS and selection not in t.validators:
+        raise ConfigError(f"train.selection={selection} needs the validator: add it to train.validators "
+                          f"(now {t.validators})")
+    if t.early_stopping_patience is not None and EPOCH_RULES[selection].metric is None:
+        raise ConfigError("train.early_stopping_patience needs a metric to watch, and train.selection=last "
+                          "has none; choose another train.selection or unset the patience")
+    return selection
+
+
+def build_model(cfg: Config, pair, dist: DistEnv) -> Method:
+    """The backbone for the pair's classes, with the normalisation its data needs, inside the method."""
+    m = cfg.model
+    mean, std = normalization_for(pair.spec.family, m.name)
+    backbone = build_backbone(m.name, pair.num_classes, pretrained=m.pretrained, weights=m.weights,
+                              bottleneck_dim=m.bottleneck_dim, head_layers=m.head_layers,
+                              mean=m.mean or mean, std=m.std or std, progress=cfg.train.progress)
+    method = build_method(cfg.method.name, backbone, cfg.method.model_extra or {},
+                          feature_lr_mult=cfg.optim.feature_lr_mult)
+    if dist.enabled and not method.automatic_optimization:
+        raise ConfigError(f"method '{cfg.method.name}' steps its own optimisers (manual optimisation), "
+                          f"which data-parallel training (torchrun) does not support; run it in one process")
+    return method
+
+
+def wrap_for_training(method: Method, cfg: Config, dist: DistEnv, device: torch.device):
+    """What a training step calls: the method's ``training_step`` (compiled backbone with ``train.compile``),
+    inside DistributedDataParallel under torchrun (``None``: call the method itself)."""
+    if cfg.train.compile:
+        method.backbone.compile()  # in place: state-dict keys, and so checkpoints, stay the same
+    if not dist.enabled:
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+    ids = [device.index] if device.type == "cuda" else None
+    # find_unused_parameters: a method may leave parts idle in a step (a discriminator warming up)
+    return DistributedDataParallel(TrainingStep(method), device_ids=ids, find_unused_parameters=True)
+
+
+def check_finite(values: dict[str, Any], epoch: int, step: int) -> None:
+    """Stop on a non-finite loss (on accelerators read once per logging interval: a non-finite loss makes its
+    running sum non-finite for good, so no sync per step is needed)."""
+    for name, value in values.items():
+        value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(value)
+        if not bool(torch.isfinite(value).all()):
+            raise TrainingDivergedError(f"{name} is {value.tolist()} at epoch {epoch + 1}, step {step}; the last "
+                                        f"finite checkpoint is kept: lower optim.lr or check the data")
+
+
 class Trainer:
     """Runs one experiment into ``<experiment.output_dir>/<experiment.name>/`` (see :mod:`.run_folder`).
 
@@ -89,9 +146,8 @@ class Trainer:
 
     def __init__(self, cfg: Config, *, resume: bool = False, overwrite: bool = False,
                  callbacks: Iterable[Callback | Callable] = ()):
-        self.cfg, self.resume = cfg, resume
+        self.cfg, self.resume, self.should_stop = cfg, resume, False
         self.callbacks = [as_callback(c) for c in callbacks]
-        self.should_stop = False
         self.run_dir = run_dir(cfg)
         import_plugins(cfg.experiment.plugins)
         t = cfg.train
@@ -108,12 +164,14 @@ class Trainer:
         self.channels_last = t.channels_last if t.channels_last is not None else self.device.type == "cuda"
         method_cls = get_method(cfg.method.name)
         self.reads_target_labels = method_cls.target_stream == "labelled"
-        self.selection = self._check_selection(method_cls)
+        self.selection = resolve_selection(cfg, method_cls, self.reads_target_labels)
+        if t.early_stopping_patience is not None:  # monitors the selection rule's own metric
+            self.callbacks.append(EarlyStopping(EPOCH_RULES[self.selection].metric, t.early_stopping_patience))
 
         with isolated_process_state(t.deterministic):
             seed_everything(cfg.experiment.seed)
             self.pair = build_pair(cfg, method_cls)
-            self.method: Method = self._build_method().to(self.device)
+            self.method: Method = build_model(cfg, self.pair, self.dist).to(self.device)
             if self.channels_last:
                 self.method.to(memory_format=torch.channels_last)
             self.loaders = RunLoaders(cfg, self.pair, self.method, self.device, self.dist)
@@ -134,61 +192,14 @@ class Trainer:
             try:
                 if saved is not None:
                     self._restore(saved)
-                self._step_module = self._wrap_for_training()
+                self._step_module = wrap_for_training(self.method, cfg, self.dist, self.device)
             except BaseException:
                 self.folder.release()
                 raise
             self._rng = rng_state()  # this run's own random streams, carried from here into fit()
 
-    # ------------------------------------------------------------ setup
-
-    def _check_selection(self, method_cls) -> str:
-        cfg, t = self.cfg, self.cfg.train
-        if method_cls.requires_trained_model and not cfg.model.weights and cfg.model.pretrained == "none":
-            raise ConfigError(f"method '{cfg.method.name}' starts from a trained model: set --model.weights=PATH "
-                              f"(e.g. runs/<source-only run>/checkpoints/best.pt) or --model.pretrained=imagenet")
-        selection = t.selection if t.selection != "auto" else ("target_val" if self.reads_target_labels
-                                                               else "source_val")
-        if selection == "target_val" and not self.reads_target_labels:
-            raise ConfigError(f"train.selection=target_val reads target labels, which method '{cfg.method.name}' "
-                              f"does not train on; use source_val (or target_oracle, labelled as an oracle)")
-        if selection in VALIDATORS and selection not in t.validators:
-            raise ConfigError(f"train.selection={selection} needs the validator: add it to train.validators "
-                              f"(now {t.validators})")
-        if t.early_stopping_patience is not None:  # monitors the selection rule's own metric
-            monitor = EPOCH_RULES[selection].metric
-            if monitor is None:
-                raise ConfigError("train.early_stopping_patience needs a metric to watch, and train.selection=last "
-                                  "has none; choose another train.selection or unset the patience")
-            self.callbacks.append(EarlyStopping(monitor=monitor, patience=t.early_stopping_patience))
-        return selection
-
-    def _build_method(self) -> Method:
-        cfg, m = self.cfg, self.cfg.model
-        mean, std = normalization_for(self.pair.spec.family, m.name)
-        backbone = build_backbone(m.name, self.pair.num_classes, pretrained=m.pretrained, weights=m.weights,
-                                  bottleneck_dim=m.bottleneck_dim, head_layers=m.head_layers,
-                                  mean=m.mean or mean, std=m.std or std, progress=cfg.train.progress)
-        method = build_method(cfg.method.name, backbone, cfg.method.model_extra or {},
-                              feature_lr_mult=cfg.optim.feature_lr_mult)
-        if self.dist.enabled and not method.automatic_optimization:
-            raise ConfigError(f"method '{cfg.method.name}' steps its own optimisers (manual optimisation), "
-                              f"which data-parallel training (torchrun) does not support; run it in one process")
-        return method
-
-    def _wrap_for_training(self):
-        """What a training step calls: the method's ``training_step`` (compiled backbone with
-        ``train.compile``), inside DistributedDataParallel under torchrun."""
-        if self.cfg.train.compile:
-            self.method.backbone.compile()  # in place: state-dict keys, and so checkpoints, stay the same
-        if not self.dist.enabled:
-            return None
-        from torch.nn.parallel import DistributedDataParallel
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        # find_unused_parameters: a method may leave parts idle in a step (a discriminator warming up)
-        return DistributedDataParallel(TrainingStep(self.method), device_ids=ids, find_unused_parameters=True)
-
     def _state(self) -> dict[str, Any]:
+        """Everything a resume needs to continue exactly (``checkpoints/last.pt``)."""
         return {
             "model": self.method.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
@@ -201,18 +212,8 @@ class Trainer:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        try:
-            self.method.load_state_dict(state["model"])
-        except RuntimeError as err:
-            raise RunFolderError(f"{self.folder.last} does not fit method '{self.cfg.method.name}' with model "
-                                 f"'{self.cfg.model.name}': {str(err).splitlines()[0]}") from err
-        if set(state["optimizers"]) != set(self.optimizers):
-            raise RunFolderError(f"{self.folder.last} holds optimizers {sorted(state['optimizers'])} but method "
-                                 f"'{self.cfg.method.name}' declares {sorted(self.optimizers)}")
-        for name, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
-            self.schedulers[name].load_state_dict(state["schedulers"][name])
-        self.scaler.load_state_dict(state["scaler"])
+        restore_modules(state, self.method, self.optimizers, self.schedulers, self.scaler, self.folder.last,
+                        self.cfg)
         self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
         self.per_class = dict(state["per_class"])
         self.resumed_at = list(state["resumed_at"]) + [self.epoch]
@@ -239,16 +240,9 @@ class Trainer:
                 self.folder.release()
 
     def _fit(self) -> dict[str, Any]:
-        from torch.utils.tensorboard import SummaryWriter
-
         cfg, main = self.cfg, self.dist.is_main  # under torchrun only rank 0 writes the run folder and calls back
-        writer = None
         if main:
-            self.folder.write_text("config.yaml", cfg.to_yaml())
-            if self.pair.skipped_files:
-                self.folder.write_text("skipped_files.txt", "\n".join(self.pair.skipped_files) + "\n")
-            writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step if self.resume else None)
-            self._restore_records(writer)
+            self.folder.start(cfg.to_yaml(), self.pair.skipped_files, self.history, self.step if self.resume else None)
             for cb in self.callbacks:
                 cb.on_fit_start(self)
         self.method._scaler = self.scaler
@@ -256,22 +250,21 @@ class Trainer:
         start = time.time()
         try:
             if cfg.train.epochs == 0 and not self.history:
-                self._record(*self.evaluator.evaluate(), {}, 0.0, writer)
+                self._record(*self.evaluator.evaluate(), {}, 0.0)
             while self.epoch < cfg.train.epochs and not self.should_stop:
                 epoch_start = time.time()
                 train_stats = self.train_epoch()
                 seconds = time.time() - epoch_start
                 self.epoch += 1
                 evaluate = self.epoch == cfg.train.epochs or self.epoch % cfg.train.eval_every == 0
-                self._record(*(self.evaluator.evaluate() if evaluate else ({}, None)), train_stats, seconds, writer)
+                self._record(*(self.evaluator.evaluate() if evaluate else ({}, None)), train_stats, seconds)
                 if self.should_stop and main:  # a callback stopped the run: a resume must not train it further
                     self.folder.save_state(self._state(), epoch=self.epoch, step=self.step)
         finally:
-            if writer is not None:
-                writer.close()
+            self.folder.close_log()
             del self.method._scaler, self.method._optimizers
         if not any("target_acc" in r for r in self.history):  # stopped before any evaluation
-            self._record(*self.evaluator.evaluate(), {}, 0.0, None)
+            self._record(*self.evaluator.evaluate(), {}, 0.0)
         summary = summarize(self, time.time() - start)
         if main:
             self.folder.write_json("summary.json", summary)
@@ -280,14 +273,6 @@ class Trainer:
                 cb.on_fit_end(self, summary)
         self.dist.barrier()  # no rank leaves (and tears the process group down) before the summary is written
         return summary
-
-    def _restore_records(self, writer) -> None:
-        """A kill between ``last.pt`` and ``metrics.csv`` loses no row: the checkpoint's history is the truth."""
-        written = self.folder.metrics_rows()
-        if self.history and written != len(self.history):
-            self.folder.write_metrics(self.history)
-            for row in self.history[written:]:
-                self._log_scalars(writer, row)
 
     def train_epoch(self) -> dict[str, float]:
         """One epoch of ``steps_per_epoch`` steps; returns the mean losses (``train_<name>``) and images/s."""
@@ -312,7 +297,7 @@ class Trainer:
             if self.step % log_every == 0 or i == self.steps_per_epoch - 1:
                 read = {k: float(v) for k, v in sums.items()}  # the one wait for the device per interval
                 if not per_step_check:
-                    self._check_sums_finite(read)
+                    check_finite(read, self.epoch, self.step)
                 bar.set_postfix({k: f"{v / (i + 1):.3f}" for k, v in read.items()})
         if self.dist.enabled:  # the mean over ranks of each rank's mean: the global batches' mean loss
             names = sorted(sums)
@@ -338,7 +323,7 @@ class Trainer:
             raise KeyError(f"method '{self.cfg.method.name}' returned {sorted(losses)} but no 'loss' to "
                            f"backpropagate (or set automatic_optimization = False and step yourself)")
         if check_values:
-            self._check_sums_finite({k: v for k, v in losses.items()})
+            check_finite(losses, self.epoch, self.step)
         if automatic:
             for opt in self.optimizers.values():
                 opt.zero_grad(set_to_none=True)
@@ -355,15 +340,6 @@ class Trainer:
         self.step += 1
         return losses
 
-    def _check_sums_finite(self, values: dict[str, Any]) -> None:
-        """A non-finite loss stops the run (on accelerators read once per logging interval: a non-finite loss
-        makes its running sum non-finite for good, so no sync per step is needed)."""
-        for name, value in values.items():
-            value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(value)
-            if not bool(torch.isfinite(value).all()):
-                raise TrainingDivergedError(f"{name} is {value.tolist()} at epoch {self.epoch + 1}, step {self.step}; "
-                                            f"the last finite checkpoint is kept: lower optim.lr or check the data")
-
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         if self.channels_last and x.dim() == 4:
@@ -377,46 +353,26 @@ class Trainer:
             return Batch(self.to_device(x), y.to(self.device, non_blocking=True))
         return Batch(self.to_device(item), None)
 
-    def _record(self, evals: dict, per_class: dict | None, train_stats: dict, seconds: float, writer) -> None:
+    def _record(self, evals: dict, per_class: dict | None, train_stats: dict, seconds: float) -> None:
+        """The epoch's row into the history and (rank 0) the run folder; callbacks see evaluated rows."""
         row = {"epoch": self.epoch, "step": self.step, **train_stats, **evals,
                **{f"lr_{k}" if len(self.optimizers) > 1 else "lr": o.param_groups[-1]["lr"]
                   for k, o in self.optimizers.items()},
                "epoch_time_s": round(seconds, 3)}
         if per_class is not None and evals:
             self.per_class[self.epoch] = per_class
-        improved = evals and self._improves(row)
+        improved = bool(evals) and improves(self.history, row, self.selection)
         self.history.append(row)
-        if not self.dist.is_main:  # rank 0 writes; the others learn from it whether a callback stopped the run
-            if evals:
-                self.should_stop = self.dist.broadcast_object(self.should_stop)
+        if self.dist.is_main:
+            best = {"model": self.method.state_dict(), "epoch": self.epoch, "selection": self.selection,
+                    "metrics": {k: v for k, v in row.items() if k.endswith(("_acc", "_loss"))},
+                    "config": self.cfg.to_dict(), "shiftlab_version": __version__} if improved else None
+            self.folder.record(row, self.history, self._state(), best)
+        if not evals:
             return
-        if improved:  # best.pt before last.pt: a kill in between redoes this epoch and rewrites both
-            self.folder.save_best({
-                "model": self.method.state_dict(), "epoch": self.epoch, "selection": self.selection,
-                "metrics": {k: v for k, v in row.items() if k.endswith(("_acc", "_loss"))},
-                "config": self.cfg.to_dict(), "shiftlab_version": __version__}, epoch=self.epoch, step=self.step)
-        self.folder.save_state(self._state(), epoch=self.epoch, step=self.step)
-        self.folder.write_metrics(self.history)
-        self._log_scalars(writer, row)
-        if evals:
+        if self.dist.is_main:
             tqdm.write(f"[{self.cfg.experiment.name}] epoch {self.epoch}: "
                        + ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k.endswith(("acc", "loss"))))
             for cb in self.callbacks:
                 cb.on_evaluation(self, row)
-            self.should_stop = self.dist.broadcast_object(self.should_stop)
-
-    def _log_scalars(self, writer, row: dict) -> None:
-        if writer is None:
-            return
-        for k, v in row.items():
-            if k not in ("epoch", "step") and v is not None:
-                writer.add_scalar(k, v, row["step"])
-        writer.flush()
-
-    def _improves(self, row: dict) -> bool:
-        """Whether ``row`` is the new choice of the run's selection rule (ties keep the earlier epoch)."""
-        key = EPOCH_RULES[self.selection].metric
-        if key is None:
-            return True
-        previous = [r[key] for r in self.history if key in r]
-        return not previous or row[key] > max(previous)
+        self.should_stop = self.dist.broadcast_object(self.should_stop)  # rank 0's callbacks decide for all

@@ -164,6 +164,7 @@ class RunFolder:
         self.previous = path / "checkpoints" / "last.prev.pt"
         self.best = path / "checkpoints" / "best.pt"
         self.lock = RunLock(path / LOCK)
+        self.writer = None  # TensorBoard's, open between start() and close_log()
 
     # ------------------------------------------------------------ prepare
 
@@ -301,6 +302,45 @@ class RunFolder:
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         self.guarded("metrics.csv", lambda: write_metrics_csv(self.path / "metrics.csv", history))
 
+    def start(self, config_yaml: str, skipped_files: list[str], history: list[dict[str, Any]],
+              purge_step: int | None) -> None:
+        """At the start of ``fit``: the resolved config, the skipped files, the TensorBoard log (on resume cut
+        back to ``purge_step``), and the rows a kill lost restored from the checkpoint's ``history``."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.write_text("config.yaml", config_yaml)
+        if skipped_files:
+            self.write_text("skipped_files.txt", "\n".join(skipped_files) + "\n")
+        self.writer = SummaryWriter(str(self.path / "tensorboard"), purge_step=purge_step)
+        written = self.metrics_rows()
+        if history and written != len(history):  # a kill between last.pt and metrics.csv: the checkpoint wins
+            self.write_metrics(history)
+            for row in history[written:]:
+                self._log_scalars(row)
+
+    def record(self, row: dict[str, Any], history: list[dict[str, Any]], state: dict[str, Any],
+               best: dict[str, Any] | None) -> None:
+        """One epoch: ``best.pt`` (when the rule chose it) before ``last.pt`` (a kill in between redoes the epoch
+        and rewrites both), then ``metrics.csv`` and TensorBoard."""
+        if best is not None:
+            self.save_best(best, epoch=row["epoch"], step=row["step"])
+        self.save_state(state, epoch=row["epoch"], step=row["step"])
+        self.write_metrics(history)
+        self._log_scalars(row)
+
+    def _log_scalars(self, row: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        for k, v in row.items():
+            if k not in ("epoch", "step") and v is not None:
+                self.writer.add_scalar(k, v, row["step"])
+        self.writer.flush()
+
+    def close_log(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
     # ------------------------------------------------------------ read
 
     def _check_resumable(self) -> None:
@@ -333,6 +373,23 @@ class RunFolder:
 
     def metrics_rows(self) -> int:
         return count_metrics_rows(self.path / "metrics.csv")
+
+
+def restore_modules(state: dict[str, Any], method, optimizers: dict, schedulers: dict, scaler, path: Path,
+                    cfg) -> None:
+    """Load a checkpoint's model, optimisers, schedules and scaler; a checkpoint of another model is one line."""
+    try:
+        method.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise RunFolderError(f"{path} does not fit method '{cfg.method.name}' with model '{cfg.model.name}': "
+                             f"{str(err).splitlines()[0]}") from err
+    if set(state["optimizers"]) != set(optimizers):
+        raise RunFolderError(f"{path} holds optimizers {sorted(state['optimizers'])} but method "
+                             f"'{cfg.method.name}' declares {sorted(optimizers)}")
+    for name, opt in optimizers.items():
+        opt.load_state_dict(state["optimizers"][name])
+        schedulers[name].load_state_dict(state["schedulers"][name])
+    scaler.load_state_dict(state["scaler"])
 
 
 # Keys that may change on --resume: where the run's files and data live, how they are read, and how long it trains.

@@ -30,3 +30,12 @@ def choose_row(rows: list[dict], rule: str) -> dict:
     """The evaluated row ``rule`` picks (the first maximum: ties keep the earlier epoch)."""
     metric = EPOCH_RULES[rule].metric
     return rows[-1] if metric is None else max(rows, key=lambda r: r[metric])
+
+
+def improves(history: list[dict], row: dict, rule: str) -> bool:
+    """Whether ``row`` is ``rule``'s new choice over ``history`` (ties keep the earlier epoch)."""
+    metric = EPOCH_RULES[rule].metric
+    if metric is None:
+        return True
+    previous = [r[metric] for r in history if metric in r]
+    return not previous or row[metric] > max(previous)
