@@ -21,3 +21,7 @@ class RunExistsError(RunFolderError, FileExistsError):
 
 class NothingToResumeError(RunFolderError, FileNotFoundError):
     """--resume was asked for a run that has no checkpoint."""
+
+
+class TrainingDivergedError(ShiftlabError, FloatingPointError):
+    """A loss or a weight became NaN or infinite: the run stops, naming the step (lower the learning rate)."""
