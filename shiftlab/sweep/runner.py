@@ -73,13 +73,12 @@ def read_summary(folder: Path) -> dict[str, Any] | None:
         summary = json.loads((folder / "summary.json").read_text())
     except (OSError, UnicodeDecodeError, ValueError):  # ValueError: json.JSONDecodeError
         return None
-    if not isinstance(summary, dict) or not SUMMARY_KEYS <= summary.keys() \
-            or not isinstance(summary["selections"], dict) or "last" not in summary["selections"]:
+    if not isinstance(summary, dict) or not SUMMARY_KEYS <= summary.keys():
         return None
     return summary
 
 
-SUMMARY_KEYS = {"selection", "target_acc", "epochs", "selections"}  # what _summary_status and run_trial read
+SUMMARY_KEYS = {"selection", "target_acc", "epochs"}  # what trials.json reads (_summary_status)
 
 
 def _set_aside_unreadable_summary(folder: Path) -> None:
