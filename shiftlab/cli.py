@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 from .config import build_config, describe
+from .errors import ShiftlabError
 
 EXAMPLES = """\
 examples:
@@ -39,7 +40,6 @@ def _train_help() -> str:
 
 def cmd_train(argv: list[str]) -> int:
     from .engine.loop import Trainer
-    from .errors import ShiftlabError
 
     parser = argparse.ArgumentParser(
         prog="shiftlab train", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -57,9 +57,6 @@ def cmd_train(argv: list[str]) -> int:
         cfg = build_config(args.config, overrides, resume=args.resume)
         trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
         summary = trainer.fit()
-    except ShiftlabError as err:  # the toolkit's own user errors: one line; anything else keeps its traceback
-        print(f"shiftlab train: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         where = f"are saved in {trainer.run_dir}; continue with the same command and --resume" if trainer \
             else "were none"
@@ -82,7 +79,6 @@ def cmd_datasets(argv: list[str]) -> int:
     from .data.cache import data_root
     from .data.check import check_datasets, format_report, has_problems
     from .data.shifts import format_shifts
-    from .errors import ShiftlabError
 
     parser = argparse.ArgumentParser(
         prog="shiftlab datasets",
@@ -100,11 +96,7 @@ def cmd_datasets(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON (datasets only)")
     args = parser.parse_args(argv)
     root = data_root(args.root)
-    try:
-        reports = check_datasets(root, args.dataset, verify=args.verify)
-    except (ShiftlabError, ValueError) as err:
-        print(f"shiftlab datasets: error: {err}", file=sys.stderr)
-        return 2
+    reports = check_datasets(root, args.dataset, verify=args.verify)
     named = bool(args.dataset)
     print(json.dumps(reports, indent=2) if args.json
           else format_report(reports, root, named) + "\n\n" + format_shifts())
@@ -113,7 +105,7 @@ def cmd_datasets(argv: list[str]) -> int:
 
 def cmd_download(argv: list[str]) -> int:
     from .data.cache import data_root
-    from .data.download import DOWNLOADABLE, DownloadError, download_dataset
+    from .data.download import DOWNLOADABLE, download_dataset
 
     parser = argparse.ArgumentParser(
         prog="shiftlab download",
@@ -127,17 +119,12 @@ def cmd_download(argv: list[str]) -> int:
     parser.add_argument("--no-verify", action="store_true",
                         help="accept a source whose checksum is unknown (not recommended)")
     args = parser.parse_args(argv)
-    try:
-        path = download_dataset(args.name, data_root(args.root), verify=not args.no_verify, checksum=args.checksum)
-    except DownloadError as err:
-        print(f"shiftlab download: error: {err}", file=sys.stderr)
-        return 2
+    path = download_dataset(args.name, data_root(args.root), verify=not args.no_verify, checksum=args.checksum)
     print(f"{args.name}: ready under {path}")
     return 0
 
 
 def cmd_sweep(argv: list[str]) -> int:
-    from .errors import ShiftlabError
     from .sweep import spec as sweep_spec
 
     parser = argparse.ArgumentParser(
@@ -157,30 +144,27 @@ def cmd_sweep(argv: list[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list the trials and their run folders; run nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar of trials")
     args = parser.parse_args(argv)
-    try:
-        spec = sweep_spec.load_sweep(args.file)
-        if args.dry_run:
-            trials = sweep_spec.grid_trials(spec) if spec.search and spec.search.algorithm == "optuna" \
-                else sweep_spec.expand(spec)
-            for t in trials:
-                print(f"{t.name}\t{Path(t.config['experiment']['output_dir']) / t.name}")
-            extra = f" x {spec.search.num_samples} Optuna samples each" if spec.search and \
-                spec.search.algorithm == "optuna" else ""
-            print(f"{len(trials)} trials{extra}; sweep folder {sweep_spec.sweep_dir(spec)}")
-            return 0
-        from .sweep.runner import outcome_line, run_sweep
-        result = run_sweep(spec, address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-                           progress=not args.no_progress)
-    except ShiftlabError as err:
-        print(f"shiftlab sweep: error: {err}", file=sys.stderr)
-        return 2
+    spec = sweep_spec.load_sweep(args.file)
+    if args.dry_run:
+        trials = sweep_spec.grid_trials(spec) if spec.search and spec.search.algorithm == "optuna" \
+            else sweep_spec.expand(spec)
+        for t in trials:
+            print(f"{t.name}\t{Path(t.config['experiment']['output_dir']) / t.name}")
+        extra = f" x {spec.search.num_samples} Optuna samples each" if spec.search and \
+            spec.search.algorithm == "optuna" else ""
+        print(f"{len(trials)} trials{extra}; sweep folder {sweep_spec.sweep_dir(spec)}")
+        return 0
+    from .sweep.runner import outcome_line, run_sweep
+    result = run_sweep(spec, address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                       progress=not args.no_progress)
     print(outcome_line(spec.name, result))
     return 1 if result["failed"] else 0
 
 
 def cmd_report(argv: list[str]) -> int:
-    from .errors import ShiftlabError
+    from .report import ReportError
     from .report.cli import add_arguments, run
+    from .utils import read_yaml_mapping
 
     parser = argparse.ArgumentParser(
         prog="shiftlab report",
@@ -189,22 +173,16 @@ def cmd_report(argv: list[str]) -> int:
     add_arguments(parser)
     sweep_file = Path(parser.parse_known_args(argv)[0].folder) / "sweep.yaml"
     if sweep_file.is_file():  # the sweep's own `report:` defaults, if it has any
-        import yaml
-
-        defaults = (yaml.safe_load(sweep_file.read_text()) or {}).get("report") or {}
+        defaults = read_yaml_mapping(sweep_file, "sweep file", ReportError).get("report") or {}
+        if not isinstance(defaults, dict):
+            raise ReportError(f"sweep file {sweep_file}: 'report' must be a mapping of report options, "
+                              f"got {defaults!r}")
         known = {a.dest for a in parser._actions}
         parser.set_defaults(**{k: v for k, v in defaults.items() if k in known})
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except ShiftlabError as err:
-        print(f"shiftlab report: error: {err}", file=sys.stderr)
-        return 2
+    return run(parser.parse_args(argv))
 
 
 def cmd_adapt_images(argv: list[str]) -> int:
-    from .errors import ShiftlabError
-
     parser = argparse.ArgumentParser(
         prog="shiftlab adapt-images", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Apply the adapter of a trained AdapterNet run (--method.name=adapternet) alone to images, "
@@ -237,16 +215,17 @@ def cmd_adapt_images(argv: list[str]) -> int:
     parser.add_argument("--cell", type=int, default=96, help="pixels per image in grid.png (default 96)")
     parser.add_argument("--grid-columns", type=int, default=8, help="images per row of grid.png (default 8)")
     args = parser.parse_args(argv)
-    try:
-        from .adapt_images import adapt_images
-        written = adapt_images(args.adapter, args.images, args.out, limit=args.limit, dataset=args.dataset,
-                               root=args.root, split=args.split, cell=args.cell, grid_columns=args.grid_columns)
-    except ShiftlabError as err:
-        print(f"shiftlab adapt-images: error: {err}", file=sys.stderr)
-        return 2
+    from .adapt_images import adapt_images
+    written = adapt_images(args.adapter, args.images, args.out, limit=args.limit, dataset=args.dataset,
+                           root=args.root, split=args.split, cell=args.cell, grid_columns=args.grid_columns)
     print(f"{len(written['adapted'])} adapted image(s) in {Path(args.out) / 'adapted'}; grid {written['grid']} "
           f"(adapter {written['adapter']})")
     return 0
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (a message quoting a file's several lines stays readable)."""
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
 COMMANDS = {"train": cmd_train, "datasets": cmd_datasets, "download": cmd_download, "sweep": cmd_sweep,
@@ -270,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return COMMANDS[argv[0]](argv[1:])
+    except (ShiftlabError, FloatingPointError) as err:  # user errors (a diverged run too): one line, no traceback
+        print(f"shiftlab {argv[0]}: error: {one_line(err)}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # the reader left early (`shiftlab sweep --dry-run | head`): no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
         return 141  # 128 + SIGPIPE, as a shell tool would

@@ -8,7 +8,8 @@ base file plus one file per column.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import re
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
@@ -17,11 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ShiftlabError
 from .selection.epochs import EPOCH_RULES
 from .selection.validators import VALIDATORS
-from .utils import did_you_mean
+from .utils import did_you_mean, read_yaml_mapping
 
 
 class ConfigError(ShiftlabError, ValueError):
     """A bad config file, key or value; the message names it and lists the valid choices."""
+
+
+MAX_SEED = 2**63  # seeds are below it: what torch's and numpy's generators take (see ExperimentConfig.seed)
+DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N
 
 
 class Section(BaseModel):
@@ -34,6 +39,24 @@ class ExperimentConfig(Section):
     seed: int = Field(0, description="seed of every random number generator (data order, init, augmentation)")
     plugins: list[str] = Field(default_factory=list, description="Python modules to import before the run "
                                "(they register methods or datasets of your own), e.g. [my_lab.methods]")
+
+    @field_validator("name")
+    @classmethod
+    def _relative_run_name(cls, name: str) -> str:
+        """A run name is a folder under output_dir: never the output folder itself, nor outside it."""
+        parts = PurePath(name).parts
+        if PurePath(name).anchor or ".." in parts or not parts:
+            raise ValueError("must be a relative folder name under experiment.output_dir such as 'baseline/cartoon' "
+                             "(not absolute, no '..' part, not '' or '.')")
+        return name
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_in_range(cls, seed: int) -> int:
+        # torch.manual_seed takes at most 64 bits, and the loop derives per-epoch seeds modulo 2**63
+        if not 0 <= seed < MAX_SEED:
+            raise ValueError(f"must be an integer from 0 to {MAX_SEED - 1} (2**63 - 1)")
+        return seed
 
 
 class DataConfig(Section):
@@ -175,6 +198,13 @@ class TrainConfig(Section):
     deterministic: bool = Field(True, description="deterministic algorithms, so a resumed CPU run matches an uninterrupted one")
     progress: bool = Field(True, description="show a progress bar")
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
+            raise ValueError(f"unknown device; valid: {', '.join(DEVICES)}, or cuda:N for GPU number N (e.g. cuda:1)")
+        return device
+
 
 class Config(Section):
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
@@ -197,16 +227,9 @@ class Config(Section):
 def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML config as a nested dict, with ``base:`` files merged underneath."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
     if path.resolve() in _seen:
         raise ConfigError(f"config files include each other in a loop: {' -> '.join(map(str, _seen + (path,)))}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"cannot parse {path}: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "config file", ConfigError)
     base = data.pop("base", None)
     if base:
         data = merge(read_yaml(path.parent / base, _seen + (path.resolve(),)), data)

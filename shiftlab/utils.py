@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "write_json",
-           "did_you_mean", "unknown_choice_error"]
+           "did_you_mean", "unknown_choice_error", "read_yaml_mapping"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -93,3 +93,44 @@ def unknown_choice_error(kind: str, name: str, choices: Iterable[str]) -> str:
     """
     choices = list(choices)
     return f"unknown {kind} '{name}'; valid: {', '.join(choices)}.{did_you_mean(name, choices)}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading YAML files the user wrote
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str, error: type[Exception] | None = None) -> dict[str, Any]:
+    """The mapping a YAML file holds (``{}`` for an empty file), else ``error`` (default ``ConfigError``)
+    with a one-line message naming ``what`` (e.g. ``"sweep file"``) and ``path``.
+
+    One copy of "read a YAML mapping or raise", so that a missing, unreadable, malformed or non-mapping
+    file is reported the same way by ``train``, ``sweep`` and ``report``.
+    """
+    import yaml
+
+    if error is None:
+        from .config import ConfigError  # late: config imports this module
+        error = ConfigError
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found: {path} (the file does not exist)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise error(f"cannot parse {what} {path}: {_yaml_problem(err)}; fix the file's YAML") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"cannot read {what} {path}: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise error(f"{what} {path} must hold a mapping of keys (key: value lines), got a {type(data).__name__}")
+    return data
+
+
+def _yaml_problem(err: Exception) -> str:
+    """PyYAML's several-line message as one line: the problem and where it is (1-based line, column)."""
+    problem = getattr(err, "problem", None)
+    mark = getattr(err, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(err).split())

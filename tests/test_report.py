@@ -261,3 +261,43 @@ def test_a_key_newer_than_some_runs_is_not_taken_for_a_hyperparameter(tmp_path):
     write_run(tmp_path / "other", {**hand_config("source_only", "cartoon", 0.01, 2), "train.eval_every": 2}, 0.7, 0.6)
     code, out = report(tmp_path, "--no-plots")
     assert "train.eval_every" in (out / "report.md").read_text()  # now it does vary: a hyperparameter
+
+
+def test_a_malformed_sweep_file_is_one_line_naming_it(runs_folder, capsys):
+    from shiftlab.cli import main
+
+    (runs_folder / "sweep.yaml").write_text("name: demo\nreport: {rows: [method.name\n")
+    assert main(["report", str(runs_folder), "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"shiftlab report: error: cannot parse sweep file "
+                                               f"{runs_folder / 'sweep.yaml'}: ")
+
+
+def test_a_selection_with_a_null_target_acc_shows_as_n_a_with_the_reason(runs_folder):
+    """Every run's source_val selection has no target accuracy: the table is there, its cells n/a, and
+    the reason is named, instead of the source_val table vanishing from the report."""
+    for path in runs_folder.rglob("summary.json"):
+        summary = json.loads(path.read_text())
+        summary["selections"]["source_val"]["target_acc"] = None
+        path.write_text(json.dumps(summary))
+    code, out = report(runs_folder, "--no-plots")
+    assert code == 0
+    text = (out / "report.md").read_text()
+    section = text.split("## Selection rule `source_val`")[1].split("## ")[0]
+    assert "| source_only | n/a | n/a |" in section
+    assert "n/a: source_only / art_painting→cartoon: 6 run(s) have no target_acc (null) at the epoch of their " \
+           "'source_val' selection" in section
+    assert {r["rule"] for r in read_csv(out / "table.csv")} == {"last", "cross_domain", "target_oracle"}
+
+
+def test_a_null_target_acc_in_one_cell_leaves_the_others(runs_folder):
+    path = runs_folder / "adabn" / "sketch" / "lr0.01" / "s1" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["selections"]["source_val"]["target_acc"] = None
+    path.write_text(json.dumps(summary))
+    code, out = report(runs_folder, "--no-plots")
+    rows = read_csv(out / "table.csv")
+    assert line(rows, rule="source_val", **{"method.name": "adabn", "data.target": "cartoon"})["n"] == "2"
+    assert not [r for r in rows if r["rule"] == "source_val" and r["method.name"] == "adabn"
+                and r["data.target"] == "sketch"]
+    assert "n/a: adabn / art_painting→sketch: 1 run(s) have no target_acc (null)" in (out / "report.md").read_text()

@@ -167,3 +167,55 @@ def test_a_trial_that_early_stopped_by_patience_counts_as_finished_and_one_asha_
                                  "dir": "runs/sweeps/demo"})
     assert line == ("sweep demo: 2 finished (1 of them early-stopped by train.early_stopping_patience), "
                     "1 failed, 1 stopped by the scheduler; runs/sweeps/demo/trials.json")
+
+
+# --- a damaged summary.json: the trial is unfinished (issue 31) ------------------------------------------
+
+
+def trial_config(tmp_path: Path):
+    return build_config([REPO / "configs/demo.yaml"], [
+        "--train.epochs=1", "--data.limit=32", "--data.batch_size=16", "--train.progress=false",
+        "--train.validators=[]", f"--experiment.output_dir={tmp_path / 'runs'}", "--experiment.name=trial"])
+
+
+@pytest.mark.parametrize("text", ['{"selection": "source_val", "target_acc": 0.', "[1, 2]", '{"selection": "last"}', ""])
+def test_a_damaged_summary_is_not_a_finished_trial(tmp_path, text):
+    from shiftlab.sweep.runner import _finished, read_summary
+    from shiftlab.sweep.spec import Trial
+
+    cfg = trial_config(tmp_path)
+    folder = tmp_path / "runs" / "trial"
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(text)
+    assert read_summary(folder) is None
+    assert not _finished(Trial(name="trial", point={}, config=cfg.to_dict()))
+    (folder / "summary.json").write_text(json.dumps({"selection": "last", "target_acc": 0.5, "epochs": 1}))
+    assert _finished(Trial(name="trial", point={}, config=cfg.to_dict()))
+
+
+def test_a_trial_with_a_truncated_summary_resumes_from_its_checkpoint(tmp_path):
+    from shiftlab.sweep.runner import run_trial
+
+    cfg = trial_config(tmp_path)
+    first = run_trial(cfg)
+    folder = tmp_path / "runs" / "trial"
+    text = (folder / "summary.json").read_text()
+    (folder / "summary.json").write_text(text[: len(text) // 2])  # a full disk cut it short
+    again = run_trial(cfg)
+    assert again["resumed_at_epochs"] == [1]  # read back from last.pt, not trained again
+    assert again["target_acc"] == first["target_acc"]
+    assert json.loads((folder / "summary.json").read_text())["target_acc"] == first["target_acc"]
+    assert (folder / "summary.json.unreadable").read_text() == text[: len(text) // 2]
+
+
+def test_a_trial_with_a_truncated_summary_and_no_checkpoint_starts_again(tmp_path):
+    from shiftlab.sweep.runner import run_trial
+
+    cfg = trial_config(tmp_path)
+    run_trial(cfg)
+    folder = tmp_path / "runs" / "trial"
+    (folder / "checkpoints" / "last.pt").unlink()
+    (folder / "summary.json").write_text('{"selections": ')
+    again = run_trial(cfg)
+    assert again["resumed_at_epochs"] == [] and again["epochs"] == 1
+    assert json.loads((folder / "summary.json").read_text())["epochs"] == 1

@@ -6,6 +6,7 @@ two domains can be paired once they share a transform (same size, 3 channels).
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,15 +24,48 @@ class DataError(ShiftlabError, ValueError):
     """Bad data on disk or a bad name: the message names the file, folder or key at fault."""
 
 
+def path_text(path: str | os.PathLike) -> str:
+    """``path`` as text any UTF-8 writer accepts: bytes of a name that are not UTF-8 shown as ``\\xNN``.
+
+    Python keeps such bytes in ``str(path)`` as lone surrogates, which printing, ``.encode()`` and text
+    files refuse (UnicodeEncodeError); messages and file lists name a path through this instead.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def text_bytes(text: str) -> bytes:
+    """UTF-8 bytes of a key or path for hashing; a file name's non-UTF-8 bytes (surrogates) are hashed as
+    the bytes they stand for, so such a file has a stable key like any other."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def load_rgb(path: Path) -> Image.Image:
-    """Decode one image as RGB, turning any decoding failure into a :class:`DataError` naming the file."""
+    """Decode one image as RGB, turning any decoding failure into a :class:`DataError` naming the file.
+
+    An image announcing more pixels than PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) is
+    unreadable too: PIL raises ``DecompressionBombError`` above twice the limit, and above the limit
+    this checks before decoding (PIL only warns there), so a tiny file cannot take gigabytes of memory.
+    """
     try:
         with Image.open(path) as img:
+            _check_pixel_count(img, path)
             return img.convert("RGB")
     except FileNotFoundError as err:
-        raise DataError(f"image file is missing: {path}") from err
+        raise DataError(f"image file is missing: {path_text(path)}") from err
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # the warning where made an error
+        raise DataError(f"cannot decode image {path_text(path)}: {err} {BOMB_HINT}") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"cannot decode image {path}: {err}") from err
+        raise DataError(f"cannot decode image {path_text(path)}: {err}") from err
+
+
+BOMB_HINT = "Replace or remove the file, or skip it with data.skip_unreadable=true."
+
+
+def _check_pixel_count(img: Image.Image, path: Path) -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and img.width * img.height > limit:
+        raise DataError(f"cannot decode image {path_text(path)}: it announces {img.width}x{img.height} pixels, more "
+                        f"than PIL's limit of {limit} (a decompression bomb?). {BOMB_HINT}")
 
 
 class ImageListDataset(Dataset):
@@ -139,7 +173,7 @@ def held_out(key: str, fraction: float = 0.1) -> bool:
     A hash keeps the split stable when files are added or the seed changes, so that every run,
     every method and every machine sees the same validation set.
     """
-    digest = hashlib.sha1(key.encode()).digest()
+    digest = hashlib.sha1(text_bytes(key)).digest()
     return int.from_bytes(digest[:4], "big") / 2**32 < fraction
 
 

@@ -51,7 +51,7 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from ..utils import atomic_path
-from .base import ArrayDataset, DataError, ImageListDataset
+from .base import ArrayDataset, DataError, ImageListDataset, path_text, text_bytes
 from .cache import cache_dir
 from .transforms import CROP_RATIO, CROP_SCALE, FAMILY_SIZES, FLIP_P
 
@@ -86,7 +86,7 @@ def _array_hash(ds: ArrayDataset) -> str:
         h.update(str((ds.images.shape, ds.images.dtype.str)).encode())
         h.update(np.ascontiguousarray(ds.images).data)
         h.update(ds.labels.tobytes())
-        h.update("\n".join(ds.keys).encode())
+        h.update(text_bytes("\n".join(ds.keys)))
         cached = h.hexdigest()
         ds._shiftlab_content_hash = cached
     return cached
@@ -113,8 +113,8 @@ def _identity(ds: Dataset, h) -> None:
             try:
                 st = os.stat(path)
             except FileNotFoundError as err:
-                raise DataError(f"image file is missing: {path}") from err
-            h.update(f"{os.fspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\n".encode())
+                raise DataError(f"image file is missing: {path_text(path)}") from err
+            h.update(text_bytes(f"{os.fspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\n"))
     elif isinstance(ds, ArrayDataset):
         h.update(f"array:{_array_hash(ds)}".encode())
     elif getattr(ds, "base", None) is not None and hasattr(ds, "transform"):  # a Transformed view
@@ -191,9 +191,10 @@ def decode_split(dataset: Dataset, size: int, *, progress: bool = False) -> Deco
     identity = split_identity(dataset, size)
     if identity in _MEMORY:
         return _MEMORY[identity]
-    path = cache_dir("decoded") / f"{identity}.pt"
+    folder = _cache_folder()
+    path = None if folder is None else folder / f"{identity}.pt"
     split = None
-    if path.is_file():
+    if path is not None and path.is_file():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             if state.get("version") == PREPROCESS_VERSION and len(state["images"]) == len(dataset):
@@ -204,11 +205,39 @@ def decode_split(dataset: Dataset, size: int, *, progress: bool = False) -> Deco
         images, labels = _decode_all(dataset, size, progress)
         split = DecodedSplit(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels),
                              identity)
-        with atomic_path(path) as tmp:
-            torch.save({"version": PREPROCESS_VERSION, "images": split.images, "labels": split.labels,
-                        "size": size}, tmp)
+        if path is not None:
+            _write_cache_file(path, {"version": PREPROCESS_VERSION, "images": split.images, "labels": split.labels,
+                                     "size": size})
     _MEMORY[identity] = split
     return split
+
+
+def _cache_folder() -> Path | None:
+    """``$SHIFTLAB_CACHE/decoded``, or None (with a warning) when it cannot be created."""
+    try:
+        return cache_dir("decoded")
+    except OSError as err:
+        log.warning("cannot create the decoded cache folder under $SHIFTLAB_CACHE (%s); decoding in memory "
+                    "without keeping a copy on disk", _os_error_text(err))
+        return None
+
+
+def _write_cache_file(path: Path, state: dict) -> None:
+    """Save a decoded split; a cache that cannot be written (full disk, read-only folder) only costs a decode
+    next time, so it is a warning naming the folder and the run goes on from memory."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError (inline_container.cc)
+        log.warning("cannot write the decoded cache in %s (%s); the run goes on with the split decoded in memory "
+                    "(free space there or point $SHIFTLAB_CACHE at a writable folder to keep it)", path.parent,
+                    _os_error_text(err))
+
+
+def _os_error_text(err: BaseException) -> str:
+    """The first line of an error (torch's write errors carry a C++ trace below it)."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def clear_memory() -> None:

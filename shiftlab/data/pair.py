@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .base import SPLITS, DataError
+from .base import SPLITS, DataError, path_text
 from .cache import data_root
 from .registry import get_dataset
 from .spec import DatasetSpec
@@ -303,7 +303,7 @@ def _skip_unreadable(parts: dict[str, Part]) -> list[str]:
     if check.errors:
         log.warning("skipping %d unreadable image file(s) (data.skip_unreadable=true): %s", len(check.errors),
                     "; ".join(list(check.errors.values())[:5]) + (" ..." if len(check.errors) > 5 else ""))
-    return sorted(str(p) for p in check.errors)
+    return sorted(path_text(p) for p in check.errors)  # written to skipped_files.txt: text UTF-8 accepts
 
 
 def _split_name(part: Part) -> str:

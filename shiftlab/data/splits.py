@@ -16,7 +16,7 @@ import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .base import DataError, held_out, load_rgb
+from .base import DataError, held_out, load_rgb, text_bytes
 
 HOLDOUT_SALT = "holdout/"  # keeps the holdout independent of the 10% val hash of folder datasets and digits
 
@@ -57,7 +57,7 @@ def classes_of(dataset: Dataset) -> list[str]:
 
 def fingerprint(dataset: Dataset) -> str:
     """Short hash of the sorted keys: two runs evaluated on the same images show the same fingerprint."""
-    return hashlib.sha1("\n".join(sorted(keys_of(dataset))).encode()).hexdigest()[:12]
+    return hashlib.sha1(text_bytes("\n".join(sorted(keys_of(dataset))))).hexdigest()[:12]
 
 
 def select(dataset: Dataset, keep: Sequence[bool]) -> Dataset:

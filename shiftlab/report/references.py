@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..selection.rules import Cell, RunLike, sort_key
+from ..utils import read_yaml_mapping
 from . import ReportError
 
 
@@ -52,11 +52,10 @@ class Reference:
 def load_references(path: str | Path) -> list[Reference]:
     """The entries of one reference file, each with its source and setting resolved."""
     path = Path(path)
-    if not path.is_file():
-        raise ReportError(f"reference file {path} not found")
+    raw = read_yaml_mapping(path, "reference file", ReportError)
     try:
-        parsed = _File.model_validate(yaml.safe_load(path.read_text()) or {})
-    except (yaml.YAMLError, ValidationError) as err:
+        parsed = _File.model_validate(raw)
+    except ValidationError as err:
         raise ReportError(f"reference file {path} is not in the expected format (source, setting, results: "
                           f"[{{row, col, value}}]): {err}") from None
     refs = []

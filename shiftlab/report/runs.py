@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..utils import read_yaml_mapping
 from . import ReportError
 
 
@@ -94,7 +93,7 @@ def read_metrics(path: Path) -> list[dict[str, float | None]]:
 
 
 def load_run(folder: Path) -> RunRecord:
-    config = _read_mapping(folder / "config.yaml", yaml.safe_load, yaml.YAMLError, "a config (YAML)")
+    config = read_yaml_mapping(folder / "config.yaml", "run config", ReportError)
     summary = _read_mapping(folder / "summary.json", json.loads, json.JSONDecodeError, "a run summary (JSON)")
     # a key added to shiftlab after the run was made has its default there (new keys default to the old
     # behaviour), so that it does not pass for a hyperparameter varying between older and newer runs

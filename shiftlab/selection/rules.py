@@ -31,7 +31,7 @@ from ..utils import did_you_mean
 
 __all__ = ["SEED_KEY", "TASK_KEYS", "IGNORED_KEYS", "METRICS", "RULE_ORDER", "RULES", "SelectionError",
            "RunLike", "Run", "Layout", "Cell", "Choice", "Rule", "varying_keys", "plan_layout",
-           "group_cells", "rule_unavailable", "supported_rules", "choose", "sort_key"]
+           "group_cells", "rule_not_recorded", "rule_unavailable", "supported_rules", "choose", "sort_key"]
 
 SEED_KEY = "experiment.seed"
 TASK_KEYS = ("data.dataset", "data.source", "data.target")
@@ -330,24 +330,39 @@ def _has(run: RunLike, entry: str, key: str) -> bool:
     return (run.selections or {}).get(entry, {}).get(key) is not None
 
 
-def rule_unavailable(rule_name: str, cell: Cell, cells: Sequence[Cell]) -> str | None:
-    """Why ``rule_name`` cannot choose for ``cell`` (None when it can)."""
+def rule_not_recorded(rule_name: str, cell: Cell, cells: Sequence[Cell]) -> str | None:
+    """Why the runs of ``cell`` (or of its pool) do not record what ``rule_name`` reads (None when they do)."""
     rule = RULES[rule_name]
     pool = _pool(rule, cell, cells)
     if not pool:
         return "no other target of the same source to choose on"
     if not any(setting in c.settings for c in pool for setting in cell.settings):
         return "the other targets ran none of this cell's hyperparameter settings"
-    if not all(_has(run, rule.report_entry, "target_acc") for run in cell.runs):
+    if not all(rule.report_entry in (run.selections or {}) for run in cell.runs):
         return f"runs without a '{rule.report_entry}' selection"
     if not all(_has(run, rule.score_entry, rule.score_key) for c in pool for run in c.runs):
         return f"runs without '{rule.score_key}' in their '{rule.score_entry}' selection"
     return None
 
 
+def rule_unavailable(rule_name: str, cell: Cell, cells: Sequence[Cell]) -> str | None:
+    """Why ``rule_name`` cannot choose for ``cell`` (None when it can): it is not recorded, or a run's
+    selection records it with no ``target_acc`` (null) to report."""
+    missing = rule_not_recorded(rule_name, cell, cells)
+    if missing is not None:
+        return missing
+    entry = RULES[rule_name].report_entry
+    null = [run for run in cell.runs if not _has(run, entry, "target_acc")]
+    if null:
+        return (f"{len(null)} run(s) have no target_acc (null) at the epoch of their '{entry}' selection, e.g. "
+                f"{null[0].label}; that epoch has no target accuracy to report")
+    return None
+
+
 def supported_rules(cells: Sequence[Cell]) -> list[str]:
-    """The rules that can choose for at least one cell, in :data:`RULE_ORDER`."""
-    return [name for name in RULE_ORDER if any(rule_unavailable(name, c, cells) is None for c in cells)]
+    """The rules the runs record for at least one cell, in :data:`RULE_ORDER`. A rule recorded with a null
+    ``target_acc`` counts: its table then shows the cell as n/a with the reason, rather than vanishing."""
+    return [name for name in RULE_ORDER if any(rule_not_recorded(name, c, cells) is None for c in cells)]
 
 
 def _score(rule: Rule, setting: tuple, pool: Sequence[Cell]) -> float:
@@ -394,7 +409,7 @@ def choose(rule_name: str, cells: Sequence[Cell], layout: Layout,
     rule = RULES[rule_name]
     choices = {c.id: _choose_in_cell(rule, c, cells, layout, metric)
                for c in cells if rule_unavailable(rule_name, c, cells) is None}
-    if not choices:
+    if not choices and rule_name not in supported_rules(cells):  # recorded but null everywhere: all n/a
         reason = rule_unavailable(rule_name, cells[0], cells) if cells else "no runs"
         raise SelectionError(f"rule '{rule_name}' is not supported by these runs ({reason}); rules they "
                              f"support: {', '.join(supported_rules(cells)) or '(none)'}")

@@ -6,8 +6,8 @@ Optuna); shiftlab adds what a table needs:
 * each trial is one :class:`~shiftlab.engine.loop.Trainer` run in its own run folder,
   ``<sweep>/runs/<trial name>/``, and reports every evaluation's metrics to Tune through a trainer
   callback;
-* a re-run skips finished trials (their ``summary.json`` exists) and resumes unfinished ones from their
-  ``checkpoints/last.pt``, so an interrupted sweep loses at most the epoch each trial was in;
+* a re-run skips finished trials (their ``summary.json`` reads back complete) and resumes unfinished
+  ones (a damaged ``summary.json`` included) from their ``checkpoints/last.pt``, so an interrupted sweep loses at most the epoch each trial was in;
 * a failing trial is reported with its error (``<run>/error.txt`` and ``<sweep>/trials.json``) and does
   not stop the others;
 * a progress bar counts trials done / running / failed.
@@ -45,14 +45,14 @@ def run_trial(cfg: Config, report=None) -> dict[str, Any]:
     from ..engine.loop import Trainer
 
     folder = run_dir(cfg)
-    summary_path = folder / "summary.json"
-    if summary_path.is_file():  # finished in an earlier run of the sweep: nothing to train
-        summary = json.loads(summary_path.read_text())
+    summary = read_summary(folder)
+    if summary is not None:  # finished in an earlier run of the sweep: nothing to train
         if report is not None:  # the last evaluation again, so that a searcher sees what it saw the first time
             last = {k: v for k, v in summary["selections"]["last"].items() if k != "rule"}
             report({**last, "skipped": True})
         return summary
     callbacks = [LambdaCallback(lambda trainer, row: report(dict(row)))] if report is not None else []
+    _set_aside_unreadable_summary(folder)
     resume = (folder / "checkpoints" / "last.pt").is_file()
     (folder / "error.txt").unlink(missing_ok=True)
     try:
@@ -64,6 +64,33 @@ def run_trial(cfg: Config, report=None) -> dict[str, Any]:
         if not isinstance(err, KeyboardInterrupt) and folder.is_dir():
             atomic_write_text(folder / "error.txt", "".join(traceback.format_exception(err)))
         raise
+
+
+def read_summary(folder: Path) -> dict[str, Any] | None:
+    """The run's ``summary.json`` when it is a complete one, else None: absent, or cut short (a full disk,
+    a copy interrupted), or without the keys a sweep reads. A trial is finished only when this reads it."""
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):  # ValueError: json.JSONDecodeError
+        return None
+    if not isinstance(summary, dict) or not SUMMARY_KEYS <= summary.keys():
+        return None
+    return summary
+
+
+SUMMARY_KEYS = {"selection", "target_acc", "epochs"}  # what trials.json reads (_summary_status)
+
+
+def _set_aside_unreadable_summary(folder: Path) -> None:
+    """Rename a damaged ``summary.json`` to ``summary.json.unreadable``, so the trial resumes from its
+    ``last.pt`` (the file stays beside it) instead of staying stuck; a trial without a checkpoint starts
+    again, as a run killed before its first epoch does."""
+    path = folder / "summary.json"
+    if path.is_file():
+        kept = path.with_name("summary.json.unreadable")
+        os.replace(path, kept)
+        log.warning("%s is damaged (renamed to %s): the trial is unfinished and runs again from its last "
+                    "checkpoint, if any", path, kept.name)
 
 
 def _tune_trainable(config: dict[str, Any]) -> None:
@@ -226,7 +253,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, num_cpus: int | No
 
 
 def _finished(trial: Trial) -> bool:
-    return (run_dir(Config.model_validate(trial.config)) / "summary.json").is_file()
+    return read_summary(run_dir(Config.model_validate(trial.config))) is not None
 
 
 def _dump(spec: SweepSpec) -> str:
@@ -256,7 +283,7 @@ def _row(spec: SweepSpec, base: dict, tune_config: dict, error, metrics) -> dict
     row = {"trial": name, "run_dir": str(folder)}
     if error is not None:
         return {**row, "status": "failed", "error": _one_line(error)}
-    if (folder / "summary.json").is_file():
+    if read_summary(folder) is not None:
         return {**row, **_summary_status(folder)}
     ckpt = folder / "checkpoints" / "last.pt"
     if spec.asha is not None and ckpt.is_file():
@@ -274,7 +301,9 @@ def _row(spec: SweepSpec, base: dict, tune_config: dict, error, metrics) -> dict
 def _summary_status(folder: Path) -> dict[str, Any]:
     """A trial with a summary: 'stopped' when ASHA stopped it (its marker file), else 'finished', with
     ``early_stopped`` telling a run that ended by its own ``train.early_stopping_patience``."""
-    summary = json.loads((folder / "summary.json").read_text())
+    summary = read_summary(folder)
+    if summary is None:
+        return {"status": "stopped", "epochs": None}  # its summary.json was damaged since the trial ended
     by_scheduler = (folder / "stopped_by_scheduler").is_file()
     return {"status": "stopped" if by_scheduler else "finished",
             "early_stopped": bool(summary.get("stopped_early")) and not by_scheduler,

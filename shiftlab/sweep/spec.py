@@ -37,14 +37,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..config import Config, ConfigError, build_config
 from ..engine.loop import import_plugins
 from ..errors import ShiftlabError
 from ..methods.base import method_params
-from ..utils import unknown_choice_error
+from ..utils import read_yaml_mapping, unknown_choice_error
 
 def blind_metric(metric: str, key: str) -> str:
     """``metric`` if it reads no target test label (a search or a scheduler may only follow such a metric)."""
@@ -171,14 +170,7 @@ class Trial(BaseModel):
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and validate a sweep file; errors name the file and the key."""
     path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"sweep file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise SweepError(f"{path} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise SweepError(f"{path} must be a mapping of keys (name, config, set, grid, search, ...)")
+    raw = read_yaml_mapping(path, "sweep file", SweepError)
     raw.setdefault("name", path.stem)
     try:
         return SweepSpec.model_validate(raw)
