@@ -4,7 +4,7 @@ In one run, on one machine, for each setting:
 
 * **limit**: forward + backward + optimiser step of shiftlab's training step on a synthetic batch that is
   already on the device (no data path at all): the most any data path can reach;
-* **full**: shiftlab's training loop (``Trainer._train_epoch``) with its real data path (``data.loader``,
+* **full**: shiftlab's training loop (``Trainer.train_epoch``) with its real data path (``data.loader``,
   default ``cached``: decoded once, batches cut and augmented on the device), images counted over the
   source and target streams;
 * **plain**: what most peer toolkits do: a torchvision ``DataLoader`` over the same files, decoding and

@@ -41,7 +41,8 @@ MARKER = ".shiftlab-run"
 LOCK = ".lock"
 # what a run (the loop, a sweep, a method) writes into its folder; anything else makes it not ours
 RUN_ENTRIES = frozenset({MARKER, LOCK, "config.yaml", "metrics.csv", "summary.json", "checkpoints", "tensorboard",
-                         "skipped_files.txt", "error.txt", "stopped_by_scheduler", "adapter.pt"})
+                         "skipped_files.txt", "error.txt", "stopped_by_scheduler", "adapter.pt",
+                         "summary.json.unreadable"})
 
 
 def is_temporary(name: str) -> bool:
