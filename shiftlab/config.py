@@ -4,9 +4,16 @@ Every key is a pydantic field with a description, so ``shiftlab train --help`` l
 its default and meaning, and a wrong key or value is an error that names it. A YAML file may start
 from another with ``base: other.yaml`` (a path relative to the file), so one study's table is a small
 base file plus one file per column.
+
+A method's own hyperparameters (``method.*`` beside ``method.name``) are typed by the method's ``Params``
+(:mod:`shiftlab.methods.base`): :func:`build_config` resolves them, so a wrong key fails before any data
+is read and the resolved config (``config.yaml``) holds every one of them, defaults included. A method
+section that names another method replaces the one underneath instead of merging into it
+(:func:`merge_config`), since one method's keys mean nothing to another.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -111,10 +118,19 @@ class ModelConfig(Section):
         return check_model_name(name)
 
 
+DEFAULT_METHOD = "source_only"
+
+
 class MethodConfig(BaseModel):
-    # Extra keys are the method's own hyperparameters, validated by the method's Params at build time.
+    """``method.name`` and the method's own keys (extra keys here, typed by the method's ``Params``;
+    :func:`resolve_method` validates them and fills in their defaults)."""
     model_config = ConfigDict(extra="allow", validate_assignment=True)
-    name: str = Field("source_only", description="method to train (see the list of methods below)")
+    name: str = Field(DEFAULT_METHOD, description="method to train (see the list of methods below)")
+
+    def params(self) -> dict[str, Any]:
+        """Every key of the method but ``name``: what ``build_method`` takes (after :func:`build_config`,
+        every key of the method's ``Params`` with its value, defaults included)."""
+        return dict(self.model_extra or {})
 
 
 class OptimConfig(Section):
@@ -203,15 +219,33 @@ def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
     base = data.pop("base", None)
     if base:
-        data = merge(read_yaml(path.parent / base, _seen + (path.resolve(),)), data)
+        data = merge_config(read_yaml(path.parent / base, _seen + (path.resolve(),)), data)
     return data
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``, section by section (nested dicts merge, other values replace)."""
     out = dict(base)
     for key, value in update.items():
         out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def merge_config(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Config tree ``update`` over ``base`` (:func:`merge`), except that a method section naming another
+    method than ``base``'s replaces it whole: ``{method: {name: adabn}}`` over a ``dann`` section drops the
+    dann keys, while ``{method: {lambda_: 0.1}}`` or ``{method: {name: dann, ...}}`` merges into it. This
+    holds for every layer: ``base:`` files, config files, a sweep's ``set`` and grid values, overrides."""
+    out = merge(base, update)
+    if _names_another_method(base.get("method"), update.get("method")):
+        out["method"] = dict(update["method"])
+    return out
+
+
+def _names_another_method(base: Any, update: Any) -> bool:
+    if not isinstance(update, dict) or "name" not in update or not isinstance(base, dict):
+        return False
+    return update["name"] != base.get("name", DEFAULT_METHOD)
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
@@ -304,12 +338,33 @@ def build_config(files: list[str | os.PathLike] = (), overrides: list[str] | dic
     overrides = nest_dotted(overrides) if isinstance(overrides, dict) else parse_overrides(list(overrides))
     tree: dict[str, Any] = dict(start or {})
     for f in files:
-        tree = merge(tree, read_yaml(f))
-    cfg = resolve_paths(validate(merge(tree, overrides)))
+        tree = merge_config(tree, read_yaml(f))
+    cfg = resolve_method(resolve_paths(validate(merge_config(tree, overrides))))
     if resume:
         saved = run_dir(cfg) / "config.yaml"
         if saved.is_file():
-            return build_config(files, overrides, start=merge(read_yaml(saved), start or {}))
+            return build_config(files, overrides, start=merge_config(read_yaml(saved), start or {}))
+    return cfg
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import the modules of ``experiment.plugins`` (they register methods or datasets of their own)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(f"experiment.plugins: cannot import '{name}': {err}") from err
+
+
+def resolve_method(cfg: Config) -> Config:
+    """``cfg.method`` typed by the method's ``Params``: every key with its value, defaults filled in.
+    The plugins of ``experiment.plugins`` are imported first (they may register the method); an unknown
+    method, key or value is a :class:`ConfigError` naming it and the method's valid keys."""
+    from .methods import method_params  # the methods import this module (ConfigError)
+
+    import_plugins(cfg.experiment.plugins)
+    params = method_params(cfg.method.name, cfg.method.params())
+    cfg.method = MethodConfig(name=cfg.method.name, **params.model_dump())
     return cfg
 
 
