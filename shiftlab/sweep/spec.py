@@ -23,11 +23,11 @@ A sweep is a YAML file (one table of a study = one file under ``sweeps/``)::
     asha: null                         # {metric: source_val_acc, grace_period: 1, reduction_factor: 2}
     report: {rows: method.name, cols: data.target}   # defaults for `shiftlab report` on this sweep
 
-A trial's config is layered: the ``config`` files, ``set`` over them, the grid point (and sampled keys)
-over that. A method section given by ``set`` or the grid, as a whole (``method: [{name: adabn},
-{name: dann, lambda_: 0.1}]``) or as ``method.name``, replaces the method section below it when it
-names another method (the base's activation-matching keys do not reach an AdaBN trial), and merges
-into it when it names the same method or none (``method.lambda_: [0.1, 1.0]``).
+A trial's config is ``set`` and its grid point (and sampled keys; they win over ``set``) laid over the
+``config`` files. A method section given there, as a whole (``method: [{name: adabn}, {name: dann,
+lambda_: 0.1}]``) or as ``method.name``, replaces the files' method section when it names another
+method (their activation-matching keys do not reach an AdaBN trial), and merges into it when it names
+the same method or none (``method.lambda_: [0.1, 1.0]``). ``set``'s method keys reach every trial.
 
 Every trial's config is built and validated before anything runs, the method's own keys included
 (``method.*``, typed by the method's ``Params``), so a typo fails the whole sweep at once with the key named. A trial is named by the values that make it differ (``method.name=adabn,
@@ -46,7 +46,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import Config, ConfigError, build_config, merge_config, nest_dotted, read_yaml
+from ..config import Config, ConfigError, build_config, merge, merge_config, nest_dotted, read_yaml
 from ..errors import ShiftlabError
 from ..utils import unknown_choice_error
 
@@ -275,18 +275,18 @@ def fill_templates(values: dict[str, Any], point: dict[str, Any], where: str = "
 
 
 def trial_tree(spec: SweepSpec, point: dict[str, Any], name: str) -> dict[str, Any]:
-    """A trial's config tree, in layers: the files of ``config``, ``set`` over them, the grid point over
-    that, then the run folder. Layered by :func:`~shiftlab.config.merge_config`: a method section (or
-    ``method.name``) of ``set`` or of the point that names another method than the layers below replaces
-    their method section (``{name: adabn}`` over activation-matching keys is plain AdaBN); one naming
-    the same method, or none, merges into it."""
+    """A trial's config tree: the files of ``config``, then ``set`` and the grid point together (the point
+    wins, key by key), then the run folder. Laid over the files by :func:`~shiftlab.config.merge_config`:
+    a method section (or ``method.name``) of ``set`` or the point that names another method than the files
+    replaces their method section (``{name: adabn}`` over activation-matching keys is plain AdaBN); one
+    naming the same method, or none, merges into it. ``set``'s method keys reach every trial, so a key
+    that a grid's method lacks is an error naming it, never dropped silently."""
     tree: dict[str, Any] = {}
     for path in spec.config:
         tree = merge_config(tree, read_yaml(path))
-    for layer in (fill_templates(spec.set, point), point,
-                  {"experiment.output_dir": str(sweep_dir(spec) / "runs"), "experiment.name": name}):
-        tree = merge_config(tree, nest_dotted(layer))
-    return tree
+    trial = merge(nest_dotted(fill_templates(spec.set, point)), nest_dotted(point))
+    tree = merge_config(tree, trial)
+    return merge(tree, nest_dotted({"experiment.output_dir": str(sweep_dir(spec) / "runs"), "experiment.name": name}))
 
 
 def _config_for(spec: SweepSpec, point: dict[str, Any], name: str, where: str) -> Config:
