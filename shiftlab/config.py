@@ -327,7 +327,10 @@ def _coerce_tree(values: dict[str, Any], model: type[BaseModel], prefix: str = "
 
 def build_config(files: list[str | os.PathLike] = (), overrides: list[str] | dict[str, Any] = (),
                  start: dict[str, Any] | None = None, *, resume: bool = False) -> Config:
-    """Defaults <- ``start`` <- each YAML file <- command-line overrides.
+    """Defaults <- ``start`` <- each YAML file <- command-line overrides, then ``method.*`` typed by the
+    method's ``Params`` (:func:`resolve_method`). Layers compose by :func:`merge_config`: a method section
+    naming another method replaces the one beneath; the files and overrides are composed first, then
+    laid over ``start``.
 
     ``resume=True``: the run folder's saved ``config.yaml`` (if any) becomes ``start``, so a resumed run
     keeps its settings and only what is given again here changes. Relative paths (``output_dir``,
@@ -336,15 +339,18 @@ def build_config(files: list[str | os.PathLike] = (), overrides: list[str] | dic
     or worker process.
     """
     overrides = nest_dotted(overrides) if isinstance(overrides, dict) else parse_overrides(list(overrides))
-    tree: dict[str, Any] = dict(start or {})
+    given: dict[str, Any] = {}
     for f in files:
-        tree = merge_config(tree, read_yaml(f))
-    cfg = resolve_method(resolve_paths(validate(merge_config(tree, overrides))))
-    if resume:
+        given = merge_config(given, read_yaml(f))
+    # composed before ``start`` is laid under it: a resumed run's method keys survive files that name
+    # another method when the overrides name the run's method again (only what is given changes)
+    given = merge_config(given, overrides)
+    cfg = resolve_paths(validate(merge_config(dict(start or {}), given)))
+    if resume:  # the method's keys are typed once the saved config is under them (they may need its name)
         saved = run_dir(cfg) / "config.yaml"
         if saved.is_file():
             return build_config(files, overrides, start=merge_config(read_yaml(saved), start or {}))
-    return cfg
+    return resolve_method(cfg)
 
 
 def import_plugins(modules: list[str]) -> None:

@@ -157,3 +157,17 @@ def test_train_command_reports_bad_keys_and_exits_2(capsys, tmp_path):
     assert main(["train", "--data.source=mnist", f"--experiment.output_dir={tmp_path}"]) == 2
     assert "valid domains: digits, digits_photo" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # a run that cannot start leaves no folder behind
+
+
+def test_a_resumed_run_keeps_its_method_keys_when_the_same_command_is_given_again(tmp_path):
+    run = [f"--experiment.output_dir={tmp_path}", "--experiment.name=t"]
+    first = build_config([REPO / "configs" / "demo.yaml"], ["--method.name=dann", "--method.lambda_=0.5", *run])
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "config.yaml").write_text(first.to_yaml())
+    # demo.yaml names source_only; the command names dann again: the saved lambda_ stays
+    again = build_config([REPO / "configs" / "demo.yaml"], ["--method.name=dann", *run], resume=True)
+    assert again.method.params() == first.method.params()
+    # a method key alone is typed against the saved run's method, not the default one
+    changed = build_config([], ["--method.dropout=0.25", *run], resume=True)
+    assert (changed.method.name, changed.method.params()["lambda_"], changed.method.params()["dropout"]) == \
+        ("dann", 0.5, 0.25)
