@@ -118,14 +118,11 @@ class ModelConfig(Section):
         return check_model_name(name)
 
 
-DEFAULT_METHOD = "source_only"
-
-
 class MethodConfig(BaseModel):
     """``method.name`` and the method's own keys (extra keys here, typed by the method's ``Params``;
     :func:`resolve_method` validates them and fills in their defaults)."""
     model_config = ConfigDict(extra="allow", validate_assignment=True)
-    name: str = Field(DEFAULT_METHOD, description="method to train (see the list of methods below)")
+    name: str = Field("source_only", description="method to train (see the list of methods below)")
 
     def params(self) -> dict[str, Any]:
         """Every key of the method but ``name``: what ``build_method`` takes (after :func:`build_config`,
@@ -235,7 +232,8 @@ def merge_config(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]
     """Config tree ``update`` over ``base`` (:func:`merge`), except that a method section naming another
     method than ``base``'s replaces it whole: ``{method: {name: adabn}}`` over a ``dann`` section drops the
     dann keys, while ``{method: {lambda_: 0.1}}`` or ``{method: {name: dann, ...}}`` merges into it. This
-    holds for every layer: ``base:`` files, config files, a sweep's ``set`` and grid values, overrides."""
+    holds for every layer: ``base:`` files, config files, a sweep's ``set`` with its grid point, overrides.
+    A section without a name merges whatever lies beneath."""
     out = merge(base, update)
     if _names_another_method(base.get("method"), update.get("method")):
         out["method"] = dict(update["method"])
@@ -243,9 +241,11 @@ def merge_config(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]
 
 
 def _names_another_method(base: Any, update: Any) -> bool:
-    if not isinstance(update, dict) or "name" not in update or not isinstance(base, dict):
+    # a base section without a name is a partial layer (its method comes from further down): it merges,
+    # so its keys meet the method that is named and fail there if foreign, rather than vanish
+    if not isinstance(update, dict) or "name" not in update or not isinstance(base, dict) or "name" not in base:
         return False
-    return update["name"] != base.get("name", DEFAULT_METHOD)
+    return update["name"] != base["name"]
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:

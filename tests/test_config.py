@@ -171,3 +171,11 @@ def test_a_resumed_run_keeps_its_method_keys_when_the_same_command_is_given_agai
     changed = build_config([], ["--method.dropout=0.25", *run], resume=True)
     assert (changed.method.name, changed.method.params()["lambda_"], changed.method.params()["dropout"]) == \
         ("dann", 0.5, 0.25)
+
+
+def test_a_nameless_method_section_of_a_config_file_merges_under_a_named_override(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("method:\n  lambda_: 0.2\n")
+    assert build_config([extra], ["--method.name=dann"]).method.params()["lambda_"] == 0.2
+    with pytest.raises(ConfigError, match="unknown key method.lambda_"):  # foreign to adabn: named, not dropped
+        build_config([extra], ["--method.name=adabn"])
