@@ -4,9 +4,16 @@ Every key is a pydantic field with a description, so ``shiftlab train --help`` l
 its default and meaning, and a wrong key or value is an error that names it. A YAML file may start
 from another with ``base: other.yaml`` (a path relative to the file), so one study's table is a small
 base file plus one file per column.
+
+A method's own hyperparameters (``method.*`` beside ``method.name``) are typed by the method's ``Params``
+(:mod:`shiftlab.methods.base`): :func:`build_config` resolves them, so a wrong key fails before any data
+is read and the resolved config (``config.yaml``) holds every one of them, defaults included. A method
+section that names another method replaces the one underneath instead of merging into it
+(:func:`merge_config`), since one method's keys mean nothing to another.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from pathlib import Path, PurePath
@@ -137,9 +144,15 @@ class ModelConfig(Section):
 
 
 class MethodConfig(BaseModel):
-    # Extra keys are the method's own hyperparameters, validated by the method's Params at build time.
+    """``method.name`` and the method's own keys (extra keys here, typed by the method's ``Params``;
+    :func:`resolve_method` validates them and fills in their defaults)."""
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     name: str = Field("source_only", description="method to train (see the list of methods below)")
+
+    def params(self) -> dict[str, Any]:
+        """Every key of the method but ``name``: what ``build_method`` takes (after :func:`build_config`,
+        every key of the method's ``Params`` with its value, defaults included)."""
+        return dict(self.model_extra or {})
 
 
 class OptimConfig(Section):
@@ -232,15 +245,36 @@ def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str
     data = read_yaml_mapping(path, "config file", ConfigError)
     base = data.pop("base", None)
     if base:
-        data = merge(read_yaml(path.parent / base, _seen + (path.resolve(),)), data)
+        data = merge_config(read_yaml(path.parent / base, _seen + (path.resolve(),)), data)
     return data
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``, section by section (nested dicts merge, other values replace)."""
     out = dict(base)
     for key, value in update.items():
         out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def merge_config(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Config tree ``update`` over ``base`` (:func:`merge`), except that a method section naming another
+    method than ``base``'s replaces it whole: ``{method: {name: adabn}}`` over a ``dann`` section drops the
+    dann keys, while ``{method: {lambda_: 0.1}}`` or ``{method: {name: dann, ...}}`` merges into it. This
+    holds for every layer: ``base:`` files, config files, a sweep's ``set`` with its grid point, overrides.
+    A section without a name merges whatever lies beneath."""
+    out = merge(base, update)
+    if _names_another_method(base.get("method"), update.get("method")):
+        out["method"] = dict(update["method"])
+    return out
+
+
+def _names_another_method(base: Any, update: Any) -> bool:
+    # a base section without a name is a partial layer (its method comes from further down): it merges,
+    # so its keys meet the method that is named and fail there if foreign, rather than vanish
+    if not isinstance(update, dict) or "name" not in update or not isinstance(base, dict) or "name" not in base:
+        return False
+    return update["name"] != base["name"]
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
@@ -322,7 +356,10 @@ def _coerce_tree(values: dict[str, Any], model: type[BaseModel], prefix: str = "
 
 def build_config(files: list[str | os.PathLike] = (), overrides: list[str] | dict[str, Any] = (),
                  start: dict[str, Any] | None = None, *, resume: bool = False) -> Config:
-    """Defaults <- ``start`` <- each YAML file <- command-line overrides.
+    """Defaults <- ``start`` <- each YAML file <- command-line overrides, then ``method.*`` typed by the
+    method's ``Params`` (:func:`resolve_method`). Layers compose by :func:`merge_config`: a method section
+    naming another method replaces the one beneath; the files and overrides are composed first, then
+    laid over ``start``.
 
     ``resume=True``: the run folder's saved ``config.yaml`` (if any) becomes ``start``, so a resumed run
     keeps its settings and only what is given again here changes. Relative paths (``output_dir``,
@@ -331,14 +368,38 @@ def build_config(files: list[str | os.PathLike] = (), overrides: list[str] | dic
     or worker process.
     """
     overrides = nest_dotted(overrides) if isinstance(overrides, dict) else parse_overrides(list(overrides))
-    tree: dict[str, Any] = dict(start or {})
+    given: dict[str, Any] = {}
     for f in files:
-        tree = merge(tree, read_yaml(f))
-    cfg = resolve_paths(validate(merge(tree, overrides)))
-    if resume:
+        given = merge_config(given, read_yaml(f))
+    # composed before ``start`` is laid under it: a resumed run's method keys survive files that name
+    # another method when the overrides name the run's method again (only what is given changes)
+    given = merge_config(given, overrides)
+    cfg = resolve_paths(validate(merge_config(dict(start or {}), given)))
+    if resume:  # the method's keys are typed once the saved config is under them (they may need its name)
         saved = run_dir(cfg) / "config.yaml"
         if saved.is_file():
-            return build_config(files, overrides, start=merge(read_yaml(saved), start or {}))
+            return build_config(files, overrides, start=merge_config(read_yaml(saved), start or {}))
+    return resolve_method(cfg)
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import the modules of ``experiment.plugins`` (they register methods or datasets of their own)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(f"experiment.plugins: cannot import '{name}': {err}") from err
+
+
+def resolve_method(cfg: Config) -> Config:
+    """``cfg.method`` typed by the method's ``Params``: every key with its value, defaults filled in.
+    The plugins of ``experiment.plugins`` are imported first (they may register the method); an unknown
+    method, key or value is a :class:`ConfigError` naming it and the method's valid keys."""
+    from .methods import method_params  # the methods import this module (ConfigError)
+
+    import_plugins(cfg.experiment.plugins)
+    params = method_params(cfg.method.name, cfg.method.params())
+    cfg.method = MethodConfig(name=cfg.method.name, **params.model_dump())
     return cfg
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from shiftlab.cli import main
 from shiftlab.config import Config, ConfigError, build_config, describe
+from shiftlab.methods import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,6 +53,73 @@ def test_missing_config_file_is_named(tmp_path):
 def test_method_keys_are_kept_for_the_method_to_validate():
     cfg = build_config([], ["--method.name=finetune", "--method.layers=2"])
     assert cfg.method.model_extra == {"layers": 2}
+    assert cfg.method.params() == {"layers": 2}  # the accessor the loop passes to build_method
+
+
+def test_method_keys_are_resolved_with_their_defaults_into_config_yaml():
+    cfg = build_config([], ["--method.name=dann", "--method.lambda_=0.3"])
+    assert cfg.method.params() == {"weight": 1.0, "lambda_": 0.3, "lambda_gamma": 10.0, "hidden": [1024, 1024],
+                                   "dropout": 0.5, "form": "joint", "discriminator": "auto"}
+    saved = yaml.safe_load(cfg.to_yaml())["method"]
+    assert saved == {"name": "dann", **cfg.method.params()}  # the resolved config: defaults included
+
+
+def test_an_unknown_method_key_is_named_with_the_valid_keys():
+    with pytest.raises(ConfigError, match=r"method 'dann': unknown key method\.lamda \(did you mean method\.lambda_\?\)"
+                                          r".*Valid keys: method\.weight, method\.lambda_, "):
+        build_config([], ["--method.name=dann", "--method.lamda=0.3"])
+
+
+def test_a_wrong_typed_method_key_is_named_with_its_value():
+    with pytest.raises(ConfigError, match=r"method\.form: Input should be 'joint' or 'three_step' \(got 'sideways'\)"):
+        build_config([], ["--method.name=dann", "--method.form=sideways"])
+    with pytest.raises(ConfigError, match=r"method\.lambda_: .*valid number.*\(got 'strong'\)"):
+        build_config([], ["--method.name=dann", "--method.lambda_=strong"])
+
+
+def test_a_bad_method_key_fails_before_any_data_is_read(capsys, tmp_path):
+    missing = tmp_path / "no_data_here"  # reading it would fail with another message
+    assert main(["train", "--data.dataset=pacs", f"--data.root={missing}", "--method.name=dann",
+                 "--method.lamda=1", f"--experiment.output_dir={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key method.lamda" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists() and not missing.exists()
+
+
+def test_a_plugin_method_is_resolved_after_its_module_is_imported():
+    cfg = build_config([], ["--experiment.plugins=[toy_methods]", "--method.name=toy_two_player",
+                            "--method.adversarial=0.5"])
+    assert cfg.method.params() == {"steps": "both", "adversarial": 0.5}
+    with pytest.raises(ConfigError, match="unknown key method.stepz"):
+        build_config([], ["--experiment.plugins=[toy_methods]", "--method.name=toy_two_player", "--method.stepz=disc"])
+
+
+def _dann_base(tmp_path) -> Path:
+    base = tmp_path / "base.yaml"
+    base.write_text("method:\n  name: dann\n  lambda_: 0.1\n  hidden: [100]\n")
+    return base
+
+
+def test_a_base_chain_child_naming_another_method_replaces_the_method_section(tmp_path):
+    _dann_base(tmp_path)
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\nmethod:\n  name: adabn\n")
+    cfg = build_config([child])
+    assert cfg.method.name == "adabn" and cfg.method.params() == {"max_batches": None}
+
+
+def test_a_base_chain_child_naming_the_same_method_merges_into_it(tmp_path):
+    _dann_base(tmp_path)
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\nmethod:\n  name: dann\n  form: three_step\n")
+    params = build_config([child]).method.params()
+    assert (params["lambda_"], params["hidden"], params["form"]) == (0.1, [100], "three_step")
+
+
+def test_an_override_naming_another_method_replaces_the_config_files_method_section(tmp_path):
+    base = _dann_base(tmp_path)
+    assert build_config([base], ["--method.name=adabn"]).method.params() == {"max_batches": None}
+    assert build_config([base], ["--method.hidden=[50]"]).method.params()["lambda_"] == 0.1  # no name: merges
 
 
 def test_resolved_config_round_trips_through_yaml(tmp_path):
@@ -68,13 +137,18 @@ def test_help_lists_every_key_with_its_default(capsys):
     for key, default, _ in describe():
         assert f"--{key}  (default: {default})" in out
     assert "--method.layers" in out and "adabn" in out and "target_oracle" in out
+    for name, cls in METHODS.items():
+        for key, field in cls.Params.model_fields.items():
+            assert f"--method.{key}  (default: {field.get_default(call_default_factory=True)})" in out, (name, key)
 
 
 def test_every_shipped_config_is_valid():
+    # build_config types every method key too (tests/test_sweep_spec.py does the sweeps' trials)
     files = sorted((REPO / "configs").rglob("*.yaml"))
     assert files
     for f in files:
-        build_config([f])
+        cfg = build_config([f])
+        assert set(cfg.method.params()) == set(METHODS[cfg.method.name].Params.model_fields), f
 
 
 def test_train_command_reports_bad_keys_and_exits_2(capsys, tmp_path):
@@ -83,3 +157,25 @@ def test_train_command_reports_bad_keys_and_exits_2(capsys, tmp_path):
     assert main(["train", "--data.source=mnist", f"--experiment.output_dir={tmp_path}"]) == 2
     assert "valid domains: digits, digits_photo" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # a run that cannot start leaves no folder behind
+
+
+def test_a_resumed_run_keeps_its_method_keys_when_the_same_command_is_given_again(tmp_path):
+    run = [f"--experiment.output_dir={tmp_path}", "--experiment.name=t"]
+    first = build_config([REPO / "configs" / "demo.yaml"], ["--method.name=dann", "--method.lambda_=0.5", *run])
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "config.yaml").write_text(first.to_yaml())
+    # demo.yaml names source_only; the command names dann again: the saved lambda_ stays
+    again = build_config([REPO / "configs" / "demo.yaml"], ["--method.name=dann", *run], resume=True)
+    assert again.method.params() == first.method.params()
+    # a method key alone is typed against the saved run's method, not the default one
+    changed = build_config([], ["--method.dropout=0.25", *run], resume=True)
+    assert (changed.method.name, changed.method.params()["lambda_"], changed.method.params()["dropout"]) == \
+        ("dann", 0.5, 0.25)
+
+
+def test_a_nameless_method_section_of_a_config_file_merges_under_a_named_override(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("method:\n  lambda_: 0.2\n")
+    assert build_config([extra], ["--method.name=dann"]).method.params()["lambda_"] == 0.2
+    with pytest.raises(ConfigError, match="unknown key method.lambda_"):  # foreign to adabn: named, not dropped
+        build_config([extra], ["--method.name=adabn"])

@@ -54,6 +54,13 @@ def test_a_new_method_trains_with_its_own_params_and_losses(registered, tmp_path
     assert len(rows) == 2
 
 
+def test_a_new_methods_params_are_typed_by_build_config(registered):
+    cfg = build_config([], ["--method.name=entropy_min_test"])
+    assert cfg.method.params() == {"weight": 0.1}  # its default, in the resolved config
+    with pytest.raises(ValueError, match=r"unknown key method\.wieght \(did you mean method\.weight\?\)"):
+        build_config([], ["--method.name=entropy_min_test", "--method.wieght=0.5"])
+
+
 def test_unknown_method_and_bad_params_are_named():
     with pytest.raises(ValueError, match="unknown method.name 'adabm'.*Did you mean 'adabn'"):
         get_method("adabm")

@@ -301,3 +301,59 @@ def test_a_null_target_acc_in_one_cell_leaves_the_others(runs_folder):
     assert not [r for r in rows if r["rule"] == "source_val" and r["method.name"] == "adabn"
                 and r["data.target"] == "sketch"]
     assert "n/a: adabn / art_painting→sketch: 1 run(s) have no target_acc (null)" in (out / "report.md").read_text()
+
+
+def _two_lrs_one_target(tmp_path) -> Path:
+    """source_only on cartoon only, lr 0.01 and 0.1, two seeds: a choice to make in one cell."""
+    for lr, vals in ((0.01, (0.9, 0.8)), (0.1, (0.7, 0.6))):
+        for seed, val in enumerate(vals):
+            write_run(tmp_path / f"lr{lr}" / f"s{seed}", hand_config("source_only", "cartoon", lr, seed), val, 0.5)
+    return tmp_path
+
+
+def test_chosen_hyperparameters_list_the_value_chosen_per_cell(tmp_path):
+    code, out = report(_two_lrs_one_target(tmp_path), "--no-plots", "--rules", "source_val")
+    markdown = (out / "report.md").read_text()
+    assert code == 0 and "Chosen hyperparameters (source_val_acc of the `source_val` selection" in markdown
+    assert "- source_only / art_painting→cartoon: optim.lr=0.01 (of 2 settings; score 0.85)" in markdown
+
+
+def test_no_chosen_hyperparameters_heading_where_the_rule_chose_in_no_cell(tmp_path):
+    # cross_domain chooses on another target of the same source: art_painting has none, so the one cell
+    # with two settings is n/a; photo's two targets are chosen for, with one setting each (nothing to list)
+    _two_lrs_one_target(tmp_path)
+    for target in ("cartoon", "sketch"):
+        for seed in (0, 1):
+            write_run(tmp_path / "photo" / target / f"s{seed}",
+                      {**hand_config("source_only", target, 0.01, seed), "data.source": "photo"}, 0.8, 0.5)
+    code, out = report(tmp_path, "--no-plots", "--rules", "source_val,cross_domain")
+    markdown = (out / "report.md").read_text()
+    cross = markdown[markdown.index("## Selection rule `cross_domain`"):]
+    assert code == 0 and "n/a: source_only / art_painting→cartoon" in cross
+    assert "Chosen hyperparameters" not in cross
+    assert markdown.count("Chosen hyperparameters") == 1  # source_val's
+
+
+def test_an_old_run_without_method_defaults_is_the_same_setting_as_a_resolved_one(tmp_path):
+    """config.yaml files written before method keys were resolved omit the method's defaults."""
+    old = {**hand_config("dann", "cartoon", 0.01, 0), "method.lambda_": 0.1}
+    resolved = build_config([], ["--method.name=dann", "--method.lambda_=0.1"]).method.params()
+    new = {**hand_config("dann", "cartoon", 0.01, 1), **{f"method.{k}": v for k, v in resolved.items()}}
+    write_run(tmp_path / "old", old, 0.9, 0.4)
+    write_run(tmp_path / "new", new, 0.8, 0.5)
+    runs = load_runs(tmp_path).finished
+    assert [r.config["method.hidden"] for r in runs] == [(1024, 1024)] * 2
+    code, out = report(tmp_path, "--no-plots")
+    assert code == 0 and line(read_csv(out / "table.csv"), rule="source_val", kind="ours")["n"] == "2"
+
+
+def test_a_methods_own_keys_are_no_hyperparameters_in_a_table_of_methods(tmp_path):
+    """Every resolved config holds its method's keys: constant within each method's cells, they choose nothing."""
+    dann = {f"method.{k}": v for k, v in build_config([], ["--method.name=dann"]).method.params().items()}
+    for seed in (0, 1):
+        write_run(tmp_path / "dann" / f"s{seed}", {**hand_config("dann", "cartoon", 0.01, seed), **dann}, 0.8, 0.5)
+        write_run(tmp_path / "so" / f"s{seed}", hand_config("source_only", "cartoon", 0.01, seed), 0.8, 0.4)
+    code, out = report(tmp_path, "--no-plots")
+    markdown = (out / "report.md").read_text()
+    assert code == 0 and "hyperparameters (none (the runs of a cell differ by seed only))" in markdown
+    assert not any(k.startswith("chosen.method.") for k in read_csv(out / "table.csv")[0])

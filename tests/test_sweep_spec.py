@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from shiftlab.config import build_config, nest_dotted
+from shiftlab.methods import METHODS
 from shiftlab.sweep.spec import SweepError, draw, expand, grid_trials, load_sweep, sweep_dir, trial_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +54,43 @@ def test_exclude_skips_matching_grid_points_and_names_bad_entries(tmp_path):
         load_sweep(_write(tmp_path, grid={"method.name": ["adabn"]}, exclude=[{"method.lr": 1}]))
     with pytest.raises(SweepError, match=r"exclude\[0\]: method.name='dann' is not among grid.method.name"):
         load_sweep(_write(tmp_path, grid={"method.name": ["adabn"]}, exclude=[{"method.name": "dann"}]))
+
+
+AM_CONFIG = REPO / "configs/activation_matching/activation_matching_js.yaml"  # method keys: layers, gan, drift
+
+
+def test_a_grid_method_section_naming_another_method_replaces_the_base_section(tmp_path):
+    spec = load_sweep(_write(tmp_path, config=[str(AM_CONFIG)],
+                             grid={"method": [{"name": "adabn"}, {"name": "activation_matching", "drift": 1.0}]}))
+    adabn, matching = (t.config["method"] for t in expand(spec))
+    assert adabn == {"name": "adabn", "max_batches": None}  # the base's activation-matching keys are gone
+    # the same method merges: the base's gan stays, the grid's drift wins, the rest are the defaults
+    assert (matching["gan"], matching["drift"], matching["layers"]) == ("js", 1.0, "auto")
+
+
+def test_a_grid_method_name_naming_another_method_replaces_the_base_section(tmp_path):
+    spec = load_sweep(_write(tmp_path, config=[str(AM_CONFIG)], grid={"method.name": ["adabn", "activation_matching"]}))
+    adabn, matching = (t.config["method"] for t in expand(spec))
+    assert adabn == {"name": "adabn", "max_batches": None} and matching["gan"] == "js"
+
+
+def test_a_set_method_section_naming_another_method_replaces_the_base_section(tmp_path):
+    spec = load_sweep(_write(tmp_path, config=[str(AM_CONFIG)], set={"method": {"name": "dann", "lambda_": 0.1}},
+                             grid={"method.form": ["joint", "three_step"]}))
+    methods = [t.config["method"] for t in expand(spec)]
+    assert [(m["name"], m["lambda_"], m["form"]) for m in methods] == [("dann", 0.1, "joint"), ("dann", 0.1, "three_step")]
+    assert not any("gan" in m for m in methods)
+
+
+def test_set_method_keys_reach_every_trial_of_a_grid_of_methods(tmp_path):
+    spec = load_sweep(_write(tmp_path, set={"method.lambda_": 0.1}, grid={"method.name": ["dann", "dannp"]}))
+    assert [(t.config["method"]["name"], t.config["method"]["lambda_"]) for t in expand(spec)] == \
+        [("dann", 0.1), ("dannp", 0.1)]
+
+
+def test_a_misspelt_method_key_of_a_trial_names_the_trial_and_the_valid_keys(tmp_path):
+    with pytest.raises(SweepError, match=r"trial method.name=dann: .*unknown key method\.lamda.*Valid keys: method\.weight"):
+        expand(load_sweep(_write(tmp_path, set={"method.lamda": 0.1}, grid={"method.name": ["dann"]})))
 
 
 def test_random_search_draws_the_same_trials_each_time_within_bounds(tmp_path):
@@ -134,6 +172,9 @@ def test_every_shipped_sweep_expands(tmp_path, monkeypatch):
         trials = expand(spec)
         assert trials, f
         assert len({t.name for t in trials}) == len(trials), f
+        for t in trials:  # every method key typed: misspelt keys would have failed expand() above
+            method = dict(t.config["method"])
+            assert set(method) - {"name"} == set(METHODS[method["name"]].Params.model_fields), (f, t.name)
 
 
 def test_dry_run_into_a_closed_pipe_exits_quietly():

@@ -13,7 +13,6 @@ other in one process (a sweep) without one changing the next.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import time
 import warnings
@@ -23,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..config import Config, ConfigError, run_dir
+from ..config import Config, ConfigError, import_plugins, run_dir
 from ..errors import RunFolderError, TrainingDivergedError
 from ..methods import Batch, Method, build_method, get_method
 from ..models import build_backbone, normalization_for
@@ -67,15 +66,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
-def import_plugins(modules: Iterable[str]) -> None:
-    """Import the modules of ``experiment.plugins`` (they register methods or datasets of their own)."""
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as err:
-            raise ConfigError(f"experiment.plugins: cannot import '{name}': {err}") from err
-
-
 def resolve_selection(cfg: Config, method_cls, reads_target_labels: bool) -> str:
     """``train.selection`` for this method (``auto``: target_val for methods trained on target labels), checked."""
     t = cfg.train
@@ -102,7 +92,7 @@ def build_model(cfg: Config, pair, dist: DistEnv) -> Method:
     backbone = build_backbone(m.name, pair.num_classes, pretrained=m.pretrained, weights=m.weights,
                               bottleneck_dim=m.bottleneck_dim, head_layers=m.head_layers,
                               mean=m.mean or mean, std=m.std or std, progress=cfg.train.progress)
-    method = build_method(cfg.method.name, backbone, cfg.method.model_extra or {},
+    method = build_method(cfg.method.name, backbone, cfg.method.params(),
                           feature_lr_mult=cfg.optim.feature_lr_mult)
     if dist.enabled and not method.automatic_optimization:
         raise ConfigError(f"method '{cfg.method.name}' steps its own optimisers (manual optimisation), "

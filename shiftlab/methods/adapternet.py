@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..checkpoints import load_checkpoint, save_checkpoint
 from ..errors import ShiftlabError
 from ..nn.adapters import AdapterNet
-from .base import Batch, Method, register_method
+from .base import Batch, Method, method_params, register_method
 
 ADAPTER_FILE = "adapter.pt"
 ADAPTER_FORMAT = "shiftlab.adapter/1"
@@ -104,9 +104,9 @@ def export_adapter(run_dir: str | Path, checkpoint: str = "checkpoints/best.pt")
     if not weights or method.get("name") != "adapternet":
         raise AdapterError(f"{path} holds no adapter (method '{method.get('name')}'); give the run folder of a "
                            f"--method.name=adapternet run")
-    defaults = AdapterNetMethod.Params()
-    arch = {"channels": 3, **{k: method.get(k, getattr(defaults, k))
-                              for k in ("depth", "hidden_channels", "kernel_size")}}
+    # the run's method keys typed as the run was (a checkpoint of an older config.yaml may omit defaults)
+    params = method_params("adapternet", {k: v for k, v in method.items() if k != "name"})
+    arch = {"channels": 3, **params.model_dump(include={"depth", "hidden_channels", "kernel_size"})}
     out = run_dir / ADAPTER_FILE
     save_checkpoint(out, {"format": ADAPTER_FORMAT, "arch": arch, "state_dict": weights,
                           "epoch": state.get("epoch"), "selection": state.get("selection"), "config": config})

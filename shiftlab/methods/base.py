@@ -15,6 +15,7 @@ logging and the progress bar.
 """
 from __future__ import annotations
 
+import difflib
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
@@ -137,14 +138,24 @@ def get_method(name: str) -> type[Method]:
 
 
 def method_params(name: str, values: dict[str, Any]) -> BaseModel:
-    """Validate ``method.*`` keys against the method's ``Params``; errors name the key and list valid ones."""
+    """Validate ``method.*`` keys against the method's ``Params``; errors name the key and list valid ones.
+    :func:`shiftlab.config.build_config` calls it, so a config's method keys are checked before any data."""
     cls = get_method(name)
     try:
         return cls.Params(**values)
     except ValidationError as err:
-        valid = ", ".join(f"method.{k}" for k in cls.Params.model_fields) or "(none)"
-        problems = "; ".join(f"method.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        valid = ", ".join(f"method.{k}" for k in cls.Params.model_fields) or "(none: it takes no keys)"
+        problems = "; ".join(_param_problem(e, cls.Params.model_fields) for e in err.errors())
         raise ConfigError(f"bad parameters for method '{name}': {problems}. Valid keys: {valid}") from None
+
+
+def _param_problem(error: dict[str, Any], fields: dict[str, Any]) -> str:
+    """One pydantic error as ``unknown key method.x. Did you mean ...`` or ``method.x: <why> (got v)``."""
+    key = ".".join(map(str, error["loc"]))
+    if error["type"] == "extra_forbidden":
+        hint = difflib.get_close_matches(key, list(fields), n=1)
+        return f"unknown key method.{key}" + (f" (did you mean method.{hint[0]}?)" if hint else "")
+    return f"method.{key}: {error['msg']} (got {error.get('input')!r})"
 
 
 def build_method(name: str, backbone: Backbone, values: dict[str, Any], *, feature_lr_mult: float = 1.0) -> Method:

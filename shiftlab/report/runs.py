@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import to_jsonable_python
+
 from ..utils import read_yaml_mapping
 from . import ReportError
 
@@ -96,15 +98,31 @@ def load_run(folder: Path) -> RunRecord:
     config = read_yaml_mapping(folder / "config.yaml", "run config", ReportError)
     summary = _read_mapping(folder / "summary.json", json.loads, json.JSONDecodeError, "a run summary (JSON)")
     # a key added to shiftlab after the run was made has its default there (new keys default to the old
-    # behaviour), so that it does not pass for a hyperparameter varying between older and newer runs
-    return RunRecord(folder, {**_defaults(), **flatten_config(config)}, summary, read_metrics(folder / "metrics.csv"))
+    # behaviour), so that it does not pass for a hyperparameter varying between older and newer runs; the
+    # same for the method's own keys, which config.yaml files written before they were resolved omit
+    method = config.get("method")
+    defaults = {**_defaults(), **_method_defaults(method.get("name") if isinstance(method, dict) else None)}
+    return RunRecord(folder, {**defaults, **flatten_config(config)}, summary, read_metrics(folder / "metrics.csv"))
 
 
 @functools.cache
 def _defaults() -> dict[str, Any]:
+    """Every config key's default (the method's own keys are the method's: :func:`_method_defaults`)."""
     from ..config import Config
 
-    return {k: v for k, v in flatten_config(Config().to_dict()).items() if not k.startswith("method.")}
+    return flatten_config(Config().to_dict())
+
+
+def _method_defaults(name: str | None) -> dict[str, Any]:
+    """``method.<key>`` -> default of every key of method ``name``'s ``Params`` that has one; nothing for a
+    method that is not registered here (a plugin's: its runs' config.yaml files hold every key anyway)."""
+    from ..methods import METHODS
+
+    if name not in METHODS:
+        return {}
+    fields = METHODS[name].Params.model_fields
+    defaults = {k: f.get_default(call_default_factory=True) for k, f in fields.items() if not f.is_required()}
+    return flatten_config({"method": to_jsonable_python(defaults)}) if defaults else {}  # as in config.yaml
 
 
 def _unfinished_status(folder: Path) -> str:

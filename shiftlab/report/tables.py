@@ -184,17 +184,16 @@ def _hparams_text(choice: Choice, cell: Cell, hparams: Sequence[str]) -> str:
 
 
 def _chosen_section(report: Report, rule: str) -> list[str]:
-    """The chosen values in each cell that had several hyperparameter settings to choose from."""
-    if not any(len(c.settings) > 1 for c in report.cells):
+    """The chosen values in each cell where the rule chose among several hyperparameter settings; no
+    heading at all when it chose in no cell (one setting per cell, or no choice where there were more)."""
+    items = [f"- {row_label(cell.row)} / {col_label(report.layout, cell.col)}: "
+             f"{_hparams_text(report.choices[rule][cell.id], cell, report.layout.hparams)}"
+             for cell in report.cells if len(cell.settings) > 1 and cell.id in report.choices[rule]]
+    if not items:
         return []
-    lines = [f"Chosen hyperparameters ({RULES[rule].score_key} of the `{RULES[rule].score_entry}` selection, "
-             f"mean over seeds{', over the other targets' if RULES[rule].cross_task else ''}):", ""]
-    for cell in report.cells:
-        choice = report.choices[rule].get(cell.id)
-        if choice is not None and len(cell.settings) > 1:
-            lines.append(f"- {row_label(cell.row)} / {col_label(report.layout, cell.col)}: "
-                         f"{_hparams_text(choice, cell, report.layout.hparams)}")
-    return lines + [""]
+    heading = (f"Chosen hyperparameters ({RULES[rule].score_key} of the `{RULES[rule].score_entry}` selection, "
+               f"mean over seeds{', over the other targets' if RULES[rule].cross_task else ''}):")
+    return [heading, "", *items, ""]
 
 
 def _unavailable_section(report: Report, rule: str) -> list[str]:

@@ -165,8 +165,8 @@ def _check_known(keys: Iterable[str], kind: str, runs: Sequence[RunLike]) -> Non
 
 def plan_layout(runs: Sequence[RunLike], rows: Sequence[str], cols: Sequence[str],
                 hparams: Sequence[str] | None = None) -> Layout:
-    """The table's layout; hyperparameters are detected (varying, not ignored, not seed, not a row or
-    column key) unless ``hparams`` names them. A task key varying outside rows/cols is an error."""
+    """The table's layout; hyperparameters are detected (varying inside a cell, not ignored, not seed, not a
+    row or column key) unless ``hparams`` names them. A task key varying outside rows/cols is an error."""
     rows, cols = tuple(rows), tuple(cols)
     _check_known(rows, "row", runs)
     _check_known(cols, "column", runs)
@@ -176,7 +176,8 @@ def plan_layout(runs: Sequence[RunLike], rows: Sequence[str], cols: Sequence[str
             raise SelectionError(f"'{key}' varies among these runs ({_values_text(runs, key)}) but is neither a "
                                  f"row nor a column key: a task is not a hyperparameter; put it in --rows or --cols")
     if hparams is None:
-        hparams = [k for k in varying if k not in IGNORED_KEYS and k != SEED_KEY and k not in rows + cols]
+        candidates = [k for k in varying if k not in IGNORED_KEYS and k != SEED_KEY and k not in rows + cols]
+        hparams = _varying_within_cells(runs, rows + cols, candidates)
     else:
         _check_known(hparams, "hyperparameter", runs)
         for key in hparams:
@@ -184,6 +185,15 @@ def plan_layout(runs: Sequence[RunLike], rows: Sequence[str], cols: Sequence[str
                 raise SelectionError(f"'{key}' cannot be a hyperparameter: it is a task key, the seed, or a row "
                                      f"or column key")
     return Layout(rows, cols, tuple(hparams))
+
+
+def _varying_within_cells(runs: Sequence[RunLike], cell_keys: tuple[str, ...], keys: list[str]) -> list[str]:
+    """The ``keys`` that vary among the runs of some cell: one constant in every cell chooses nothing (e.g.
+    a method's own keys, which every resolved config holds, in a table whose rows are methods)."""
+    cells: dict[tuple, list[RunLike]] = {}
+    for run in runs:
+        cells.setdefault(tuple(_value(run, k) for k in cell_keys), []).append(run)
+    return [k for k in keys if any(len({_value(r, k) for r in members}) > 1 for members in cells.values())]
 
 
 def _values_text(runs: Sequence[RunLike], key: str) -> str:

@@ -23,8 +23,14 @@ A sweep is a YAML file (one table of a study = one file under ``sweeps/``)::
     asha: null                         # {metric: source_val_acc, grace_period: 1, reduction_factor: 2}
     report: {rows: method.name, cols: data.target}   # defaults for `shiftlab report` on this sweep
 
-Every trial's config is built and validated before anything runs, so a typo fails the whole sweep at
-once with the key named. A trial is named by the values that make it differ (``method.name=adabn,
+A trial's config is ``set`` and its grid point (and sampled keys; they win over ``set``) laid over the
+``config`` files. A method section given there, as a whole (``method: [{name: adabn}, {name: dann,
+lambda_: 0.1}]``) or as ``method.name``, replaces the files' method section when it names another
+method (their activation-matching keys do not reach an AdaBN trial), and merges into it when it names
+the same method or none (``method.lambda_: [0.1, 1.0]``). ``set``'s method keys reach every trial.
+
+Every trial's config is built and validated before anything runs, the method's own keys included
+(``method.*``, typed by the method's ``Params``), so a typo fails the whole sweep at once with the key named. A trial is named by the values that make it differ (``method.name=adabn,
 experiment.seed=1``), so a re-run finds its run folder again.
 """
 from __future__ import annotations
@@ -39,10 +45,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import Config, ConfigError, build_config
-from ..engine.loop import import_plugins
+from ..config import Config, ConfigError, build_config, merge, merge_config, nest_dotted, read_yaml
 from ..errors import ShiftlabError
-from ..methods.base import method_params
 from ..utils import read_yaml_mapping, unknown_choice_error
 
 def blind_metric(metric: str, key: str) -> str:
@@ -262,14 +266,24 @@ def fill_templates(values: dict[str, Any], point: dict[str, Any], where: str = "
     return {k: fill(v, k) for k, v in values.items()}
 
 
+def trial_tree(spec: SweepSpec, point: dict[str, Any], name: str) -> dict[str, Any]:
+    """A trial's config tree: the files of ``config``, then ``set`` and the grid point together (the point
+    wins, key by key), then the run folder. Laid over the files by :func:`~shiftlab.config.merge_config`:
+    a method section (or ``method.name``) of ``set`` or the point that names another method than the files
+    replaces their method section (``{name: adabn}`` over activation-matching keys is plain AdaBN); one
+    naming the same method, or none, merges into it. ``set``'s method keys reach every trial, so a key
+    that a grid's method lacks is an error naming it, never dropped silently."""
+    tree: dict[str, Any] = {}
+    for path in spec.config:
+        tree = merge_config(tree, read_yaml(path))
+    trial = merge(nest_dotted(fill_templates(spec.set, point)), nest_dotted(point))
+    tree = merge_config(tree, trial)
+    return merge(tree, nest_dotted({"experiment.output_dir": str(sweep_dir(spec) / "runs"), "experiment.name": name}))
+
+
 def _config_for(spec: SweepSpec, point: dict[str, Any], name: str, where: str) -> Config:
-    overrides = {**fill_templates(spec.set, point), **point,
-                 "experiment.output_dir": str(sweep_dir(spec) / "runs"), "experiment.name": name}
-    try:
-        cfg = build_config(spec.config, overrides)
-        import_plugins(cfg.experiment.plugins)
-        method_params(cfg.method.name, cfg.method.model_extra or {})  # the method and its keys exist
-        return cfg
+    try:  # build_config also types the method's keys (after importing experiment.plugins)
+        return build_config([], trial_tree(spec, point, name))
     except ShiftlabError as err:
         raise SweepError(f"{where}: {err}") from None
 
