@@ -113,7 +113,8 @@ def cmd_datasets(argv: list[str]) -> int:
 
 def cmd_download(argv: list[str]) -> int:
     from .data.cache import data_root
-    from .data.download import DOWNLOADABLE, DownloadError, download_dataset
+    from .data.download import DOWNLOADABLE, download_dataset
+    from .errors import DownloadError
 
     parser = argparse.ArgumentParser(
         prog="shiftlab download",

@@ -14,12 +14,8 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ShiftlabError
+from .errors import ConfigError
 from .utils import did_you_mean
-
-
-class ConfigError(ShiftlabError, ValueError):
-    """A bad config file, key or value; the message names it and lists the valid choices."""
 
 
 class Section(BaseModel):

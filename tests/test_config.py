@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from shiftlab.cli import main
-from shiftlab.config import Config, ConfigError, build_config, describe
+from shiftlab.config import Config, build_config, describe
+from shiftlab.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

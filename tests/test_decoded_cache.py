@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision import transforms as T
 
-from shiftlab.config import ConfigError, build_config
+from shiftlab.config import build_config
 from shiftlab.data import decoded
 from shiftlab.data.base import load_rgb
 from shiftlab.data.decoded import (BatchAugment, TensorBatchLoader, decode_split, flip_mask, random_resized_crop_boxes,
@@ -19,6 +19,7 @@ from shiftlab.data.decoded import (BatchAugment, TensorBatchLoader, decode_split
 from shiftlab.data.pair import build_domain_pair, make_loader
 from shiftlab.data.splits import per_sample
 from shiftlab.engine.loop import Trainer
+from shiftlab.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

@@ -13,7 +13,8 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).parent))
 from local_http import serve_directory  # noqa: E402
 
-from shiftlab.models import ModelError, WeightsError, build_backbone  # noqa: E402
+from shiftlab.errors import ConfigError, ModelError, WeightsError  # noqa: E402
+from shiftlab.models import build_backbone  # noqa: E402
 from shiftlab.models.weights import download_state_dict  # noqa: E402
 
 # The smallest model of each torchvision family that has a split, the path of its classifier in
@@ -297,7 +298,7 @@ def test_unknown_and_unsupported_models_are_named():
 
 
 def test_config_accepts_any_torchvision_model_and_names_unknown_ones():
-    from shiftlab.config import ConfigError, build_config
+    from shiftlab.config import build_config
 
     cfg = build_config([], ["--model.name=convnext_tiny", "--model.head_layers=2", "--model.mean=[0.5,0.5,0.5]"])
     assert cfg.model.name == "convnext_tiny" and cfg.model.mean == [0.5] * 3 and cfg.model.std is None

@@ -13,14 +13,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from ..errors import ShiftlabError
+from ..errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")
-
-
-class DataError(ShiftlabError, ValueError):
-    """Bad data on disk or a bad name: the message names the file, folder or key at fault."""
 
 
 def load_rgb(path: Path) -> Image.Image:

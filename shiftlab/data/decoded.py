@@ -50,8 +50,9 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
+from ..errors import DataError, Uncacheable
 from ..utils import atomic_path
-from .base import ArrayDataset, DataError, ImageListDataset
+from .base import ArrayDataset, ImageListDataset
 from .cache import cache_dir
 from .transforms import CROP_RATIO, CROP_SCALE, FAMILY_SIZES, FLIP_P
 
@@ -61,10 +62,6 @@ PREPROCESS_VERSION = 1  # bump when decoding changes: every old cache file is th
 CROP_MARGIN = 8 / 7  # stored side / training side of photo splits that are randomly cropped (224 -> 256)
 LOADERS = ("auto", "cached", "files")
 DEFAULT_BUDGET_SHARE = 0.25  # auto: cache when every split together takes at most this share of free memory
-
-
-class Uncacheable(DataError):
-    """A dataset whose identity the cache cannot establish (an unknown dataset class)."""
 
 
 # --------------------------------------------------------------------------------------------------

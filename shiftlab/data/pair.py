@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .base import SPLITS, DataError
+from ..errors import DataError
+from .base import SPLITS
 from .cache import data_root
 from .registry import get_dataset
 from .spec import DatasetSpec

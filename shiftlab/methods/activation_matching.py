@@ -52,7 +52,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..losses import discriminator_loss, generator_loss, weight_drift
 from ..nn import DomainDiscriminator
 from ..nn.matching import ActivationTaps, GaussianMatcher, last_linear_points, match_moments, resolve_points

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..nn import ActivationShaper, batchnorm_state, load_batchnorm_state
 from ..nn.shaping import MAP_MODES, MAPS, MODES, as_names
 from ..utils import unknown_choice_error

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..utils import unknown_choice_error
 from ..models import Backbone
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .base import Batch, Method, register_method
 
 

@@ -18,18 +18,14 @@ import torch
 import torchvision
 from torch import nn
 
-from ..errors import ShiftlabError
+from ..errors import ModelError, WeightsError
 from ..utils import did_you_mean
 from .normalization import IMAGENET_MEAN, IMAGENET_STD, InputNormalization
-from .weights import WeightsError, load_imagenet, load_local
+from .weights import load_imagenet, load_local
 
 log = logging.getLogger(__name__)
 
 BACKBONE_PREFIXES = ("normalize.", "features.", "bottleneck.", "head.")
-
-
-class ModelError(ShiftlabError, ValueError):
-    """A model that does not exist or cannot be split as asked; the message names it."""
 
 
 class Backbone(nn.Module):

@@ -12,11 +12,7 @@ from urllib.error import URLError
 import torch
 import torchvision
 
-from ..errors import ShiftlabError
-
-
-class WeightsError(ShiftlabError, RuntimeError):
-    """Weights could not be had; the message says how to provide them."""
+from ..errors import WeightsError
 
 
 def imagenet_weights(arch: str, name: str = "imagenet"):

@@ -13,7 +13,7 @@ estimation below, layer by layer over the adaptation images, is our choice.)
 A *point* is where an activation is read, by module name relative to the hooked root (the names of
 ``root.named_modules()``, e.g. ``head``, ``features.classifier.fc2``, ``features.layer4.1.conv2``):
 ``NAME`` or ``NAME:out`` is the module's output, ``NAME:in`` its (first) input. Channels are dimension 1
-(``(N, C)`` vectors, ``(N, C, H, W)`` maps). Unknown names are a :class:`~shiftlab.config.ConfigError` that
+(``(N, C)`` vectors, ``(N, C, H, W)`` maps). Unknown names are a :class:`~shiftlab.errors.ConfigError` that
 lists the valid ones (the same rule as :func:`~shiftlab.nn.shaping.select_modules`, which resolves them).
 
 How Gaussian matching differs from AdaBN (Li et al. 2016, :mod:`shiftlab.nn.batchnorm`): AdaBN
@@ -35,7 +35,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .batchnorm import forward_images
 from .shaping import as_names, select_modules
 

@@ -26,7 +26,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..utils import unknown_choice_error
 
 MAP_MODES = ("binarize_mask", "mask")     # modes that read a map M

@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..selection.rules import Cell, RunLike, sort_key
-from . import ReportError
+from ..errors import ReportError
 
 
 class _Entry(BaseModel):

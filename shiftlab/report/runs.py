@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from . import ReportError
+from ..errors import ReportError
 
 
 @dataclass(frozen=True)

@@ -40,9 +40,9 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import Config, ConfigError, build_config
+from ..config import Config, build_config
 from ..engine.loop import import_plugins
-from ..errors import ShiftlabError
+from ..errors import ShiftlabError, SweepError
 from ..methods.base import method_params
 from ..utils import unknown_choice_error
 
@@ -55,10 +55,6 @@ def blind_metric(metric: str, key: str) -> str:
 
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
-
-
-class SweepError(ShiftlabError):
-    """A sweep file that cannot be expanded; the message names the file and the key."""
 
 
 class _Strict(BaseModel):
@@ -318,5 +314,5 @@ def check_sampled_keys(spec: SweepSpec) -> None:
     _config_for(spec, {**(_grid_points(spec) or [{}])[0], **first}, "check", f"sweep '{spec.name}', search.space")
 
 
-__all__ = ["SweepSpec", "SearchSpec", "Trial", "SweepError", "ConfigError", "load_sweep", "sweep_dir", "expand",
+__all__ = ["SweepSpec", "SearchSpec", "Trial", "load_sweep", "sweep_dir", "expand",
            "grid_trials", "trial_name", "draw", "check_sampled_keys"]
