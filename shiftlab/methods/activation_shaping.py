@@ -77,8 +77,7 @@ class ActivationShaping(Method):
     def training_step(self, source: Batch, target: Batch | None, progress: float):
         if self.params.maps == "target":
             self.record_target_maps(target.x)
-        loss, acc = self.classification(self.backbone(source.x), source.y)
-        return {"loss": loss, "acc": acc}
+        return self.classification_step(source)
 
     def record_target_maps(self, x):
         """One pass of the target batch, without gradient, that records M; it leaves the BatchNorm running

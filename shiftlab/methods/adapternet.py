@@ -72,8 +72,7 @@ class AdapterNetMethod(Method):
         return self
 
     def training_step(self, source: Batch | None, target: Batch, progress: float):
-        loss, acc = self.classification(self.backbone(self.adapter(target.x)), target.y)
-        return {"loss": loss, "acc": acc}
+        return self.classification_step(target, self.predict)  # through the adapter
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.adapter(x))

@@ -116,6 +116,12 @@ class Method(nn.Module):
         """Cross-entropy and accuracy (detached) of a labelled batch."""
         return F.cross_entropy(logits, y), (logits.argmax(1) == y).float().mean().detach()
 
+    def classification_step(self, batch: Batch, forward=None) -> dict[str, torch.Tensor]:
+        """The plain supervised step, ``{"loss": cross-entropy, "acc": accuracy}`` of ``forward(batch.x)``
+        (the backbone unless given) on the batch's labels: source-only's, the oracle's, fine-tuning's."""
+        loss, acc = self.classification((forward or self.backbone)(batch.x), batch.y)
+        return {"loss": loss, "acc": acc}
+
 
 METHODS: dict[str, type[Method]] = {}
 

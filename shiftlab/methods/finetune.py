@@ -43,5 +43,4 @@ class FineTune(Method):
         return self
 
     def training_step(self, source: Batch | None, target: Batch, progress: float):
-        loss, acc = self.classification(self.backbone(target.x), target.y)
-        return {"loss": loss, "acc": acc}
+        return self.classification_step(target)

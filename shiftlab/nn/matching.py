@@ -75,6 +75,17 @@ def resolve_points(root: nn.Module, specs: str | Iterable[str]) -> list[Point]:
     return points
 
 
+LAYERS_HELP = ("points whose activations are matched, by module name inside the backbone (its named_modules(): "
+               "'head', 'features.classifier.fc2', 'features.layer4'), ':in' for the module's input, ':out' (default) "
+               "for its output; 'auto' = the paper's classification choice, the last two layers: the input and the "
+               "output of the backbone's last Linear (LeNet's fc3 and fc4 in the authors' code)")
+
+
+def layer_points(root: nn.Module, layers: str | Iterable[str]) -> list[Point]:
+    """The points of a ``method.layers`` value (:data:`LAYERS_HELP`): ``"auto"`` is :func:`last_linear_points`."""
+    return resolve_points(root, last_linear_points(root) if layers == "auto" else layers)
+
+
 def last_linear_points(root: nn.Module) -> list[str]:
     """The paper's classification choice, "the last two layers" (ECCV 2018, digits experiments of its Table 1, as
     a public summary of the paper states it; the authors' digits code: LeNet's fc3 and fc4), for any backbone: the input of its last ``nn.Linear`` (the penultimate activation,
