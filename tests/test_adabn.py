@@ -4,15 +4,16 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from shiftlab.data.pair import build_domain_pair
+from shiftlab.data.pair import Transformed, build_domain_pair
 from shiftlab.methods import build_method
 from shiftlab.models import build_backbone
 from shiftlab.nn import batchnorm_state, reestimate_batchnorm
 
 
 def _demo_target_images(limit=None):
-    pair = build_domain_pair("demo", None, "digits", "digits_photo", limit=limit)
-    return pair.target_eval_images
+    """The demo target's evaluation images without their labels."""
+    target = build_domain_pair("demo", None, "digits", "digits_photo", limit=limit).target_eval
+    return Transformed(target.base, target.transform, with_labels=False)
 
 
 def _trained_like_model():

@@ -142,10 +142,6 @@ class DecodedSplit:
     def __len__(self) -> int:
         return len(self.images)
 
-    @property
-    def nbytes(self) -> int:
-        return self.images.numel() + self.labels.numel() * 8
-
     def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images, labels)`` on ``device``, copied there once however many loaders read the split."""
         device = torch.device(device)
@@ -206,11 +202,6 @@ def decode_split(dataset: Dataset, size: int, *, progress: bool = False) -> Deco
                         "size": size}, tmp)
     _MEMORY[identity] = split
     return split
-
-
-def clear_memory() -> None:
-    """Forget the splits held in memory (the files stay); tests use it to read the disk again."""
-    _MEMORY.clear()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -383,10 +374,6 @@ class TensorBatchLoader:
 
     def __len__(self) -> int:
         return len(self.index_loader)
-
-    @property
-    def dataset_size(self) -> int:
-        return len(self.index_loader.dataset)
 
     def __iter__(self) -> Iterator:
         for batch in self.index_loader:

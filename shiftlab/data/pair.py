@@ -105,11 +105,6 @@ class DomainPair:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    @property
-    def target_eval_images(self) -> Dataset:
-        """``target_eval`` without labels (kept for code written before ``target_adapt_images``)."""
-        return Transformed(self.target_eval.base, self.target_eval.transform, with_labels=False)
-
 
 @dataclass
 class Part:

@@ -152,10 +152,6 @@ class SweepSpec(_Strict):
                                  + " (in a {...} mapping quote comma-separated keys: cols: 'data.source,data.target')")
         return report
 
-    @property
-    def sampled_keys(self) -> list[str]:
-        return list(self.search.space) if self.search else []
-
 
 class Trial(BaseModel):
     """One run of a sweep: its name (= its run folder's name) and the keys that make it differ."""
