@@ -54,6 +54,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..losses import discriminator_loss, generator_loss, weight_drift
 from ..nn import DomainDiscriminator
+from ..nn.batchnorm import eval_mode
 from ..nn.matching import LAYERS_HELP, ActivationTaps, GaussianMatcher, layer_points, match_moments
 from .base import Batch, Method, register_method
 
@@ -127,9 +128,7 @@ class ActivationMatching(Method):
     @torch.no_grad()
     def _channels(self, backbone) -> dict[str, int]:
         """Channels at each point, from one dry forward pass (eval mode, nothing kept)."""
-        was = backbone.training
-        backbone.eval()
-        try:
+        with eval_mode(backbone):
             for size in (64, 224):  # small digits networks take 64 px; a ViT wants its 224
                 try:
                     with self._target_taps.reading():
@@ -138,8 +137,6 @@ class ActivationMatching(Method):
                 except RuntimeError:
                     continue
             values = self._target_taps.pop()
-        finally:
-            backbone.train(was)
         return {k: v.shape[1] for k, v in values.items()}
 
     def train(self, mode: bool = True):

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .batchnorm import forward_images
+from .batchnorm import eval_mode, forward_images
 from .hooks import WHERE, ForwardHooks, named_module
 from .shaping import as_names
 
@@ -327,12 +327,8 @@ class GaussianMatcher(nn.Module):
 
 def _run(model: nn.Module, images: Iterable, device, max_batches: int | None) -> int:
     """Forward ``images`` (tensors, or ``(x, y)`` batches whose labels are ignored) in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         seen = forward_images(model, images, device, max_batches)
-    finally:
-        model.train(was_training)
     if seen == 0:
         raise ValueError("Gaussian matching got no images to estimate statistics from")
     return seen
