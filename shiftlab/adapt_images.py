@@ -25,15 +25,11 @@ import torch
 import yaml
 from PIL import Image
 
-from .errors import ShiftlabError
-from .methods.adapternet import ADAPTER_FILE, AdapterError, export_adapter, read_adapter_file
+from .errors import AdaptImagesError
+from .methods.adapternet import ADAPTER_FILE, export_adapter, read_adapter_file
 from .nn.adapters import AdapterNet, load_adapter
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-class AdaptImagesError(ShiftlabError):
-    """Bad arguments of ``adapt-images``; the message names the path or value."""
 
 
 @dataclass
@@ -178,4 +174,4 @@ def adapt_images(adapter_run: str | Path, images: str, out: str | Path, *, limit
     return written
 
 
-__all__ = ["AdaptImagesError", "AdapterError", "adapt_images", "load_run_adapter", "grid"]
+__all__ = ["adapt_images", "load_run_adapter", "grid"]

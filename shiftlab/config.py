@@ -22,14 +22,10 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ShiftlabError
+from .errors import ConfigError
 from .selection.epochs import EPOCH_RULES
 from .selection.validators import VALIDATORS
 from .utils import did_you_mean, read_yaml_mapping
-
-
-class ConfigError(ShiftlabError, ValueError):
-    """A bad config file, key or value; the message names it and lists the valid choices."""
 
 
 MAX_SEED = 2**63  # seeds are below it: what torch's and numpy's generators take (see ExperimentConfig.seed)

@@ -1,14 +1,79 @@
-"""The toolkit's own user errors: the command line turns these into one-line messages.
+"""Every user error of the toolkit, in one place: the command line turns these into one-line messages.
 
 Anything else (a bug in a method, a CUDA failure) keeps its traceback, so it can be reported and fixed.
-Each error also subclasses the built-in exception it used to be (ValueError, FileExistsError ...), so
-code that caught those keeps working.
+This module imports nothing of shiftlab, so any module (``nn``, ``losses``, ``data`` ...) can raise these
+without importing the layers above it. Where an error is also a built-in exception (ValueError,
+FileExistsError ...), that is what it is: a bad value, a file that exists.
 """
 from __future__ import annotations
 
 
 class ShiftlabError(Exception):
     """A user-facing error: bad config, data, weights or run folder. The message says what to do."""
+
+
+# --------------------------------------------------------------------------------------------------
+# configuration
+
+
+class ConfigError(ShiftlabError, ValueError):
+    """A bad config file, key or value; the message names it and lists the valid choices."""
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+
+
+class DataError(ShiftlabError, ValueError):
+    """Bad data on disk or a bad name: the message names the file, folder or key at fault."""
+
+
+class Uncacheable(DataError):
+    """A dataset whose identity the decoded cache cannot establish (an unknown dataset class)."""
+
+
+class DownloadError(DataError):
+    """A download, checksum or extraction failed; the message names the URL, file or archive member."""
+
+
+# --------------------------------------------------------------------------------------------------
+# models and methods
+
+
+class ModelError(ShiftlabError, ValueError):
+    """A model that does not exist or cannot be split as asked; the message names it."""
+
+
+class WeightsError(ShiftlabError, RuntimeError):
+    """Weights could not be had; the message says how to provide them."""
+
+
+class AdapterError(ShiftlabError):
+    """A run folder or file that holds no usable adapter; the message names the path."""
+
+
+class AdaptImagesError(ShiftlabError):
+    """Bad arguments of ``adapt-images``; the message names the path or value."""
+
+
+# --------------------------------------------------------------------------------------------------
+# sweeps, model selection and reports
+
+
+class SweepError(ShiftlabError):
+    """A sweep file that cannot be expanded; the message names the file and the key."""
+
+
+class SelectionError(ShiftlabError, ValueError):
+    """Runs that cannot be grouped or selected as asked; the message names the key or rule."""
+
+
+class ReportError(ShiftlabError, ValueError):
+    """A report that cannot be made as asked (no runs, unknown key, bad reference file); the message says why."""
+
+
+# --------------------------------------------------------------------------------------------------
+# run folders and training
 
 
 class RunFolderError(ShiftlabError):

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from shiftlab.config import ConfigError, OptimConfig, build_config
+from shiftlab.config import OptimConfig, build_config
 from shiftlab.data.pair import build_domain_pair, make_loader
 from shiftlab.checkpoints import load_checkpoint
 from shiftlab.engine.loop import Trainer
 from shiftlab.engine.optim import ManagedOptimizer, build_optimizers
+from shiftlab.errors import ConfigError, SweepError
 from shiftlab.losses import discriminator_loss, generator_loss, weight_drift
 from shiftlab.methods import Batch, build_method
 from shiftlab.models import build_backbone
@@ -251,7 +252,7 @@ def test_gaussian_matching_method_is_training_free_and_matches_only_the_target(t
                            _overrides(tmp_path, method, weights, "--model.name=small_cnn", f"--method.name={method}"))
         trainer = Trainer(cfg, overwrite=True)
         runs[method] = (trainer, trainer.fit())
-    (plain, s_plain), (gm, s_gm) = runs["source_only"], runs["gaussian_matching"]
+    (plain, _), (gm, s_gm) = runs["source_only"], runs["gaussian_matching"]
     assert s_gm["epochs"] == 0 and s_gm["steps"] == 0
     row_plain, row_gm = plain.history[-1], gm.history[-1]
     assert row_gm["source_val_acc"] == row_plain["source_val_acc"]  # the source is evaluated unmatched
@@ -299,7 +300,7 @@ def test_activation_matching_resumes_bit_exactly_after_sigkill(tmp_path, digits_
 
 
 def test_stage_two_sweeps_read_the_stage_one_checkpoint_of_the_same_grid_point(monkeypatch):
-    from shiftlab.sweep.spec import SweepError, expand, fill_templates, load_sweep, sweep_dir
+    from shiftlab.sweep.spec import expand, fill_templates, load_sweep, sweep_dir
 
     monkeypatch.chdir(REPO)  # the sweeps' relative paths, as `shiftlab sweep` is run from the repository
     stage1 = {t.name: t for t in expand(load_sweep(REPO / "sweeps" / "activation_matching_digits_source.yaml"))}

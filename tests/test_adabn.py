@@ -4,15 +4,17 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from shiftlab.data.pair import build_domain_pair
+from shiftlab.data.pair import Transformed, build_domain_pair
 from shiftlab.methods import build_method
 from shiftlab.models import build_backbone
 from shiftlab.nn import batchnorm_state, reestimate_batchnorm
+from shiftlab.nn.batchnorm import eval_mode
 
 
 def _demo_target_images(limit=None):
-    pair = build_domain_pair("demo", None, "digits", "digits_photo", limit=limit)
-    return pair.target_eval_images
+    """The demo target's evaluation images without their labels."""
+    target = build_domain_pair("demo", None, "digits", "digits_photo", limit=limit).target_eval
+    return Transformed(target.base, target.transform, with_labels=False)
 
 
 def _trained_like_model():
@@ -66,3 +68,18 @@ def test_adabn_method_restores_source_statistics_after_target_evaluation():
     for k, v in batchnorm_state(method.backbone).items():
         assert torch.equal(v, source_stats[k])
     method.after_evaluation()
+
+
+def test_eval_mode_restores_the_mode_it_found_even_after_an_error():
+    model = _trained_like_model()
+    with eval_mode(model):
+        assert not model.training and not model.features.bn1.training
+    assert model.training and model.features.bn1.training
+    model.eval()
+    try:
+        with eval_mode(model):
+            model.train()  # whatever happens inside, the mode found is the mode left
+            raise KeyError("inside")
+    except KeyError:
+        pass
+    assert not model.training and not model.features.bn1.training

@@ -11,11 +11,12 @@ import torch
 from PIL import Image
 
 from shiftlab.cli import main
-from shiftlab.config import ConfigError, build_config
+from shiftlab.config import build_config
 from shiftlab.data.pair import build_domain_pair
 from shiftlab.data.splits import keys_of
 from shiftlab.engine.callbacks import EarlyStopping
 from shiftlab.engine.loop import Trainer
+from shiftlab.errors import ConfigError
 from shiftlab.methods import method_params
 from shiftlab.methods.adapternet import read_adapter_file
 from shiftlab.nn.adapters import AdapterNet, load_adapter

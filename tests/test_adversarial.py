@@ -14,9 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from shiftlab.config import ConfigError, OptimConfig, build_config, read_yaml
+from shiftlab.config import OptimConfig, build_config, read_yaml
 from shiftlab.engine.loop import Trainer
 from shiftlab.engine.optim import ManagedOptimizer, build_optimizers, lr_factor, schedule_factor
+from shiftlab.errors import ConfigError
 from shiftlab.losses import SOURCE, TARGET, domain_bce, entropy_weights, prediction_entropy
 from shiftlab.methods import Batch, build_method
 from shiftlab.methods.dann import DANN

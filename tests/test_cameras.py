@@ -9,8 +9,8 @@ import pytest
 from skimage.color import lab2rgb, rgb2lab
 
 from shiftlab.cli import main
-from shiftlab.data.base import DataError
 from shiftlab.data.shifts import SHIFTS, colour_rotation, parse_domain, power
+from shiftlab.errors import DataError
 
 
 def random_image(seed=0, shape=(24, 20, 3)) -> np.ndarray:

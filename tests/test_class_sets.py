@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shiftlab.data.base import DataError
 from shiftlab.data.pair import build_domain_pair
 from shiftlab.data.splits import per_sample
+from shiftlab.errors import DataError
 
 CLASSES = ("ant", "bee", "cat")
 PER_CLASS = 30

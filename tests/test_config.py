@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from shiftlab.cli import main
-from shiftlab.config import Config, ConfigError, build_config, describe
+from shiftlab.config import Config, build_config, describe
+from shiftlab.errors import ConfigError
 from shiftlab.methods import METHODS
 
 REPO = Path(__file__).resolve().parents[1]

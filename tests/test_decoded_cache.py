@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision import transforms as T
 
-from shiftlab.config import ConfigError, build_config
+from shiftlab.config import build_config
 from shiftlab.data import decoded
 from shiftlab.data.base import load_rgb
 from shiftlab.data.decoded import (BatchAugment, TensorBatchLoader, decode_split, flip_mask, random_resized_crop_boxes,
@@ -19,19 +19,25 @@ from shiftlab.data.decoded import (BatchAugment, TensorBatchLoader, decode_split
 from shiftlab.data.pair import build_domain_pair, make_loader
 from shiftlab.data.splits import per_sample
 from shiftlab.engine.loop import Trainer
+from shiftlab.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 TIMING = ("epoch_time_s", "images_per_s")
 
 
+def forget_decoded_splits() -> None:
+    """Forget the splits the decoded cache holds in memory (its files stay), so the next read is from disk."""
+    decoded._MEMORY.clear()
+
+
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     """Each test decodes into its own cache folder and starts with nothing held in memory."""
     monkeypatch.setenv("SHIFTLAB_CACHE", str(tmp_path / "cache"))
-    decoded.clear_memory()
+    forget_decoded_splits()
     yield
-    decoded.clear_memory()
+    forget_decoded_splits()
 
 
 def _cached(ds, batch_size, *, train, family, image_size=None, augment=True, generator=None):
@@ -159,7 +165,7 @@ def test_the_cache_is_rebuilt_when_the_data_changes(tmp_path, data_root):
     first = decode_split(build(), 32)
     files = sorted(cache.glob("*.pt"))
     assert len(files) == 1 and not list(cache.glob(".*tmp"))  # written atomically: no temporary left
-    decoded.clear_memory()
+    forget_decoded_splits()
     again = decode_split(build(), 32)  # read back from disk, not decoded again
     assert again.identity == first.identity and torch.equal(again.images, first.images)
     assert sorted(cache.glob("*.pt")) == files

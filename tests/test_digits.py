@@ -16,8 +16,8 @@ if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
 from shiftlab.data import digits
-from shiftlab.data.base import DataError
 from shiftlab.data.registry import get_dataset
+from shiftlab.errors import DataError
 
 ROOT = Path(os.environ.get("SHIFTLAB_DATA", REPO.parent / "shared" / "data"))
 

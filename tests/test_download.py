@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # local_http sits besi
 from local_http import serve_directory  # noqa: E402
 
 from shiftlab.data import download as dl  # noqa: E402
-from shiftlab.data.base import DataError  # noqa: E402
-from shiftlab.data.download import DownloadError, Resource, download_dataset, download_file, extract_archive  # noqa: E402
+from shiftlab.data.download import Resource, download_dataset, download_file, extract_archive  # noqa: E402
+from shiftlab.errors import DataError, DownloadError  # noqa: E402
 
 FILES = {"set/a.txt": b"alpha\n", "set/sub/b.bin": bytes(range(256)) * 40, "set/c.txt": b"gamma"}
 

@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from shiftlab.data.base import DataError, held_out
+from shiftlab.data.base import held_out
 from shiftlab.data.pair import build_domain_pair
 from shiftlab.data.registry import get_dataset, register_folder_dataset
 from shiftlab.data.splits import keys_of
+from shiftlab.errors import DataError
 
 DOMAINS = ("real", "sketchy")
 CLASSES = ("cat", "dog", "fox")

@@ -13,7 +13,8 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).parent))
 from local_http import serve_directory  # noqa: E402
 
-from shiftlab.models import ModelError, WeightsError, build_backbone  # noqa: E402
+from shiftlab.errors import ConfigError, ModelError, WeightsError  # noqa: E402
+from shiftlab.models import build_backbone  # noqa: E402
 from shiftlab.models.weights import download_state_dict  # noqa: E402
 
 # The smallest model of each torchvision family that has a split, the path of its classifier in
@@ -255,19 +256,6 @@ def test_shiftlab_checkpoints_are_told_from_torchvision_state_dicts(tmp_path):
         build_backbone("mobilenet_v3_small", 7, head_layers=1, weights=tmp_path / "last.pt")
 
 
-def test_alexnet_checkpoint_of_the_old_layout_still_loads(tmp_path):
-    reference = _torchvision_model("alexnet")
-    old = {f"features.conv.{k.removeprefix('features.')}": v for k, v in reference.state_dict().items()
-           if k.startswith("features.")}
-    old |= {f"features.fc6.{p}": getattr(reference.classifier[1], p) for p in ("weight", "bias")}
-    old |= {f"features.fc7.{p}": getattr(reference.classifier[4], p) for p in ("weight", "bias")}
-    old |= {"head.weight": torch.zeros(7, 4096), "head.bias": torch.ones(7)}
-    torch.save({"model": {f"backbone.{k}": v for k, v in old.items()}}, tmp_path / "old.pt")
-    model = build_backbone("alexnet", 7, weights=tmp_path / "old.pt")
-    assert torch.equal(model.features.classifier[4].weight, reference.classifier[4].weight)
-    assert torch.equal(model.head.bias, torch.ones(7))
-
-
 def test_auxiliary_classifiers_are_dropped():
     for name, size in (("googlenet", 64), ("inception_v3", 80)):
         model = build_backbone(name, 3).train()
@@ -297,7 +285,7 @@ def test_unknown_and_unsupported_models_are_named():
 
 
 def test_config_accepts_any_torchvision_model_and_names_unknown_ones():
-    from shiftlab.config import ConfigError, build_config
+    from shiftlab.config import build_config
 
     cfg = build_config([], ["--model.name=convnext_tiny", "--model.head_layers=2", "--model.mean=[0.5,0.5,0.5]"])
     assert cfg.model.name == "convnext_tiny" and cfg.model.mean == [0.5] * 3 and cfg.model.std is None

@@ -1,5 +1,5 @@
 """Normalisation is the backbone's first module: same outputs as the old data-side normalisation, saved in
-checkpoints, and checkpoints written before it existed still load."""
+checkpoints, and a checkpoint without it is refused."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,6 +9,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from shiftlab.data.transforms import build_transforms
+from shiftlab.errors import WeightsError
 from shiftlab.models import IMAGENET_MEAN, IMAGENET_STD, InputNormalization, build_backbone, normalization_for
 
 
@@ -68,21 +69,12 @@ def test_checkpoint_round_trip_keeps_the_statistics(tmp_path):
     torch.testing.assert_close(loaded.normalize.std, source.normalize.std)
 
 
-@pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
-def test_checkpoint_from_before_the_move_loads_with_the_given_statistics(tmp_path, name):
-    source = build_backbone(name, 10)
-    old_state = {f"backbone.{k}": v for k, v in source.state_dict().items() if not k.startswith("normalize.")}
-    path = tmp_path / "old.pt"
-    torch.save({"model": old_state, "epoch": 3}, path)
-    loaded = build_backbone(name, 10, weights=path, mean=[0.5] * 3, std=[0.5] * 3)
-    assert torch.equal(loaded.normalize.mean, torch.full((1, 3, 1, 1), 0.5))
-    for k, v in source.state_dict().items():
-        if not k.startswith("normalize."):
-            assert torch.equal(v, loaded.state_dict()[k]), k
-    # a plain strict load_state_dict (as on --resume) accepts the old layout too
-    fresh = build_backbone(name, 10, mean=[0.5] * 3, std=[0.5] * 3)
-    fresh.load_state_dict({k.removeprefix("backbone."): v for k, v in old_state.items()})
-    assert torch.equal(fresh.normalize.std, torch.full((1, 3, 1, 1), 0.5))
+def test_checkpoint_without_normalisation_is_refused(tmp_path):
+    source = build_backbone("small_cnn", 10)
+    state = {f"backbone.{k}": v for k, v in source.state_dict().items() if not k.startswith("normalize.")}
+    torch.save({"model": state, "epoch": 3}, tmp_path / "partial.pt")
+    with pytest.raises(WeightsError, match="missing.*normalize.mean"):
+        build_backbone("small_cnn", 10, weights=tmp_path / "partial.pt")
 
 
 def test_googlenet_statistics_replace_torchvisions_transform_input(tmp_path):

@@ -16,11 +16,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Subset
 
-from shiftlab.data import pacs
-from shiftlab.data.base import DataError
 from shiftlab.data.pair import build_domain_pair
 from shiftlab.data.registry import get_dataset
 from shiftlab.data.splits import per_sample
+from shiftlab.errors import DataError
 
 DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
 CLASSES = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person")

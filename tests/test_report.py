@@ -12,8 +12,7 @@ import pytest
 import yaml
 
 from shiftlab.config import build_config, nest_dotted
-from shiftlab.errors import ShiftlabError
-from shiftlab.report import ReportError
+from shiftlab.errors import ReportError, ShiftlabError
 from shiftlab.report.cli import add_arguments, run
 from shiftlab.report.runs import load_runs
 

@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from shiftlab.selection.rules import (RULES, Layout, Run, SelectionError, choose, group_cells, plan_layout,
+from shiftlab.errors import SelectionError
+from shiftlab.selection.rules import (RULES, Layout, Run, choose, group_cells, plan_layout,
                                       supported_rules)
 
 SOURCE = "art_painting"

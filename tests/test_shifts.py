@@ -7,11 +7,11 @@ import torch
 from PIL import Image
 
 from shiftlab.config import build_config
-from shiftlab.data.base import DataError
 from shiftlab.data.pair import build_domain_pair
 from shiftlab.data.registry import get_dataset
 from shiftlab.data.shifts import SHIFTS, parse_domain, register_shift
 from shiftlab.data.splits import keys_of, per_sample
+from shiftlab.errors import DataError
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from shiftlab.config import build_config, nest_dotted
+from shiftlab.errors import SweepError
 from shiftlab.methods import METHODS
-from shiftlab.sweep.spec import SweepError, draw, expand, grid_trials, load_sweep, sweep_dir, trial_name
+from shiftlab.sweep.spec import draw, expand, grid_trials, load_sweep, sweep_dir, trial_name
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,9 +11,9 @@ import hashlib
 import pytest
 import torch
 
-from shiftlab.data.base import DataError
 from shiftlab.data.pair import build_domain_pair
 from shiftlab.data.splits import keys_of, per_sample
+from shiftlab.errors import DataError
 
 CARTOON_TRAIN, CARTOON_VAL, CARTOON_ALL = 2107, 237, 2344  # README: disjoint, together the whole domain
 

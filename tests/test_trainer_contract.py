@@ -2,8 +2,6 @@
 resolved paths, restart after an early kill, resume in the library, one-line user errors only."""
 from __future__ import annotations
 
-import json
-import os
 import random
 from pathlib import Path
 

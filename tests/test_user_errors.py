@@ -182,10 +182,10 @@ def test_datasets_verify_reports_a_decompression_bomb(cams, capsys):
 def small_split(tmp_path, monkeypatch):
     """An in-memory dataset, a private cache and no split held in memory."""
     monkeypatch.setenv("SHIFTLAB_CACHE", str(tmp_path / "cache"))
-    decoded.clear_memory()
+    decoded._MEMORY.clear()  # no split held in memory
     images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
     yield ArrayDataset(images, [0, 1, 0, 1, 0], ["x", "y"])
-    decoded.clear_memory()
+    decoded._MEMORY.clear()  # no split held in memory
 
 
 @pytest.mark.parametrize("failure", [

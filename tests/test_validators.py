@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from shiftlab.config import ConfigError, build_config
+from shiftlab.config import build_config
 from shiftlab.engine.loop import Trainer
+from shiftlab.errors import ConfigError
 from shiftlab.selection.epochs import EPOCH_RULES
 from shiftlab.selection.validators import (entropy_score, information_maximization, metric_name, score_all,
                                            soft_neighborhood_density)

@@ -14,14 +14,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from ..errors import ShiftlabError
+from ..errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")
-
-
-class DataError(ShiftlabError, ValueError):
-    """Bad data on disk or a bad name: the message names the file, folder or key at fault."""
 
 
 def path_text(path: str | os.PathLike) -> str:

@@ -7,7 +7,8 @@ from pathlib import Path
 from torch.utils.data import ConcatDataset
 from tqdm.auto import tqdm
 
-from .base import SPLITS, DataError, load_rgb
+from ..errors import DataError
+from .base import SPLITS, load_rgb
 from .folder import class_difference
 from .registry import get_dataset, list_datasets
 from .spec import DatasetSpec, DomainReport

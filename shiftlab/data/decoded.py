@@ -39,9 +39,9 @@ import logging
 import math
 import os
 import weakref
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -50,8 +50,9 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
+from ..errors import DataError, Uncacheable
 from ..utils import atomic_path
-from .base import ArrayDataset, DataError, ImageListDataset, path_text, text_bytes
+from .base import ArrayDataset, ImageListDataset, path_text, text_bytes
 from .cache import cache_dir
 from .transforms import CROP_RATIO, CROP_SCALE, FAMILY_SIZES, FLIP_P
 
@@ -61,10 +62,6 @@ PREPROCESS_VERSION = 1  # bump when decoding changes: every old cache file is th
 CROP_MARGIN = 8 / 7  # stored side / training side of photo splits that are randomly cropped (224 -> 256)
 LOADERS = ("auto", "cached", "files")
 DEFAULT_BUDGET_SHARE = 0.25  # auto: cache when every split together takes at most this share of free memory
-
-
-class Uncacheable(DataError):
-    """A dataset whose identity the cache cannot establish (an unknown dataset class)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,10 +141,6 @@ class DecodedSplit:
 
     def __len__(self) -> int:
         return len(self.images)
-
-    @property
-    def nbytes(self) -> int:
-        return self.images.numel() + self.labels.numel() * 8
 
     def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images, labels)`` on ``device``, copied there once however many loaders read the split."""
@@ -238,11 +231,6 @@ def _os_error_text(err: BaseException) -> str:
     """The first line of an error (torch's write errors carry a C++ trace below it)."""
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
-
-
-def clear_memory() -> None:
-    """Forget the splits held in memory (the files stay); tests use it to read the disk again."""
-    _MEMORY.clear()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -415,10 +403,6 @@ class TensorBatchLoader:
 
     def __len__(self) -> int:
         return len(self.index_loader)
-
-    @property
-    def dataset_size(self) -> int:
-        return len(self.index_loader.dataset)
 
     def __iter__(self) -> Iterator:
         for batch in self.index_loader:

@@ -41,7 +41,8 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..utils import atomic_path
-from .base import ArrayDataset, DataError, ImageListDataset, split_by_hash
+from ..errors import DataError
+from .base import ArrayDataset, ImageListDataset, split_by_hash
 from .cache import cache_dir
 from .spec import DatasetSpec, DomainReport
 

@@ -32,12 +32,12 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
+from ..errors import DownloadError
 from ..utils import atomic_path, unknown_choice_error, write_json
-from .base import DataError
 from .cache import data_root
 
 __all__ = [
-    "DownloadError", "Resource", "SOURCES", "NOTES", "DOWNLOADABLE",
+    "Resource", "SOURCES", "NOTES", "DOWNLOADABLE",
     "download_file", "extract_archive", "download_dataset", "marker_path", "manual_path",
 ]
 
@@ -48,10 +48,6 @@ CHUNK = 1 << 20
 USER_AGENT = "shiftlab-downloader/0.1 (+python-urllib)"
 STATE_DIR = ".shiftlab"
 _HEX_DIGITS = {"sha256": 64, "md5": 32}
-
-
-class DownloadError(DataError):
-    """A download, checksum or extraction failed; the message names the URL, file or archive member."""
 
 
 # --------------------------------------------------------------------------------------------------

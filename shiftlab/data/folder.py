@@ -19,7 +19,8 @@ from functools import partial
 from pathlib import Path
 from typing import Sequence
 
-from .base import DataError, ImageListDataset, scan_class_folders, split_by_hash
+from ..errors import DataError
+from .base import ImageListDataset, scan_class_folders, split_by_hash
 from .spec import DatasetSpec, DomainReport, class_folder_report
 
 OFFICE31_CLASSES = (

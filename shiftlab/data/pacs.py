@@ -18,7 +18,8 @@ import logging
 import re
 from pathlib import Path
 
-from .base import DataError, ImageListDataset
+from ..errors import DataError
+from .base import ImageListDataset
 from .spec import DatasetSpec, DomainReport, class_folder_report
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .base import SPLITS, DataError, path_text
+from ..errors import DataError
+from .base import SPLITS, path_text
 from .cache import data_root
 from .registry import get_dataset
 from .spec import DatasetSpec
@@ -103,11 +104,6 @@ class DomainPair:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-    @property
-    def target_eval_images(self) -> Dataset:
-        """``target_eval`` without labels (kept for code written before ``target_adapt_images``)."""
-        return Transformed(self.target_eval.base, self.target_eval.transform, with_labels=False)
 
 
 @dataclass

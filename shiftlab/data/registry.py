@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Sequence
 
 from . import demo, digits, folder, pacs
-from .base import DataError
+from ..errors import DataError
 from ..utils import did_you_mean
 from .cache import data_root
-from .spec import DatasetSpec, DomainReport, class_folder_report  # noqa: F401  (re-exported)
+from .spec import DatasetSpec
 
 BUILTIN: tuple[DatasetSpec, ...] = (demo.SPEC, digits.SPEC, pacs.SPEC, *folder.SPECS)
 _REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in BUILTIN}

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .base import DataError
+from ..errors import DataError
 from ..utils import did_you_mean
 
 ARGUMENT_TYPES = {int: "int", float: "float", str: "str"}

@@ -24,7 +24,8 @@ from typing import Callable
 
 from torch.utils.data import Dataset
 
-from .base import SPLITS, DataError, scan_class_folders
+from ..errors import DataError
+from .base import SPLITS, scan_class_folders
 from ..utils import did_you_mean
 from .shifts import Shifted, parse_domain
 

@@ -16,7 +16,8 @@ import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .base import DataError, held_out, load_rgb, text_bytes
+from ..errors import DataError
+from .base import held_out, load_rgb, text_bytes
 
 HOLDOUT_SALT = "holdout/"  # keeps the holdout independent of the 10% val hash of folder datasets and digits
 

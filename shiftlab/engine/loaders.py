@@ -11,11 +11,12 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ..config import Config, ConfigError
-from ..data.decoded import (BatchAugment, DecodedSplit, TensorBatchLoader, Uncacheable, decode_split, decoded_bytes,
+from ..config import Config
+from ..data.decoded import (BatchAugment, DecodedSplit, TensorBatchLoader, decode_split, decoded_bytes,
                             resolve_loader, split_identity, stored_size)
 from ..data.pair import DomainPair, Transformed, build_domain_pair, make_loader
 from ..data.splits import keys_of
+from ..errors import ConfigError, Uncacheable
 from .distributed import DistEnv, ShardedBatchSampler, shard_bounds
 
 log = logging.getLogger(__name__)

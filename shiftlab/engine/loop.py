@@ -22,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..config import Config, ConfigError, import_plugins, run_dir
-from ..errors import RunFolderError, TrainingDivergedError
+from ..config import Config, import_plugins, run_dir
+from ..errors import ConfigError, TrainingDivergedError
 from ..methods import Batch, Method, build_method, get_method
 from ..models import build_backbone, normalization_for
 from ..selection.epochs import EPOCH_RULES, improves

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, OptimConfig
+from ..config import OptimConfig
+from ..errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SETTINGS = ("name", "lr", "momentum", "nesterov", "weight_decay", "betas", "eps", "schedule")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..utils import unknown_choice_error
 from .adversarial import SOURCE, TARGET
 

@@ -1,4 +1,4 @@
-"""Deep activation matching: Gaussian i.i.d. matching (training-free) and layer-wise adversarial matching.
+"""Deep activation matching: layer-wise adversarial matching with weight drift (Gaussian matching alone: its own file).
 
 Huang, Huang, Krähenbühl, "Domain transfer through deep activation matching", ECCV 2018, pp. 590-605
 (openaccess.thecvf.com/content_ECCV_2018/papers/Haoshuo_Huang_Domain_transfer_through_ECCV_2018_paper.pdf).
@@ -15,8 +15,7 @@ section numbers are not cited. What is taken from where:
   activations are i.i.d. Gaussian, the constraint is met by the per-channel affine map
   ``alpha = sigma_s / sigma_t``, ``beta = mu_s - alpha * mu_t``
   (:class:`~shiftlab.nn.matching.GaussianMatcher`). ``--method.name=gaussian_matching`` is this alone,
-  training-free (``--train.epochs=0``); the paper's Table 3 reports it alone ("i.i.d Gaussian matching") for
-  GTA -> Cityscapes. How it differs from AdaBN: see :mod:`shiftlab.nn.matching`.
+  training-free (``--train.epochs=0``): :mod:`shiftlab.methods.gaussian_matching`.
 * **General activation matching** (Eq. 3): the constraint relaxed into a penalty,
   ``||theta_s - theta_t||^2 + lambda * sum_i J(P(A_i^s), P(A_i^t))`` with J the Jensen-Shannon divergence,
   estimated by one discriminator per chosen layer that F_t is trained to fool, and ``lambda = 0.1``.
@@ -52,69 +51,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..losses import discriminator_loss, generator_loss, weight_drift
 from ..nn import DomainDiscriminator
-from ..nn.matching import ActivationTaps, GaussianMatcher, last_linear_points, match_moments, resolve_points
+from ..nn.batchnorm import eval_mode
+from ..nn.matching import LAYERS_HELP, ActivationTaps, GaussianMatcher, layer_points, match_moments
 from .base import Batch, Method, register_method
-
-LAYERS_HELP = ("points whose activations are matched, by module name inside the backbone (its named_modules(): "
-               "'head', 'features.classifier.fc2', 'features.layer4'), ':in' for the module's input, ':out' (default) "
-               "for its output; 'auto' = the paper's classification choice, the last two layers: the input and the "
-               "output of the backbone's last Linear (LeNet's fc3 and fc4 in the authors' code)")
-
-
-@register_method
-class GaussianMatching(Method):
-    """Gaussian i.i.d. matching of a trained model (Huang et al., ECCV 2018, Eq. 2), training-free.
-
-    Before each target evaluation the target statistics are measured layer by layer (each layer with the
-    earlier ones matched) on the unlabelled adaptation images; the source statistics are those of the same
-    model on the **source validation images**, measured during the source evaluation that the loop runs
-    first (``before_evaluation("source")`` starts the recording, the loop's own forward passes over
-    ``source_val`` feed it; no label is read). Source evaluation itself is unmatched. Use with
-    ``--model.weights=<source-only run>/checkpoints/best.pt --train.epochs=0`` (training, if asked for, is
-    plain source cross-entropy, like AdaBN's).
-    """
-
-    name = "gaussian_matching"
-
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        layers: str | list[str] = Field("auto", description=LAYERS_HELP)
-        max_batches: int | None = Field(None, ge=1, description="target batches used for the statistics (all if unset)")
-        eps: float = Field(1e-5, gt=0, description="added to the target standard deviation before dividing")
-
-    def __init__(self, backbone, params, **kwargs):
-        super().__init__(backbone, params, **kwargs)
-        specs = last_linear_points(backbone) if params.layers == "auto" else params.layers
-        # not a child module: its statistics are re-measured at every evaluation and stay out of checkpoints
-        object.__setattr__(self, "matcher", GaussianMatcher(backbone, resolve_points(backbone, specs), params.eps))
-        self._phase = None
-
-    def training_step(self, source: Batch, target: Batch | None, progress: float):
-        loss, acc = self.classification(self.backbone(source.x), source.y)
-        return {"loss": loss, "acc": acc}
-
-    def before_evaluation(self, domain: str, images) -> None:
-        m = self.matcher
-        if domain == "source":
-            m.record_source()  # the loop's source_val pass that follows feeds the source statistics
-            self._phase = "source"
-            return
-        m.stop_recording()
-        if self._phase != "source":
-            raise RuntimeError("gaussian_matching reads the source statistics during the source evaluation, which "
-                               "must come before the target's (the training loop's order)")
-        device = next(self.backbone.parameters()).device
-        m.to(device)
-        m.estimate_target(self.backbone, images, device, self.params.max_batches)
-        m.active = True
-        self._phase = "target"
-
-    def after_evaluation(self) -> None:
-        self.matcher.stop_recording()
-        self.matcher.active = False
 
 
 @register_method
@@ -160,8 +102,7 @@ class ActivationMatching(Method):
 
     def __init__(self, backbone, params, **kwargs):
         super().__init__(backbone, params, **kwargs)
-        specs = last_linear_points(backbone) if params.layers == "auto" else params.layers
-        points = resolve_points(backbone, specs)
+        points = layer_points(backbone, params.layers)
         if params.layer_weights is None:
             self.layer_weights = [0.1] * (len(points) - 1) + [1.0]
         elif len(params.layer_weights) != len(points):
@@ -187,9 +128,7 @@ class ActivationMatching(Method):
     @torch.no_grad()
     def _channels(self, backbone) -> dict[str, int]:
         """Channels at each point, from one dry forward pass (eval mode, nothing kept)."""
-        was = backbone.training
-        backbone.eval()
-        try:
+        with eval_mode(backbone):
             for size in (64, 224):  # small digits networks take 64 px; a ViT wants its 224
                 try:
                     with self._target_taps.reading():
@@ -198,8 +137,6 @@ class ActivationMatching(Method):
                 except RuntimeError:
                     continue
             values = self._target_taps.pop()
-        finally:
-            backbone.train(was)
         return {k: v.shape[1] for k, v in values.items()}
 
     def train(self, mode: bool = True):

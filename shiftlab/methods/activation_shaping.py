@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..nn import ActivationShaper, batchnorm_state, load_batchnorm_state
 from ..nn.shaping import MAP_MODES, MAPS, MODES, as_names
 from ..utils import unknown_choice_error
@@ -77,8 +77,7 @@ class ActivationShaping(Method):
     def training_step(self, source: Batch, target: Batch | None, progress: float):
         if self.params.maps == "target":
             self.record_target_maps(target.x)
-        loss, acc = self.classification(self.backbone(source.x), source.y)
-        return {"loss": loss, "acc": acc}
+        return self.classification_step(source)
 
     def record_target_maps(self, x):
         """One pass of the target batch, without gradient, that records M; it leaves the BatchNorm running

@@ -10,20 +10,19 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..nn import batchnorm_state, load_batchnorm_state, reestimate_batchnorm
-from .base import Batch, Method, register_method
+from .base import register_method
+from .source_only import SourceOnly
 
 
 @register_method
-class AdaBN(Method):
+class AdaBN(SourceOnly):
+    """Source-only training; BatchNorm statistics re-estimated on the target at evaluation (Li et al., Alg. 1)."""
+
     name = "adabn"
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
         max_batches: int | None = Field(None, ge=1, description="target batches used for the statistics (all if unset)")
-
-    def training_step(self, source: Batch, target: Batch | None, progress: float):
-        loss, acc = self.classification(self.backbone(source.x), source.y)
-        return {"loss": loss, "acc": acc}
 
     def before_evaluation(self, domain: str, images) -> None:
         self._source_stats = None

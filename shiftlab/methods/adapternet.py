@@ -21,16 +21,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..checkpoints import load_checkpoint, save_checkpoint
-from ..errors import ShiftlabError
+from ..errors import AdapterError, ConfigError
 from ..nn.adapters import AdapterNet
 from .base import Batch, Method, method_params, register_method
 
 ADAPTER_FILE = "adapter.pt"
 ADAPTER_FORMAT = "shiftlab.adapter/1"
-
-
-class AdapterError(ShiftlabError):
-    """A run folder or file that holds no usable adapter; the message names the path."""
 
 
 @register_method
@@ -64,7 +60,6 @@ class AdapterNetMethod(Method):
         try:
             self.adapter = AdapterNet(3, params.depth, params.hidden_channels, params.kernel_size, params.init)
         except ValueError as err:
-            from ..config import ConfigError
             raise ConfigError(f"method adapternet: {err}") from None
         # frozen: no parameter of the classifier is optimised (param_groups leaves out what needs no grad)
         self.backbone.requires_grad_(False)
@@ -77,8 +72,7 @@ class AdapterNetMethod(Method):
         return self
 
     def training_step(self, source: Batch | None, target: Batch, progress: float):
-        loss, acc = self.classification(self.backbone(self.adapter(target.x)), target.y)
-        return {"loss": loss, "acc": acc}
+        return self.classification_step(target, self.predict)  # through the adapter
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.adapter(x))

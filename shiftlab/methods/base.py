@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..utils import unknown_choice_error
 from ..models import Backbone
 
@@ -116,6 +116,12 @@ class Method(nn.Module):
     def classification(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy and accuracy (detached) of a labelled batch."""
         return F.cross_entropy(logits, y), (logits.argmax(1) == y).float().mean().detach()
+
+    def classification_step(self, batch: Batch, forward=None) -> dict[str, torch.Tensor]:
+        """The plain supervised step, ``{"loss": cross-entropy, "acc": accuracy}`` of ``forward(batch.x)``
+        (the backbone unless given) on the batch's labels: source-only's, the oracle's, fine-tuning's."""
+        loss, acc = self.classification((forward or self.backbone)(batch.x), batch.y)
+        return {"loss": loss, "acc": acc}
 
 
 METHODS: dict[str, type[Method]] = {}

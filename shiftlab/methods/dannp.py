@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..losses import SOURCE, TARGET, domain_bce, entropy_weights
 from ..nn import DomainDiscriminator, GradientReversal, RandomizedMultilinearMap, multilinear_map, positive_features
 from .base import Batch, Method, register_method

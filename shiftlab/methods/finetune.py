@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .base import Batch, Method, register_method
 
 
@@ -43,5 +43,4 @@ class FineTune(Method):
         return self
 
     def training_step(self, source: Batch | None, target: Batch, progress: float):
-        loss, acc = self.classification(self.backbone(target.x), target.y)
-        return {"loss": loss, "acc": acc}
+        return self.classification_step(target)

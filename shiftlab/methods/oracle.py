@@ -15,5 +15,4 @@ class TargetOracle(Method):
     target_stream = "labelled"
 
     def training_step(self, source: Batch | None, target: Batch, progress: float):
-        loss, acc = self.classification(self.backbone(target.x), target.y)
-        return {"loss": loss, "acc": acc}
+        return self.classification_step(target)

@@ -11,5 +11,4 @@ class SourceOnly(Method):
     name = "source_only"
 
     def training_step(self, source: Batch, target: Batch | None, progress: float):
-        loss, acc = self.classification(self.backbone(source.x), source.y)
-        return {"loss": loss, "acc": acc}
+        return self.classification_step(source)

@@ -18,18 +18,14 @@ import torch
 import torchvision
 from torch import nn
 
-from ..errors import ShiftlabError
+from ..errors import ModelError, WeightsError
 from ..utils import did_you_mean
 from .normalization import IMAGENET_MEAN, IMAGENET_STD, InputNormalization
-from .weights import WeightsError, load_imagenet, load_local
+from .weights import load_imagenet, load_local
 
 log = logging.getLogger(__name__)
 
 BACKBONE_PREFIXES = ("normalize.", "features.", "bottleneck.", "head.")
-
-
-class ModelError(ShiftlabError, ValueError):
-    """A model that does not exist or cannot be split as asked; the message names it."""
 
 
 class Backbone(nn.Module):
@@ -165,11 +161,6 @@ def check_model_name(name: str) -> str:
 # classifiers are built so torchvision-format weights load strictly, then removed (see _drop_aux).
 _CONSTRUCTOR_KWARGS = {"googlenet": {"init_weights": True}, "inception_v3": {"init_weights": True}}
 
-# Key prefixes of AlexNet checkpoints written before the generic split (head_layers=1 layout).
-_LEGACY_PREFIXES = {"alexnet": {"features.conv.": "features.features.", "features.fc6.": "features.classifier.1.",
-                                "features.fc7.": "features.classifier.4."}}
-
-
 def build_backbone(name: str, num_classes: int, *, pretrained: str = "none", weights: str | Path | None = None,
                    bottleneck_dim: int = 0, head_layers: int = 1, mean: Sequence[float] | None = None,
                    std: Sequence[float] | None = None, progress: bool = True) -> Backbone:
@@ -182,8 +173,7 @@ def build_backbone(name: str, num_classes: int, *, pretrained: str = "none", wei
     ``head_layers`` is how many of the model's final Linear layers form the head (AlexNet/VGG: 3 puts
     fc6, fc7 and fc8 in the head; 1 leaves fc6/fc7 in the features). ``mean``/``std`` (default
     ImageNet's) are the normalisation of [0, 1] images the backbone applies first; a shiftlab
-    checkpoint brings its own, and only one written before normalisation moved into the model
-    keeps these.
+    checkpoint brings its own.
     """
     check_model_name(name)
     if head_layers < 1:
@@ -221,7 +211,7 @@ def build_backbone(name: str, num_classes: int, *, pretrained: str = "none", wei
                         mean=IMAGENET_MEAN if mean is None else mean, std=IMAGENET_STD if std is None else std)
     if own:
         path = next(n for n, m in backbone.named_modules() if m is backbone.classifier)
-        _load(backbone, _backbone_keys(state, name), what, optional=[f"{path}.weight", f"{path}.bias"])
+        _load(backbone, _backbone_keys(state), what, optional=[f"{path}.weight", f"{path}.bias"])
     return backbone
 
 
@@ -234,12 +224,10 @@ def is_backbone_state(state: dict) -> bool:
             or (any(k.startswith("head.") for k in keys) and all(k.startswith(BACKBONE_PREFIXES) for k in keys)))
 
 
-def _backbone_keys(state: dict, name: str) -> dict:
-    """A Backbone state dict from a checkpoint's: only the backbone's entries, old layouts renamed."""
+def _backbone_keys(state: dict) -> dict:
+    """A Backbone state dict from a checkpoint's: only the backbone's entries."""
     if any(k.startswith("backbone.") for k in state):
         state = _renamed(state, lambda k: k.removeprefix("backbone.") if k.startswith("backbone.") else None)
-    for old, new in _LEGACY_PREFIXES.get(name, {}).items():
-        state = _renamed(state, lambda k: new + k.removeprefix(old) if k.startswith(old) else k)
     return state
 
 

@@ -41,8 +41,7 @@ class InputNormalization(nn.Module):
     """``(x - mean) / std`` per channel, on images in [0, 1].
 
     ``mean`` and ``std`` are persistent buffers shaped (1, C, 1, 1): they move with the model to its
-    device and are saved in its state dict. A state dict written before normalisation moved into the
-    model has no such entries; loading it keeps the statistics this module was built with.
+    device and are saved in its state dict.
     """
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
@@ -58,11 +57,6 @@ class InputNormalization(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("mean", "std"):  # checkpoints from before normalisation moved into the model
-            state_dict.setdefault(prefix + name, getattr(self, name))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         fmt = lambda t: "(" + ", ".join(f"{v:.4g}" for v in t.flatten().tolist()) + ")"  # noqa: E731

@@ -13,11 +13,7 @@ import torch
 import torchvision
 
 from ..checkpoints import refuse_non_finite
-from ..errors import ShiftlabError
-
-
-class WeightsError(ShiftlabError, RuntimeError):
-    """Weights could not be had; the message says how to provide them."""
+from ..errors import WeightsError
 
 
 def imagenet_weights(arch: str, name: str = "imagenet"):

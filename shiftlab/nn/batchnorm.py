@@ -6,7 +6,8 @@ collected on the source by those of the target domain; weights, biases and affin
 """
 from __future__ import annotations
 
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -61,6 +62,17 @@ def reestimate_batchnorm(model: nn.Module, images: Iterable, device: torch.devic
     if seen == 0:
         raise ValueError("reestimate_batchnorm got no images")
     return seen
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode inside the block, back in the mode it had after it (whatever happens)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def forward_images(model: nn.Module, images: Iterable, device, max_batches: int | None = None) -> int:

@@ -13,8 +13,8 @@ estimation below, layer by layer over the adaptation images, is our choice.)
 A *point* is where an activation is read, by module name relative to the hooked root (the names of
 ``root.named_modules()``, e.g. ``head``, ``features.classifier.fc2``, ``features.layer4.1.conv2``):
 ``NAME`` or ``NAME:out`` is the module's output, ``NAME:in`` its (first) input. Channels are dimension 1
-(``(N, C)`` vectors, ``(N, C, H, W)`` maps). Unknown names are a :class:`~shiftlab.config.ConfigError` that
-lists the valid ones (the same rule as :func:`~shiftlab.nn.shaping.select_modules`, which resolves them).
+(``(N, C)`` vectors, ``(N, C, H, W)`` maps). Unknown names are a :class:`~shiftlab.errors.ConfigError` that
+lists the valid ones (:func:`~shiftlab.nn.hooks.named_module` resolves them).
 
 How Gaussian matching differs from AdaBN (Li et al. 2016, :mod:`shiftlab.nn.batchnorm`): AdaBN
 re-estimates the statistics of BatchNorm layers only, so target activations are normalised and then given
@@ -35,11 +35,10 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from ..config import ConfigError
-from .batchnorm import forward_images
-from .shaping import as_names, select_modules
-
-WHERE = ("out", "in")
+from ..errors import ConfigError
+from .batchnorm import eval_mode, forward_images
+from .hooks import WHERE, ForwardHooks, named_module
+from .shaping import as_names
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ def resolve_points(root: nn.Module, specs: str | Iterable[str]) -> list[Point]:
             raise ConfigError(f"layer '{spec}': unknown suffix ':{where}'; valid: ':out' (the module's output, "
                               f"the default) or ':in' (its input)")
         try:
-            (_, module), = select_modules(root, [name])  # an unknown name lists the valid ones
+            module = named_module(root, name)  # an unknown name lists the valid ones
         except ConfigError as err:
             raise ConfigError(f"method.layers: {err}") from None
         key = f"{name}:{where}"
@@ -74,6 +73,17 @@ def resolve_points(root: nn.Module, specs: str | Iterable[str]) -> list[Point]:
         raise ConfigError("no layer chosen: name at least one module (valid names: those of the backbone's "
                           "named_modules(), e.g. 'head', 'head:in')")
     return points
+
+
+LAYERS_HELP = ("points whose activations are matched, by module name inside the backbone (its named_modules(): "
+               "'head', 'features.classifier.fc2', 'features.layer4'), ':in' for the module's input, ':out' (default) "
+               "for its output; 'auto' = the paper's classification choice, the last two layers: the input and the "
+               "output of the backbone's last Linear (LeNet's fc3 and fc4 in the authors' code)")
+
+
+def layer_points(root: nn.Module, layers: str | Iterable[str]) -> list[Point]:
+    """The points of a ``method.layers`` value (:data:`LAYERS_HELP`): ``"auto"`` is :func:`last_linear_points`."""
+    return resolve_points(root, last_linear_points(root) if layers == "auto" else layers)
 
 
 def last_linear_points(root: nn.Module) -> list[str]:
@@ -121,12 +131,9 @@ class ActivationTaps:
             else resolve_points(root, points)
         self.clone, self.enabled = clone, False
         self.values: dict[str, Tensor] = {}
-        self._handles = []
+        self._hooks = ForwardHooks()
         for p in self.points:
-            if p.where == "in":
-                self._handles.append(p.module.register_forward_pre_hook(partial(self._pre, p.spec)))
-            else:
-                self._handles.append(p.module.register_forward_hook(partial(self._post, p.spec)))
+            self._hooks.activation(p.module, partial(self._keep, p.spec), p.where)
 
     @property
     def specs(self) -> list[str]:
@@ -141,15 +148,9 @@ class ActivationTaps:
         finally:
             self.enabled = False
 
-    def _keep(self, spec: str, a) -> None:
+    def _keep(self, spec: str, module: nn.Module, a) -> None:
         if self.enabled and isinstance(a, Tensor):
             self.values[spec] = a.clone() if self.clone else a
-
-    def _pre(self, spec, module, inputs):
-        self._keep(spec, inputs[0] if inputs else None)
-
-    def _post(self, spec, module, inputs, output):
-        self._keep(spec, output)
 
     def pop(self) -> dict[str, Tensor]:
         """The activations of the last forward, in point order; forgets them."""
@@ -161,9 +162,7 @@ class ActivationTaps:
         return out
 
     def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        self._hooks.remove()
 
 
 class GaussianMatcher(nn.Module):
@@ -193,12 +192,9 @@ class GaussianMatcher(nn.Module):
         for i in range(len(self.points)):
             for b in ("source_sum", "source_sq", "source_count", "target_mean", "target_std"):
                 self.register_buffer(f"{b}_{i}", torch.zeros(0, dtype=torch.float64))
-        self._handles = []
+        self._hooks = ForwardHooks()
         for i, p in enumerate(self.points):
-            if p.where == "in":
-                self._handles.append(p.module.register_forward_pre_hook(partial(self._pre, i)))
-            else:
-                self._handles.append(p.module.register_forward_hook(partial(self._post, i)))
+            self._hooks.activation(p.module, partial(self._transform, i), p.where)
 
     # ------------------------------------------------------------ statistics
 
@@ -299,7 +295,7 @@ class GaussianMatcher(nn.Module):
 
     # ------------------------------------------------------------ hooks
 
-    def _transform(self, i: int, a):
+    def _transform(self, i: int, module: nn.Module, a):
         if not isinstance(a, Tensor):
             return None
         if self._recording == "order":
@@ -315,17 +311,7 @@ class GaussianMatcher(nn.Module):
         return self._match(i, a) if self.active else None
 
     def _match(self, i: int, a: Tensor) -> Tensor:
-        mu_s, sd_s = self.source_moments(i)
-        mu_t, sd_t = self.target_moments(i)
-        scale = sd_s / (sd_t + self.eps)
-        return (a - _per_channel(mu_t, a)) * _per_channel(scale, a) + _per_channel(mu_s, a)
-
-    def _pre(self, i, module, inputs):
-        out = self._transform(i, inputs[0] if inputs else None)
-        return None if out is None else (out, *inputs[1:])
-
-    def _post(self, i, module, inputs, output):
-        return self._transform(i, output)
+        return match_moments(a, *self.source_moments(i), *self.target_moments(i), eps=self.eps)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # lazily sized buffers: take the saved shapes before the copy
@@ -336,19 +322,13 @@ class GaussianMatcher(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        self._hooks.remove()
 
 
 def _run(model: nn.Module, images: Iterable, device, max_batches: int | None) -> int:
     """Forward ``images`` (tensors, or ``(x, y)`` batches whose labels are ignored) in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         seen = forward_images(model, images, device, max_batches)
-    finally:
-        model.train(was_training)
     if seen == 0:
         raise ValueError("Gaussian matching got no images to estimate statistics from")
     return seen

@@ -26,8 +26,9 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..utils import unknown_choice_error
+from .hooks import ForwardHooks, named_module
 
 MAP_MODES = ("binarize_mask", "mask")     # modes that read a map M
 ASH_MODES = ("ash_p", "ash_b", "ash_s")   # modes that prune by percentile and read no map
@@ -151,10 +152,8 @@ def select_modules(root: nn.Module, names: str | Iterable[str] | None = None, ty
     names, types = as_names(names), as_names(types)
     chosen = [(n, m) for n, m in root.named_modules() if n]  # the root itself has no name to choose it by
     if names:
-        valid = dict(chosen)
         for name in names:
-            if name not in valid:
-                raise ConfigError(unknown_choice_error("module name", name, valid))
+            named_module(root, name)  # an unknown name lists the valid ones
         chosen = [(n, m) for n, m in chosen if n in set(names)]
     if types:
         present = sorted({type(m).__name__ for _, m in root.named_modules()})
@@ -211,8 +210,10 @@ class ActivationShaper:
         self._recording = False
         self._stored: dict[tuple[str, int], Tensor] = {}  # (module name, call index) -> recorded 1[A > 0]
         self._calls: dict[str, int] = {}
-        self._handles = [root.register_forward_pre_hook(lambda *_: self._calls.clear())]
-        self._handles += [m.register_forward_hook(partial(self._hook, n)) for n, m in self.modules]
+        self._hooks = ForwardHooks()
+        self._hooks.before(root, self._calls.clear)  # calls are counted from each forward of root
+        for n, m in self.modules:
+            self._hooks.activation(m, partial(self._hook, n))
 
     @property
     def names(self) -> list[str]:
@@ -229,9 +230,8 @@ class ActivationShaper:
             self._recording = False
 
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles, self._stored = [], {}
+        self._hooks.remove()
+        self._stored = {}
 
     def __enter__(self) -> ActivationShaper:
         return self
@@ -239,7 +239,7 @@ class ActivationShaper:
     def __exit__(self, *exc) -> None:
         self.remove()
 
-    def _hook(self, name: str, module: nn.Module, inputs, output):
+    def _hook(self, name: str, module: nn.Module, output):
         call = self._calls.get(name, 0)
         self._calls[name] = call + 1
         if not self.enabled or not isinstance(output, Tensor):

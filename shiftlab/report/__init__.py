@@ -4,10 +4,3 @@ named, the gap to the oracle, published numbers beside ours) and PNG plots.
 Modules: ``runs`` (find and load run folders), ``references`` (published numbers), ``tables`` (the
 tables and the files they go to), ``plots`` (matplotlib figures), ``cli`` (the command's options).
 """
-from __future__ import annotations
-
-from ..errors import ShiftlabError
-
-
-class ReportError(ShiftlabError, ValueError):
-    """A report that cannot be made as asked (no runs, unknown key, bad reference file); the message says why."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..selection.rules import METRICS, RULE_ORDER, Layout, group_cells, plan_layout, supported_rules
-from . import ReportError
+from ..errors import ReportError
 from .references import load_references
 from .runs import RunSet, load_runs
 from .tables import Report, build_report, render_markdown, write_tables

@@ -20,8 +20,8 @@ from typing import Any, Sequence
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..selection.rules import Cell, RunLike, sort_key
+from ..errors import ReportError
 from ..utils import read_yaml_mapping
-from . import ReportError
 
 
 class _Entry(BaseModel):

@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
+from ..errors import ReportError
 from ..utils import read_yaml_mapping
-from . import ReportError
 
 
 @dataclass(frozen=True)

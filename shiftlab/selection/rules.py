@@ -26,10 +26,10 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
-from ..errors import ShiftlabError
+from ..errors import SelectionError
 from ..utils import did_you_mean
 
-__all__ = ["SEED_KEY", "TASK_KEYS", "IGNORED_KEYS", "METRICS", "RULE_ORDER", "RULES", "SelectionError",
+__all__ = ["SEED_KEY", "TASK_KEYS", "IGNORED_KEYS", "METRICS", "RULE_ORDER", "RULES",
            "RunLike", "Run", "Layout", "Cell", "Choice", "Rule", "varying_keys", "plan_layout",
            "group_cells", "rule_not_recorded", "rule_unavailable", "supported_rules", "choose", "sort_key"]
 
@@ -47,10 +47,6 @@ IGNORED_KEYS = frozenset({
 })
 #: The metrics a rule may report: the target test accuracy, or the held-out target part's.
 METRICS = ("target_acc", "target_holdout_acc")
-
-
-class SelectionError(ShiftlabError, ValueError):
-    """Runs that cannot be grouped or selected as asked; the message names the key or rule."""
 
 
 class RunLike(Protocol):

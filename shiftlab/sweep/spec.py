@@ -45,8 +45,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..config import Config, ConfigError, build_config, merge, merge_config, nest_dotted, read_yaml
-from ..errors import ShiftlabError
+from ..config import Config, build_config, merge, merge_config, nest_dotted, read_yaml
+from ..errors import ShiftlabError, SweepError
 from ..utils import read_yaml_mapping, unknown_choice_error
 
 def blind_metric(metric: str, key: str) -> str:
@@ -58,10 +58,6 @@ def blind_metric(metric: str, key: str) -> str:
 
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
-
-
-class SweepError(ShiftlabError):
-    """A sweep file that cannot be expanded; the message names the file and the key."""
 
 
 class _Strict(BaseModel):
@@ -158,10 +154,6 @@ class SweepSpec(_Strict):
                 raise ValueError(unknown_choice_error("report", key, valid)
                                  + " (in a {...} mapping quote comma-separated keys: cols: 'data.source,data.target')")
         return report
-
-    @property
-    def sampled_keys(self) -> list[str]:
-        return list(self.search.space) if self.search else []
 
 
 class Trial(BaseModel):
@@ -324,5 +316,5 @@ def check_sampled_keys(spec: SweepSpec) -> None:
     _config_for(spec, {**(_grid_points(spec) or [{}])[0], **first}, "check", f"sweep '{spec.name}', search.space")
 
 
-__all__ = ["SweepSpec", "SearchSpec", "Trial", "SweepError", "ConfigError", "load_sweep", "sweep_dir", "expand",
+__all__ = ["SweepSpec", "SearchSpec", "Trial", "load_sweep", "sweep_dir", "expand",
            "grid_trials", "trial_name", "draw", "check_sampled_keys"]
