@@ -46,6 +46,9 @@ class Method(nn.Module):
     # False: the method does its own backward passes and optimiser steps (see manual_backward / optimizer);
     # an instance may set it from its params (the loop reads the instance's)
     automatic_optimization: bool = True
+    # The method's main weight(s) and the values a benchmark tries, declared beside Params (as DomainBed
+    # declares each algorithm's hyperparameter ranges), so sweep files need not repeat them: {key: [values]}
+    search_space: ClassVar[dict[str, list[Any]]] = {}
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
