@@ -1,5 +1,5 @@
 # The two commands of the README. Both set up .venv first (scripts/setup.sh).
-.PHONY: setup demo test benchmark
+.PHONY: setup demo test test-fast lint benchmark
 
 setup:
 	bash scripts/setup.sh
@@ -11,6 +11,15 @@ demo: setup
 # The test suite, on CPU, reading the real data from $SHIFTLAB_DATA (default ../shared/data).
 test: setup
 	.venv/bin/python -m pytest -q
+
+# The inner loop while developing: every test but those that train for more than a few seconds (< 3 min).
+test-fast: setup
+	.venv/bin/python -m pytest -q -m "not slow"
+
+# ruff: lint and format check (CI runs it before the tests)
+lint: setup
+	.venv/bin/ruff check shiftlab tests benchmarks scripts
+	.venv/bin/ruff format --check shiftlab tests benchmarks scripts
 
 benchmark: setup
 	.venv/bin/python benchmarks/pacs_source_only_cpu.py
