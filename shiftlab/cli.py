@@ -162,7 +162,7 @@ def cmd_sweep(argv: list[str]) -> int:
 
 
 def cmd_report(argv: list[str]) -> int:
-    from .report import ReportError
+    from .errors import ReportError
     from .report.cli import add_arguments, run
     from .utils import read_yaml_mapping
 

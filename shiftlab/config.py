@@ -391,7 +391,7 @@ def resolve_method(cfg: Config) -> Config:
     """``cfg.method`` typed by the method's ``Params``: every key with its value, defaults filled in.
     The plugins of ``experiment.plugins`` are imported first (they may register the method); an unknown
     method, key or value is a :class:`ConfigError` naming it and the method's valid keys."""
-    from .methods import method_params  # the methods import this module (ConfigError)
+    from .methods import method_params  # late: importing every method builds torchvision models
 
     import_plugins(cfg.experiment.plugins)
     params = method_params(cfg.method.name, cfg.method.params())

@@ -109,7 +109,7 @@ def read_yaml_mapping(path: str | os.PathLike, what: str, error: type[Exception]
     import yaml
 
     if error is None:
-        from .config import ConfigError  # late: config imports this module
+        from .errors import ConfigError
         error = ConfigError
     path = Path(path)
     if not path.is_file():

@@ -273,6 +273,7 @@ def _rows(run: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if k not in ("epoch_time_s", "images_per_s")} for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_activation_matching_resumes_bit_exactly_after_sigkill(tmp_path, digits_pair):
     weights = _weights(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -363,6 +364,7 @@ def short_digits_runs(tmp_path_factory, digits_pair):
     return source_only, adapted
 
 
+@pytest.mark.slow
 def test_a_short_digits_run_where_activation_matching_beats_source_only(short_digits_runs):
     source_only, adapted = short_digits_runs
     assert (source_only["steps"], adapted["steps"]) == (310, 496)

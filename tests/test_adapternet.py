@@ -91,6 +91,7 @@ def runs(data_root, tmp_path_factory):
     return out, trained
 
 
+@pytest.mark.slow
 def test_classifier_is_bit_identical_after_training_the_adapter(runs):
     out, _ = runs
     before = torch.load(out / "classifier" / "checkpoints" / "best.pt", weights_only=True)["model"]
@@ -105,6 +106,7 @@ def test_classifier_is_bit_identical_after_training_the_adapter(runs):
     assert any(not torch.equal(after[f"adapter.{k}"], v) for k, v in identity.items())
 
 
+@pytest.mark.slow
 def test_adapter_recovers_accuracy_on_the_power_camera(runs):
     _, trained = runs
     clean = trained["classifier"]["target_acc"]
@@ -117,6 +119,7 @@ def test_adapter_recovers_accuracy_on_the_power_camera(runs):
     assert adapted["target_acc"] > inference + 0.15, (inference, adapted["target_acc"], clean)
 
 
+@pytest.mark.slow
 def test_adapter_file_holds_the_selected_adapter_alone(runs):
     out, _ = runs
     state = read_adapter_file(out / "adapter" / "adapter.pt")
@@ -131,6 +134,7 @@ def test_adapter_file_holds_the_selected_adapter_alone(runs):
         assert adapter(x).shape == x.shape
 
 
+@pytest.mark.slow
 def test_adapt_images_writes_images_and_a_grid(runs, data_root, tmp_path, capsys):
     out, _ = runs
     code = main(["adapt-images", "--adapter", str(out / "adapter"), "--images", CAMERA, "--out",
@@ -174,6 +178,7 @@ def test_adapt_images_writes_images_and_a_grid(runs, data_root, tmp_path, capsys
 # --- fine-tuning baselines: from a checkpoint, early-stopped on the target's validation part ----------
 
 
+@pytest.mark.slow
 def test_finetune_from_checkpoint_with_early_stopping_on_target_val(runs, data_root):
     out, _ = runs
     weights = out / "classifier" / "checkpoints" / "best.pt"

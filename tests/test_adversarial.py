@@ -346,6 +346,7 @@ def short_digits_runs(tmp_path_factory, data_root):
     return source_cfg, dann_cfg, source_only, dann
 
 
+@pytest.mark.slow
 def test_a_short_digits_run_where_dann_beats_source_only(short_digits_runs):
     source_cfg, dann_cfg, source_only, dann = short_digits_runs
     a, b = source_cfg.model_dump(), dann_cfg.model_dump()

@@ -1,6 +1,8 @@
 """benchmarks/throughput.py runs against the Trainer's public step and epoch (a couple of steps on real digits)."""
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 import sys
@@ -9,6 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_the_throughput_benchmark_runs_a_couple_of_steps_and_prints_its_table(data_root, tmp_path):
     env = {**os.environ, "SHIFTLAB_DATA": str(data_root), "SHIFTLAB_CACHE": str(tmp_path / "cache"),
            "PYTHONPATH": str(REPO)}

@@ -14,6 +14,8 @@ import pytest
 from shiftlab.config import build_config
 from shiftlab.engine.loop import Trainer
 
+pytestmark = pytest.mark.slow  # two gloo processes train the demo
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
 # dann_digits has no BatchNorm, whose per-rank statistics would differ from the global batch's

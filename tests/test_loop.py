@@ -42,6 +42,7 @@ def full_run(tmp_path_factory) -> Path:
     return out / "full"
 
 
+@pytest.mark.slow
 def test_run_folder_holds_every_file_of_the_contract(full_run):
     for name in ("config.yaml", "metrics.csv", "summary.json", "checkpoints/last.pt"):
         assert (full_run / name).is_file(), name
@@ -62,12 +63,14 @@ def test_run_folder_holds_every_file_of_the_contract(full_run):
     assert saved == summary["config"]
 
 
+@pytest.mark.slow
 def test_embedded_demo_beats_chance(full_run):
     summary = json.loads((full_run / "summary.json").read_text())
     assert summary["final_source_val_acc"] > 0.9   # the source task is learnt
     assert summary["final_target_acc"] > 0.3       # 10 classes: chance is 0.1
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(full_run, tmp_path):
     run = tmp_path / "killed"
     proc = subprocess.Popen(_cli(tmp_path, "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -85,6 +88,7 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(full_run, tmp_path
         assert torch.equal(resumed[k], reference[k]), k
 
 
+@pytest.mark.slow
 def test_existing_run_folder_is_never_overwritten_unless_asked(full_run):
     cfg = build_config([DEMO], [f"--experiment.output_dir={full_run.parent}", "--experiment.name=full"])
     before = (full_run / "metrics.csv").read_text()
@@ -105,6 +109,7 @@ def _train(tmp_path, name, *overrides):
     return Trainer(cfg, overwrite=True).fit()
 
 
+@pytest.mark.slow
 def test_adabn_on_a_trained_model_changes_target_but_not_source_accuracy(full_run, tmp_path):
     weights = str(full_run / "checkpoints" / "last.pt")
     plain = _train(tmp_path, "plain", "--train.epochs=0", f"--model.weights={weights}")
@@ -123,6 +128,7 @@ def test_oracle_trains_on_target_labels_and_is_evaluated_on_held_out_target(tmp_
     assert summary["final_target_acc"] > 0.5
 
 
+@pytest.mark.slow
 def test_finetune_trains_only_the_last_layers(full_run, tmp_path):
     weights = full_run / "checkpoints" / "last.pt"
     _train(tmp_path, "ft", "--train.epochs=1", "--method.name=finetune", "--method.layers=1",

@@ -90,6 +90,7 @@ def _rows(run: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if k not in ("epoch_time_s", "images_per_s")} for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_two_optimizer_method_resumes_bit_exactly_after_sigkill(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     subprocess.run(_cli(tmp_path, "full"), check=True, capture_output=True, timeout=600, env=env)

@@ -123,6 +123,7 @@ def test_a_lock_of_another_live_process_is_respected_and_a_dead_one_taken_over(t
     assert summary["epochs"] == 2 and not (tmp_path / "r" / LOCK).exists()
 
 
+@pytest.mark.slow
 def test_two_cli_trainings_into_one_folder_leave_one_consistent_run(tmp_path):
     """Started together: one trains, the other stops with the lock's error (exit 2); config, summary and
     checkpoint all belong to the one that ran."""

@@ -178,6 +178,7 @@ def test_every_shipped_sweep_expands(tmp_path, monkeypatch):
             assert set(method) - {"name"} == set(METHODS[method["name"]].Params.model_fields), (f, t.name)
 
 
+@pytest.mark.slow
 def test_dry_run_into_a_closed_pipe_exits_quietly():
     """`shiftlab sweep --dry-run FILE | head -1`: the reader leaves early; no traceback, exit status 141."""
     import subprocess
@@ -235,6 +236,7 @@ def test_a_damaged_summary_is_not_a_finished_trial(tmp_path, text):
     assert _finished(Trial(name="trial", point={}, config=cfg.to_dict()))
 
 
+@pytest.mark.slow
 def test_a_trial_with_a_truncated_summary_resumes_from_its_checkpoint(tmp_path):
     from shiftlab.sweep.runner import run_trial
 
@@ -250,6 +252,7 @@ def test_a_trial_with_a_truncated_summary_resumes_from_its_checkpoint(tmp_path):
     assert (folder / "summary.json.unreadable").read_text() == text[: len(text) // 2]
 
 
+@pytest.mark.slow
 def test_a_trial_with_a_truncated_summary_and_no_checkpoint_starts_again(tmp_path):
     from shiftlab.sweep.runner import run_trial
 

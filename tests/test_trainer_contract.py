@@ -35,6 +35,7 @@ def three_epochs(tmp_path_factory):
     return out / "three", summary
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_the_selected_epoch_and_evaluates_to_its_numbers(three_epochs, tmp_path):
     run, summary = three_epochs
     best = load_checkpoint(run / "checkpoints" / "best.pt")
@@ -47,6 +48,7 @@ def test_best_checkpoint_is_the_selected_epoch_and_evaluates_to_its_numbers(thre
     assert again["final_source_val_acc"] == pytest.approx(chosen["source_val_acc"])
 
 
+@pytest.mark.slow
 def test_summary_records_splits_and_per_class_accuracy(three_epochs):
     _, summary = three_epochs
     assert summary["splits"] and all("size" in s for s in summary["splits"].values())
@@ -55,6 +57,7 @@ def test_summary_records_splits_and_per_class_accuracy(three_epochs):
     assert all(0 <= v <= 1 for v in per_class.values())
 
 
+@pytest.mark.slow
 def test_callback_sees_every_evaluation_and_can_stop_the_run(tmp_path):
     seen = []
 
@@ -83,6 +86,7 @@ def test_early_stopping_stops_when_the_monitored_metric_stalls():
         EarlyStopping().on_evaluation(stub, {"target_acc": 0.1})
 
 
+@pytest.mark.slow
 def test_a_trainer_leaves_no_process_global_state_behind(tmp_path):
     torch.use_deterministic_algorithms(False)
     torch.manual_seed(123), random.seed(123), np.random.seed(123)
@@ -95,6 +99,7 @@ def test_a_trainer_leaves_no_process_global_state_behind(tmp_path):
     assert np.random.rand() == expected[2]
 
 
+@pytest.mark.slow
 def test_trainers_in_one_process_do_not_change_each_other(tmp_path):
     alone = Trainer(_cfg(tmp_path, "alone", "--train.epochs=2")).fit()
     other = Trainer(_cfg(tmp_path, "other", "--train.epochs=1", "--experiment.seed=5"))
@@ -114,6 +119,7 @@ def test_relative_paths_are_resolved_when_the_config_is_built(tmp_path, monkeypa
     assert cfg.model.weights == tmp_path / "w.pt"
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_restarts_without_overwrite(tmp_path):
     run = tmp_path / "early"
     (run / "tensorboard").mkdir(parents=True)
@@ -127,6 +133,7 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_without_overwrite(tmp
         Trainer(_cfg(tmp_path, "never", "--train.epochs=1"), resume=True)
 
 
+@pytest.mark.slow
 def test_resume_takes_the_saved_config_and_the_command_line_still_wins(tmp_path):
     Trainer(_cfg(tmp_path, "r", "--train.epochs=1", "--optim.lr=0.03")).fit()
     cfg = build_config([], [f"--experiment.output_dir={tmp_path}", "--experiment.name=r", "--train.epochs=2"],

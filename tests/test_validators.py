@@ -81,6 +81,7 @@ def _demo(tmp_path, name, **overrides):
     return build_config(["configs/demo.yaml"], args)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("adapt_split", ["test", "train"])
 def test_no_rule_but_the_oracle_reads_target_labels(tmp_path, adapt_split):
     """Two identical runs, one with scrambled target labels: every rule that claims to read no target label
@@ -113,6 +114,7 @@ def test_no_rule_but_the_oracle_reads_target_labels(tmp_path, adapt_split):
         assert len({row[metric_name(name)] for row in h.history}) == 4, name
 
 
+@pytest.mark.slow
 def test_validator_selection_writes_best_checkpoint_and_needs_its_validator(tmp_path):
     s = Trainer(_demo(tmp_path, "im", **{"train.selection": "im", "train.epochs": 2})).fit()
     assert s["selection"] == "im" and s["best_checkpoint"]["epoch"] == s["selections"]["im"]["epoch"]
