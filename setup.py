@@ -2,6 +2,7 @@
 configs/ and sweeps/ as package data, shiftlab/_data/{configs,sweeps}, so `shiftlab train --config
 dann/mnist_to_mnist_m` and `shiftlab sweep demo_methods` work from an installed wheel (shiftlab/resources.py
 finds them). The repository keeps one copy of each file; an editable install reads them in place."""
+
 import shutil
 from pathlib import Path
 
@@ -29,8 +30,11 @@ class BuildPyWithData(build_py):
         outputs = super().get_outputs(include_bytecode)
         if getattr(self, "editable_mode", False):
             return outputs
-        return outputs + [str(Path(self.build_lib) / "shiftlab" / "_data" / kind / src.relative_to(HERE / kind))
-                          for kind in SHIPPED for src in sorted((HERE / kind).rglob("*.yaml"))]
+        return outputs + [
+            str(Path(self.build_lib) / "shiftlab" / "_data" / kind / src.relative_to(HERE / kind))
+            for kind in SHIPPED
+            for src in sorted((HERE / kind).rglob("*.yaml"))
+        ]
 
 
 setup(cmdclass={"build_py": BuildPyWithData})

@@ -1,5 +1,6 @@
 """mkdocs hook: adds cli.md, the command line reference made from each subcommand's --help at build time
 (shiftlab.cli_reference.render), so the page is never stale and never checked in."""
+
 from mkdocs.structure.files import File
 
 

@@ -1,4 +1,5 @@
 """``python -m shiftlab ...``: the same as the ``shiftlab`` command."""
+
 import sys
 
 from .cli import main

@@ -1,7 +1,8 @@
 """The CLI reference page (``docs/cli.md`` of the documentation site), made from each subcommand's own
 ``--help`` at build time, so the page cannot drift from the code: the mkdocs hook
-(``docs/hooks/cli_reference.py``) calls :func:`render`, and ``python -m shiftlab.cli_reference`` prints it.
+(``scripts/mkdocs_hooks.py``) calls :func:`render`, and ``python -m shiftlab.cli_reference`` prints it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,10 +35,16 @@ def render() -> str:
     """The Markdown page: the command list, then one section per subcommand with its ``--help``."""
     from .cli import COMMANDS
 
-    parts = ["# Command line reference", "",
-             "Generated from each command's `--help` when the site is built (`shiftlab/cli_reference.py`). "
-             "`shiftlab --version` prints the version; `python -m shiftlab` is the same as `shiftlab`.", "",
-             "```text", command_help(["--help"]), "```"]
+    parts = [
+        "# Command line reference",
+        "",
+        "Generated from each command's `--help` when the site is built (`shiftlab/cli_reference.py`). "
+        "`shiftlab --version` prints the version; `python -m shiftlab` is the same as `shiftlab`.",
+        "",
+        "```text",
+        command_help(["--help"]),
+        "```",
+    ]
     for name in COMMANDS:
         parts += ["", f"## shiftlab {name}", "", "```text", command_help([name, "--help"]), "```"]
     return "\n".join(parts) + "\n"

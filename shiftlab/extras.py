@@ -14,14 +14,19 @@ all       all of the above
 Nothing in the core import path (``import shiftlab``, ``shiftlab train``, ``shiftlab datasets``) imports
 these at module import time (tests/test_packaging.py checks it).
 """
+
 from __future__ import annotations
 
 import importlib
 
 from .errors import MissingExtraError
 
-EXTRAS = {"sweep": ("ray", "optuna"), "report": ("matplotlib",), "onnx": ("onnx", "onnxruntime"),
-          "docs": ("mkdocs", "mkdocstrings")}
+EXTRAS = {
+    "sweep": ("ray", "optuna"),
+    "report": ("matplotlib",),
+    "onnx": ("onnx", "onnxruntime"),
+    "docs": ("mkdocs", "mkdocstrings"),
+}
 
 
 def require(module: str, what: str, extra: str, hint: str = "") -> None:
@@ -32,5 +37,6 @@ def require(module: str, what: str, extra: str, hint: str = "") -> None:
     try:
         importlib.import_module(module)
     except ImportError as err:
-        raise MissingExtraError(f'{what}: pip install "shiftlab[{extra}]"{hint} (cannot import {module}: {err})') \
-            from None
+        raise MissingExtraError(
+            f'{what}: pip install "shiftlab[{extra}]"{hint} (cannot import {module}: {err})'
+        ) from None

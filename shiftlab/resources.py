@@ -15,6 +15,7 @@ source checkout or an editable install reads the repository's own folders beside
 chains inside shipped configs resolve like any other, relative to the file, since the folder tree is
 kept as it is.
 """
+
 from __future__ import annotations
 
 import os
@@ -65,8 +66,9 @@ def shipped(kind: str, name: str | os.PathLike) -> Path | None:
     return None
 
 
-def find(kind: str, name: str | os.PathLike, error: type[Exception] = ShiftlabError,
-         relative_to: Path | None = None) -> Path:
+def find(
+    kind: str, name: str | os.PathLike, error: type[Exception] = ShiftlabError, relative_to: Path | None = None
+) -> Path:
     """The file that ``name`` means: an existing path (relative to ``relative_to`` if given, else to the
     current folder), else the shipped file of that name; else ``error`` naming both places."""
     path = Path(name).expanduser()
@@ -84,8 +86,10 @@ def find(kind: str, name: str | os.PathLike, error: type[Exception] = ShiftlabEr
     if names:
         close = [n for n in names if n.split("/")[-1] == stem.split("/")[-1]]  # the right file, another folder
         hint = f" Did you mean '{close[0]}'?" if close else _did_you_mean(stem, names)
-    raise error(f"{what} file not found: {path} (the file does not exist, and no {what} of that name ships with "
-                f"shiftlab; give a path, or a shipped name such as '{EXAMPLES[kind]}').{hint}")
+    raise error(
+        f"{what} file not found: {path} (the file does not exist, and no {what} of that name ships with "
+        f"shiftlab; give a path, or a shipped name such as '{EXAMPLES[kind]}').{hint}"
+    )
 
 
 def _did_you_mean(name: str, names: list[str]) -> str:

@@ -1,6 +1,7 @@
 """Installing with pip: the version, shipped configs and sweeps by name, optional extras kept out of the
 core import path, a built wheel that works in a fresh environment away from the repository, and the
 documentation site's generated CLI reference."""
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,14 @@ def test_one_version_string_read_by_pyproject_and_the_cli(capsys):
 
 @pytest.mark.slow  # a child process importing torch: a few seconds on busy cores
 def test_python_dash_m_shiftlab_is_the_command():
-    out = subprocess.run([sys.executable, "-m", "shiftlab", "--version"], env=_env(), cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "shiftlab", "--version"],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"shiftlab {shiftlab.__version__}"
 
@@ -136,15 +143,23 @@ from shiftlab.cli import main
 
 def _run_without_extras(code: str, cwd: Path) -> subprocess.CompletedProcess:
     script = _WITHOUT_EXTRAS.format(optional=OPTIONAL) + textwrap.dedent(code)
-    return subprocess.run([sys.executable, "-c", script], env=_env(SHIFTLAB_CACHE=str(cwd / "cache")), cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        env=_env(SHIFTLAB_CACHE=str(cwd / "cache")),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow  # a child process importing every core module
 def test_the_core_import_path_imports_no_optional_package():
-    code = ("import sys, shiftlab, shiftlab.cli, shiftlab.config, shiftlab.engine.loop, shiftlab.methods, "
-            "shiftlab.data.registry, shiftlab.sweep.spec, shiftlab.report.cli, shiftlab.resources\n"
-            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {OPTIONAL!r}))")
+    code = (
+        "import sys, shiftlab, shiftlab.cli, shiftlab.config, shiftlab.engine.loop, shiftlab.methods, "
+        "shiftlab.data.registry, shiftlab.sweep.spec, shiftlab.report.cli, shiftlab.resources\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {OPTIONAL!r}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -152,7 +167,8 @@ def test_the_core_import_path_imports_no_optional_package():
 
 @pytest.mark.slow
 def test_train_datasets_and_dry_run_work_without_extras_and_sweep_report_name_theirs(tmp_path):
-    out = _run_without_extras(f"""
+    out = _run_without_extras(
+        f"""
         import json
         assert main(["demo", *{TINY!r}]) == 0
         assert main(["datasets", "--root", "data", "--dataset", "demo"]) == 0
@@ -161,14 +177,18 @@ def test_train_datasets_and_dry_run_work_without_extras_and_sweep_report_name_th
         print("REPORT", main(["report", "runs"]))
         print("NOPLOTS", main(["report", "runs", "--no-plots"]))
         print("LOADED", sorted(m for m in sys.modules if sys.modules[m] is not None and m.split(".")[0] in {OPTIONAL!r}))
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "SWEEP 2" in out.stdout and "REPORT 2" in out.stdout and "NOPLOTS 0" in out.stdout
     assert "LOADED []" in out.stdout
     errors = [line for line in out.stderr.splitlines() if "error:" in line]
     assert errors[0].startswith('shiftlab sweep: error: shiftlab sweep needs Ray Tune: pip install "shiftlab[sweep]"')
-    assert errors[1].startswith("shiftlab report: error: shiftlab report's plots need matplotlib: pip install "
-                                '"shiftlab[report]" (or --no-plots: tables only)')
+    assert errors[1].startswith(
+        "shiftlab report: error: shiftlab report's plots need matplotlib: pip install "
+        '"shiftlab[report]" (or --no-plots: tables only)'
+    )
     assert not (tmp_path / "runs" / "sweeps" / "demo_methods").exists()  # refused before anything was written
     assert (tmp_path / "runs" / "demo" / "source_only" / "summary.json").is_file()
 
@@ -196,18 +216,39 @@ def test_the_wheel_installs_a_working_command_away_from_the_repository(tmp_path)
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("needs the repository's git checkout to list its files")
     src = tmp_path / "src"  # a copy of the tracked (and new, unignored) files: builds leave the checkout alone
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-                           check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, files):
         if (REPO / rel).is_file():
             (src / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, src / rel)
     dist = tmp_path / "dist"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                            "--disable-pip-version-check", "-w", str(dist), str(src)],
-                           env=_env(), capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "-w",
+            str(dist),
+            str(src),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
-    wheel, = dist.glob("shiftlab-*.whl")
+    (wheel,) = dist.glob("shiftlab-*.whl")
     assert wheel.name.startswith(f"shiftlab-{shiftlab.__version__}-")
 
     venv = tmp_path / "venv"
@@ -218,9 +259,23 @@ def test_the_wheel_installs_a_working_command_away_from_the_repository(tmp_path)
     python, command = venv / "bin" / "python", venv / "bin" / "shiftlab"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(OMP_NUM_THREADS="1", SHIFTLAB_CACHE=str(tmp_path / "cache"))
-    install = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed",
-                              "--disable-pip-version-check", str(wheel)],
-                             env=env, capture_output=True, text=True, timeout=300)
+    install = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--ignore-installed",
+            "--disable-pip-version-check",
+            str(wheel),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
 
     work = tmp_path / "elsewhere"
@@ -231,19 +286,22 @@ def test_the_wheel_installs_a_working_command_away_from_the_repository(tmp_path)
         assert out.returncode == 0, f"{argv}: {out.stdout[-2000:]}{out.stderr[-3000:]}"
         return out.stdout
 
-    where = run(str(python), "-c", "import shiftlab, torch, shiftlab.resources as r; print(shiftlab.__file__); "
-                                   "print(r.shipped_dir('configs'))")
-    module, configs = where.split()
+    where = run(
+        str(python),
+        "-c",
+        "import shiftlab, shiftlab.resources as r; from shiftlab.config import build_config; "
+        "c = build_config(['dann/mnist_to_mnist_m']); "  # a base: chain inside the packaged configs
+        "print(shiftlab.__file__, r.shipped_dir('configs'), c.method.name, c.data.target)",
+    )
+    module, configs, method, target = where.split()
     assert Path(module).is_relative_to(venv) and Path(configs) == Path(module).parent / "_data" / "configs"
+    assert (method, target) == ("dann", "mnist_m")
     assert run(str(command), "--version").strip() == f"shiftlab {shiftlab.__version__}"
-    assert run(str(python), "-m", "shiftlab", "--version").strip() == f"shiftlab {shiftlab.__version__}"
     assert "demo/source_only: target accuracy" in run(str(command), "demo", *TINY)
     assert (work / "runs" / "demo" / "source_only" / "summary.json").is_file()
     run(str(command), "train", "--config", "demo", "--experiment.name=again", *TINY)
     assert (work / "runs" / "again" / "summary.json").is_file()
     assert "9 trials" in run(str(command), "sweep", "demo_methods", "--dry-run")
-    assert "dann mnist_m" in run(str(python), "-c", "from shiftlab.config import build_config; "
-                                 "c = build_config(['dann/mnist_to_mnist_m']); print(c.method.name, c.data.target)")
 
 
 # --------------------------------------------------------------------------------------- documentation
@@ -264,8 +322,14 @@ def test_the_cli_reference_page_covers_every_command():
 def test_the_documentation_site_builds_strictly(tmp_path):
     pytest.importorskip("material", reason="the docs extra (pip install 'shiftlab[docs]') is not installed")
     pytest.importorskip("mkdocstrings_handlers.python", reason="the docs extra is not installed")
-    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                         cwd=REPO, env=_env(NO_MKDOCS_2_WARNING="1"), capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=REPO,
+        env=_env(NO_MKDOCS_2_WARNING="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     assert "usage: shiftlab train" in (tmp_path / "site" / "cli" / "index.html").read_text()
     assert "training_step" in (tmp_path / "site" / "api" / "methods" / "index.html").read_text()
