@@ -1,5 +1,5 @@
 # The two commands of the README. Both set up .venv first (scripts/setup.sh).
-.PHONY: setup demo test test-fast lint benchmark
+.PHONY: setup demo test test-fast lint benchmark docs
 
 setup:
 	bash scripts/setup.sh
@@ -23,3 +23,8 @@ lint: setup
 
 benchmark: setup
 	.venv/bin/python benchmarks/pacs_source_only_cpu.py
+
+# The documentation site (mkdocs, Material theme) from docs/ into site/; the CLI reference is made from --help.
+docs: setup
+	.venv/bin/python -c "import material, mkdocstrings_handlers.python" 2>/dev/null || .venv/bin/python -m pip install --quiet -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict

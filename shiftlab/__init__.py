@@ -1,1 +1,3 @@
-__version__ = "0.1.0"
+"""shiftlab: a PyTorch toolkit for domain adaptation in image classification."""
+
+__version__ = "0.2.0"

@@ -1,4 +1,4 @@
-"""Command line: ``shiftlab train | sweep | report | datasets | download | adapt-images``."""
+"""Command line: ``shiftlab train | sweep | report | datasets | download | adapt-images | demo``, ``--version``."""
 from __future__ import annotations
 
 import argparse
@@ -46,7 +46,8 @@ def cmd_train(argv: list[str]) -> int:
         description="Train one method on one source -> target pair and write runs/<experiment.name>/.",
         epilog=_train_help())
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
-                        help="YAML config (repeatable; later files override earlier ones)")
+                        help="YAML config (repeatable; later files override earlier ones), or the name of a config "
+                             "shipped with shiftlab (e.g. demo, dann/mnist_to_mnist_m)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in runs/<experiment.name> from its last checkpoint, with its saved "
                              "config (what this command line sets again still wins)")
@@ -73,6 +74,18 @@ def cmd_train(argv: list[str]) -> int:
           f"final {summary['final_target_acc']:.4f}; {summary['train_images_per_s']} train images/s; "
           f"run folder {trainer.run_dir}")
     return 0
+
+
+def cmd_demo(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="shiftlab demo", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The README's demo, from any folder: `shiftlab train --config demo --overwrite` (the shipped "
+                    "configs/demo.yaml: source-only, scikit-learn's digits -> the same digits on photos, no download), "
+                    "writing runs/demo/source_only/. Any `shiftlab train` option or --section.key=value override "
+                    "may follow.",
+        epilog="examples:\n  shiftlab demo\n  shiftlab demo --train.epochs=1 --method.name=adabn")
+    parser.parse_known_args(argv)  # --help
+    return cmd_train(["--config", "demo", "--overwrite", *argv])
 
 
 def cmd_datasets(argv: list[str]) -> int:
@@ -135,7 +148,8 @@ def cmd_sweep(argv: list[str]) -> int:
                     "does not stop the others (exit status 1 if any failed).",
         epilog="sweep file keys:\n" + textwrap.indent(sweep_spec.__doc__.split("::", 1)[1].split("Every trial")[0],
                                                       "") + "then: shiftlab report <output_dir>/<name>")
-    parser.add_argument("file", help="sweep YAML (e.g. sweeps/demo_methods.yaml)")
+    parser.add_argument("file", help="sweep YAML (e.g. sweeps/demo_methods.yaml), or the name of a sweep shipped "
+                                     "with shiftlab (e.g. demo_methods)")
     parser.add_argument("--address", default=None,
                         help="join an existing Ray cluster (e.g. 'auto' or 'ray://head:10001'); default: start "
                              "Ray on this machine")
@@ -230,19 +244,26 @@ def one_line(err: BaseException) -> str:
 
 COMMANDS = {"train": cmd_train, "datasets": cmd_datasets, "download": cmd_download, "sweep": cmd_sweep,
             "report": cmd_report, "adapt-images": cmd_adapt_images}
+COMMANDS["demo"] = cmd_demo
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if argv[:1] in (["--version"], ["-V"]):
+        from . import __version__
+        print(f"shiftlab {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: shiftlab {train,sweep,report,datasets,download,adapt-images} [options]   (shiftlab <command> --help)\n\n"
+        print("usage: shiftlab {train,sweep,report,datasets,download,adapt-images,demo} [options]   (shiftlab <command> --help)\n\n"
               "  train     train a method on a source -> target pair; writes runs/<experiment.name>/\n"
               "  sweep     run a grid / random / Optuna sweep of trainings on Ray Tune (sweeps/*.yaml)\n"
               "  report    tables (Markdown, CSV) and plots (PNG) from a sweep's or any run folders\n"
               "  datasets  list known datasets and domains; check what is on disk\n"
               "  download  download a dataset with a public source, verified and safely extracted\n"
-              "  adapt-images  apply a trained AdapterNet to images (a folder or a simulated camera); PNGs + grid")
+              "  adapt-images  apply a trained AdapterNet to images (a folder or a simulated camera); PNGs + grid\n"
+              "  demo      the README's demo: train the shipped demo config (shiftlab train --config demo)\n\n"
+              "  --version  print shiftlab's version")
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nshiftlab: error: unknown command '{argv[0]}'", file=sys.stderr)
             return 2

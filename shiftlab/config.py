@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
+from .resources import find
 from .selection.epochs import EPOCH_RULES
 from .selection.validators import VALIDATORS
 from .utils import did_you_mean, read_yaml_mapping
@@ -234,14 +235,16 @@ class Config(Section):
 
 
 def read_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A YAML config as a nested dict, with ``base:`` files merged underneath."""
-    path = Path(path)
+    """A YAML config as a nested dict, with ``base:`` files merged underneath. ``path`` (and a ``base:``)
+    may also name a config shipped with shiftlab (:mod:`shiftlab.resources`): ``demo``, ``dann/mnist_to_usps``."""
+    path = find("configs", path, ConfigError)  # a path that exists, else a config shipped with shiftlab
     if path.resolve() in _seen:
         raise ConfigError(f"config files include each other in a loop: {' -> '.join(map(str, _seen + (path,)))}")
     data = read_yaml_mapping(path, "config file", ConfigError)
     base = data.pop("base", None)
     if base:
-        data = merge_config(read_yaml(path.parent / base, _seen + (path.resolve(),)), data)
+        base = find("configs", base, ConfigError, relative_to=path.parent)  # relative to the file, else shipped
+        data = merge_config(read_yaml(base, _seen + (path.resolve(),)), data)
     return data
 
 

@@ -94,3 +94,7 @@ class TrainingDivergedError(ShiftlabError, FloatingPointError):
 
 class NonFiniteWeightsError(ShiftlabError, ValueError):
     """A weights file or checkpoint holds NaN or infinite tensors: loading it would only spread them."""
+
+
+class MissingExtraError(ShiftlabError, ImportError):
+    """A command needs an optional dependency that is not installed; the message names the extra to install."""

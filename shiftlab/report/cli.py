@@ -67,6 +67,9 @@ def _versus_report(report: Report, runset: RunSet, key: str) -> Report:
 
 
 def _write_plots(report: Report, runset: RunSet, x: str | None, out: Path) -> list[Path]:
+    from ..extras import require
+
+    require("matplotlib", "shiftlab report's plots need matplotlib", "report", hint=" (or --no-plots: tables only)")
     from .plots import plot_bars, plot_curves, plot_versus  # matplotlib only when plotting
 
     versus = _versus_report(report, runset, x) if x else None  # check --x before drawing anything

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, build_config, run_dir
 from ..checkpoints import load_checkpoint
+from ..extras import require
 from ..utils import atomic_write_text, write_json
 from .spec import SweepSpec, Trial, check_sampled_keys, expand, grid_trials, sweep_dir, trial_name
 
@@ -223,6 +224,9 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, num_cpus: int | No
     ``<sweep>/sweep.yaml`` and ``<sweep>/trials.json``; return ``{"dir", "trials": [...], "failed": n}``."""
     root = sweep_dir(spec)
     optuna = spec.search is not None and spec.search.algorithm == "optuna"
+    require("ray.tune", "shiftlab sweep needs Ray Tune", "sweep")  # the extras are optional (shiftlab.extras)
+    if optuna:
+        require("optuna", "a sweep with 'search: {algorithm: optuna}' needs Optuna", "sweep")
     if optuna:
         check_sampled_keys(spec)
     trials = grid_trials(spec) if optuna else expand(spec)  # every config validated before Ray starts

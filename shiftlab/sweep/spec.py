@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..config import Config, build_config, merge, merge_config, nest_dotted, read_yaml
 from ..errors import ShiftlabError, SweepError
+from ..resources import find
 from ..utils import read_yaml_mapping, unknown_choice_error
 
 def blind_metric(metric: str, key: str) -> str:
@@ -165,7 +166,7 @@ class Trial(BaseModel):
 
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and validate a sweep file; errors name the file and the key."""
-    path = Path(path)
+    path = find("sweeps", path, SweepError)  # a path that exists, else a sweep shipped with shiftlab
     raw = read_yaml_mapping(path, "sweep file", SweepError)
     raw.setdefault("name", path.stem)
     try:
