@@ -123,3 +123,42 @@ def test_validator_selection_writes_best_checkpoint_and_needs_its_validator(tmp_
         Trainer(_demo(tmp_path, "x", **{"train.selection": "snd", "train.validators": "[entropy]"}))
     none = Trainer(_demo(tmp_path, "none", **{"train.validators": "[]", "train.epochs": 1})).fit()
     assert set(none["selections"]) == {"source_val", "last", "target_oracle"}
+
+
+def test_the_validator_subset_is_a_fixed_sorted_choice():
+    from shiftlab.engine.loaders import validator_subset
+
+    subset = validator_subset(500, 60)
+    assert subset == validator_subset(500, 60) and subset == sorted(set(subset)) and len(subset) == 60
+    assert subset != list(range(60)) and max(subset) > 250  # spread over the set, not its first images
+    assert validator_subset(500, 500) is None and validator_subset(500, None) is None
+
+
+@pytest.mark.slow
+def test_validators_score_one_fixed_subset_across_epochs_methods_seeds_and_resumes(tmp_path):
+    common = {"train.validator_limit": 40, "train.epochs": 1, "data.target_adapt_split": "train",
+              "data.limit": 300}
+    a = Trainer(_demo(tmp_path, "a", **common))
+    b = Trainer(_demo(tmp_path, "b", **{**common, "method.name": "adabn", "experiment.seed": 3}))
+    assert a.loaders.validator_indices == b.loaders.validator_indices
+    assert len(a.loaders.validator_indices) == 40 < len(a.pair.target_adapt_images)
+    summary = a.fit()
+    assert summary["validator_images"] == {"limit": 40, "scored": 40}
+    # the scores are those of exactly that subset, with the final model
+    probs = a.evaluator.probabilities(a.loaders.validator_images)
+    assert len(probs) == 40
+    for key, value in score_all(probs, ["entropy", "im", "snd"]).items():
+        assert a.history[-1][key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+    resumed = Trainer(_demo(tmp_path, "a", **{**common, "train.epochs": 2}), resume=True)
+    assert resumed.loaders.validator_indices == a.loaders.validator_indices
+
+
+@pytest.mark.slow
+def test_transductive_validators_take_the_subset_from_the_evaluation_pass(tmp_path):
+    t = Trainer(_demo(tmp_path, "t", **{"train.validator_limit": 30, "train.epochs": 1, "data.limit": 200}))
+    assert t.loaders.validators_reuse_target_pass and len(t.loaders.validator_indices) == 30
+    t.fit()
+    everything = t.evaluator.probabilities(t.loaders.target_images)
+    subset = everything[torch.as_tensor(t.loaders.validator_indices)]
+    for key, value in score_all(subset, ["entropy", "im", "snd"]).items():
+        assert t.history[-1][key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
