@@ -235,3 +235,20 @@ def test_a_diverging_loss_is_a_shiftlab_error(tmp_path):
         Trainer(_cfg(tmp_path, "--experiment.name=x", "--optim.lr=1e30", "--train.epochs=1",
                      "--train.steps_per_epoch=3")).fit()
     assert issubclass(TrainingDivergedError, FloatingPointError)
+
+
+def test_a_sweep_trial_takes_the_same_lock(tmp_path):
+    from shiftlab.sweep.runner import run_trial
+
+    run = tmp_path / "t"
+    run.mkdir()
+    (run / MARKER).write_text("{}\n")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / LOCK).write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
+        with pytest.raises(RunFolderError, match=f"in use by process {sleeper.pid}"):
+            run_trial(_cfg(tmp_path, "--experiment.name=t"))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert sorted(p.name for p in run.iterdir()) == sorted([MARKER, LOCK, "error.txt"])  # nothing else touched
