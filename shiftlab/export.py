@@ -243,3 +243,50 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if "classes" in meta:
         meta["classes"] = json.loads(meta["classes"])
     return meta
+
+
+# ------------------------------------------------------------------------------------------------ shiftlab export
+
+
+def export_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="shiftlab export", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export a trained run's model as one self-contained graph, from images to logits: the input "
+                    "conversion, the normalisation and what the method adds at inference (adapter, AdaBN "
+                    "statistics, Gaussian matching's affine maps) included; dynamic batch size. The file's metadata "
+                    "holds the class names, the input size and the run's config hash (shiftlab.export.read_metadata).",
+        epilog="examples:\n"
+               "  shiftlab export --run runs/demo/adabn --format onnx --out adabn.onnx\n"
+               "  shiftlab export --run runs/demo/adabn --checkpoint last --format torchscript --out adabn.pt --input float\n\n"
+               "The export is checked against the model (logits within 1e-4) before it is written; a method whose "
+               "predictions are random or held in Python state is refused with the reason. ONNX needs "
+               f"{ONNX_HINT}. Resize images to the run's input size (in the metadata) as PIL's bilinear "
+               "Resize((S, S)) does before feeding them.")
+    p.add_argument("--run", required=True, metavar="RUN", help="the run folder (runs/<experiment.name>)")
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"),
+                   help="best: checkpoints/best.pt, the epoch the run's selection rule chose (default); last: "
+                        "checkpoints/last.pt")
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="onnx (opset 17, the TorchScript-based exporter, metadata_props) or torchscript "
+                        "(torch.jit; metadata in the file's extra file shiftlab.json)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write (its folder is created)")
+    p.add_argument("--input", default="uint8", choices=INPUTS,
+                   help="uint8: images 0..255, (N, 3, S, S) RGB (default); float: float32 images in [0, 1]")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="where the run's dataset is, for methods whose inference state is computed from the run's "
+                        "images (AdaBN, Gaussian matching; default: the run's data.root)")
+    return p
+
+
+def export_command(argv: list[str]) -> int:
+    """``shiftlab export`` (see :func:`export_parser`)."""
+    args = export_parser().parse_args(argv)
+    meta = export_run(args.run, args.out, format=args.format, checkpoint=args.checkpoint, input=args.input,
+                      data_root=args.data_root)
+    s = meta["input_size"]
+    print(f"wrote {args.out} ({args.format}): {meta['input']} images (N, 3, {s}, {s}) -> logits over "
+          f"{len(json.loads(meta['classes']))} classes; method {meta['method']}, {meta['checkpoint']} (epoch "
+          f"{meta['epoch']}), config sha256 {meta['config_sha256']}")
+    return 0

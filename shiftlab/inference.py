@@ -403,3 +403,167 @@ def _bar(iterable: Iterable, progress: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+
+
+# ------------------------------------------------------------------------------------------------ shiftlab predict
+
+
+PREDICT_EPILOG = """\
+examples:
+  shiftlab predict --run runs/demo/adabn --images target --out preds.csv            # the run's target, with accuracy
+  shiftlab predict --run runs/ash/cartoon --images sketch --out sketch.csv --top-k 3 # another domain of its dataset
+  shiftlab predict --run runs/demo/adabn --checkpoint last --images my_photos/ --out mine.csv --skip-unreadable
+
+Writes OUT (one row per image: path, predicted, probability, top1, top1_prob, ... topK, topK_prob; for a domain
+also label and correct), OUT with suffix .json (what was predicted, and for a domain the accuracy beside the
+one the run's summary.json reports for that checkpoint) and, when files were skipped, OUT with suffix
+.unreadable.txt. AdaBN and Gaussian matching runs read the run's own images to restore their inference
+state (see shiftlab.inference), so they need the run's data under --data-root (default: the run's data.root).
+"""
+
+
+def predict_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="shiftlab predict", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=PREDICT_EPILOG,
+        description="Predict classes with a trained run's model exactly as the run evaluated it (its checkpoint, "
+                    "its evaluation resize, normalisation and the method's inference state) and write a CSV.")
+    p.add_argument("--run", required=True, metavar="RUN", help="the run folder (runs/<experiment.name>)")
+    p.add_argument("--checkpoint", default="best", choices=CHECKPOINTS,
+                   help="best: checkpoints/best.pt, the epoch the run's selection rule chose (default); "
+                        "last: checkpoints/last.pt, the final epoch")
+    p.add_argument("--images", required=True, metavar="DIR_OR_DOMAIN",
+                   help="a folder of images (searched recursively; every file PIL reads by its extension), or a "
+                        "domain of the run's dataset: 'target' (the run's target) or a name such as 'cartoon', "
+                        "meaning that domain's target evaluation split under the run's data settings; a domain is "
+                        "labelled, so the accuracy is printed and recorded too")
+    p.add_argument("--out", required=True, metavar="CSV", help="the CSV file to write (its folder is created)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K",
+                   help="how many most probable classes each row lists (default 5, at most the number of classes)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="images per forward pass (default: the run's evaluation batch size)")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="leave out files that cannot be decoded (listed in OUT.unreadable.txt and counted) instead "
+                        "of stopping at the first with an error that names it")
+    p.add_argument("--device", default=None, metavar="D",
+                   help="cpu, cuda, cuda:1, mps or auto (default: the run's train.device)")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="where the run's dataset is, for a domain and for methods that re-read the run's images "
+                        "(default: the run's data.root)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Files under ``folder`` (recursively, sorted, hidden ones left out) whose extension PIL can read."""
+    readable = {ext.lower() for ext in Image.registered_extensions()}
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in readable
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def predict_command(argv: list[str]) -> int:
+    """``shiftlab predict`` (see :func:`predict_parser`)."""
+    from .utils import atomic_write_text, write_json
+
+    args = predict_parser().parse_args(argv)
+    if args.top_k < 1:
+        raise PredictInputError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise PredictInputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    model = load_run(args.run, args.checkpoint, device=args.device, data_root=args.data_root)
+    out, progress = Path(args.out), not args.no_progress
+    folder = Path(args.images)
+    record: dict[str, Any] = {"run": path_text(model.run_dir), "checkpoint": model.checkpoint.name,
+                              "epoch": model.epoch, "images": args.images}
+    unreadable: list[str] = []
+    if folder.is_dir():
+        preds = _predict_folder(model, folder, args.batch_size, args.skip_unreadable, unreadable, progress)
+        labels = None
+    else:
+        domain = _check_domain(model, args.images)
+        preds, labels, accuracy = model.evaluate(domain, batch_size=args.batch_size, progress=progress)
+        reported = _reported_accuracy(model, domain)
+        record.update({"domain": domain, "accuracy": accuracy, "correct": round(accuracy * len(labels)),
+                       "total": len(labels), "run_reported_accuracy": reported})
+        print(f"accuracy {accuracy:.4f} ({record['correct']}/{len(labels)}) on the target evaluation split of "
+              f"'{model.config.data.target if domain == 'target' else domain}'"
+              + (f"; the run reported {reported:.4f} for checkpoint {args.checkpoint}" if reported is not None else ""))
+    atomic_write_text(out, predictions_csv(preds, args.top_k, labels))
+    record["predicted"] = len(preds)
+    if unreadable:
+        record["unreadable"] = len(unreadable)
+        atomic_write_text(out.with_suffix(".unreadable.txt"), "\n".join(unreadable) + "\n")
+        print(f"{len(unreadable)} unreadable file(s) skipped: listed in {out.with_suffix('.unreadable.txt')}")
+    write_json(out.with_suffix(".json"), record)
+    print(f"{len(preds)} prediction(s) in {out}")
+    return 0
+
+
+def _check_domain(model: RunModel, name: str) -> str:
+    if name == "target":
+        return name
+    spec = _spec(model.config)
+    try:
+        spec.validate_domain(name, "--images")
+    except DataError as err:
+        raise PredictInputError(f"--images {name} is not a folder, and not a domain of the run's dataset "
+                                f"'{spec.name}': {str(err).splitlines()[0]}") from None
+    return "target" if name == model.config.data.target else name
+
+
+def _reported_accuracy(model: RunModel, domain: str) -> float | None:
+    """What the run's summary.json reports for its target at this checkpoint (None for another domain)."""
+    path = model.run_dir / "summary.json"
+    if domain != "target" or not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary.get("target_acc" if model.checkpoint.name == "best.pt" else "final_target_acc")
+
+
+def _predict_folder(model: RunModel, folder: Path, batch_size: int | None, skip: bool, unreadable: list[str],
+                    progress: bool) -> Predictions:
+    files = image_files(folder)
+    if not files:
+        raise PredictInputError(f"--images {path_text(folder)}: no image files in it or below it (extensions PIL "
+                                f"reads, e.g. .jpg .png .bmp .tif .webp)")
+    bs = batch_size or model.batch_size
+    logits, paths = [], []
+    for start in _bar(range(0, len(files), bs), progress, "predict"):
+        batch = []
+        for path in files[start:start + bs]:
+            try:
+                batch.append(model.transform(load_rgb(path)))
+            except DataError as err:
+                if not skip:
+                    raise PredictInputError(f"{str(err).splitlines()[0]}; leave such files out with "
+                                            f"--skip-unreadable") from None
+                unreadable.append(path_text(path))
+                continue
+            paths.append(path_text(path))
+        if batch:
+            logits.append(model.logits(torch.stack(batch)))
+    if not logits:
+        raise PredictInputError(f"--images {path_text(folder)}: none of its {len(files)} image file(s) could be read")
+    return Predictions(model.classes, torch.cat(logits), paths)
+
+
+def predictions_csv(preds: Predictions, k: int, labels: Sequence[int] | None = None) -> str:
+    """The CSV text of ``shiftlab predict``: path, predicted, probability, [label, correct,] top1..topK."""
+    import csv
+    import io
+
+    k = min(k, len(preds.class_names))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    head = ["path", "predicted", "probability"] + (["label", "correct"] if labels is not None else [])
+    writer.writerow(head + [c for i in range(1, k + 1) for c in (f"top{i}", f"top{i}_prob")])
+    for i, (top, predicted) in enumerate(zip(preds.top_k(k), preds.classes)):
+        row = [preds.paths[i] if preds.paths else "", predicted, f"{top[0][1]:.6f}"]
+        if labels is not None:
+            row += [preds.class_names[labels[i]], int(preds.class_names[labels[i]] == predicted)]
+        writer.writerow(row + [v for name, p in top for v in (name, f"{p:.6f}")])
+    return buffer.getvalue()
