@@ -1,4 +1,5 @@
-"""Command line: ``shiftlab train | sweep | report | datasets | download | adapt-images | demo``, ``--version``."""
+"""Command line: ``shiftlab train | sweep | report | datasets | download | adapt-images | predict | export | demo``,
+``--version``."""
 from __future__ import annotations
 
 import argparse
@@ -242,8 +243,18 @@ def one_line(err: BaseException) -> str:
     return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
+def cmd_predict(argv: list[str]) -> int:
+    from .inference import predict_command
+    return predict_command(argv)
+
+
+def cmd_export(argv: list[str]) -> int:
+    from .export import export_command
+    return export_command(argv)
+
+
 COMMANDS = {"train": cmd_train, "datasets": cmd_datasets, "download": cmd_download, "sweep": cmd_sweep,
-            "report": cmd_report, "adapt-images": cmd_adapt_images}
+            "report": cmd_report, "adapt-images": cmd_adapt_images, "predict": cmd_predict, "export": cmd_export}
 COMMANDS["demo"] = cmd_demo
 
 
@@ -255,13 +266,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shiftlab {__version__}")
         return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: shiftlab {train,sweep,report,datasets,download,adapt-images,demo} [options]   (shiftlab <command> --help)\n\n"
+        print("usage: shiftlab {train,sweep,report,datasets,download,adapt-images,predict,export,demo} [options]   (shiftlab <command> --help)\n\n"
               "  train     train a method on a source -> target pair; writes runs/<experiment.name>/\n"
               "  sweep     run a grid / random / Optuna sweep of trainings on Ray Tune (sweeps/*.yaml)\n"
               "  report    tables (Markdown, CSV) and plots (PNG) from a sweep's or any run folders\n"
               "  datasets  list known datasets and domains; check what is on disk\n"
               "  download  download a dataset with a public source, verified and safely extracted\n"
               "  adapt-images  apply a trained AdapterNet to images (a folder or a simulated camera); PNGs + grid\n"
+              "  predict   classify images (a folder, or a domain: with accuracy) with a trained run's model; CSV\n"
+              "  export    a trained run's model as one ONNX or TorchScript graph, images -> logits\n"
               "  demo      the README's demo: train the shipped demo config (shiftlab train --config demo)\n\n"
               "  --version  print shiftlab's version")
         if argv and argv[0] not in ("-h", "--help"):

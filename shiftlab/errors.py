@@ -98,3 +98,19 @@ class NonFiniteWeightsError(ShiftlabError, ValueError):
 
 class MissingExtraError(ShiftlabError, ImportError):
     """A command needs an optional dependency that is not installed; the message names the extra to install."""
+
+
+class RunModelError(ShiftlabError, ValueError):
+    """A run folder or checkpoint that cannot be loaded as a trained model (``load_run``, predict, export)."""
+
+
+class InferenceDataError(RunModelError, FileNotFoundError):
+    """A method computes its inference state from the run's images (AdaBN, Gaussian matching) and they cannot be read."""
+
+
+class PredictInputError(ShiftlabError, ValueError):
+    """Images given to ``predict`` that cannot be used: the message names the file, folder or value."""
+
+
+class ExportError(ShiftlabError, ValueError):
+    """A trained model that cannot be exported as asked (format, missing package, inference held in Python)."""

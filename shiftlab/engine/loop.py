@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..config import Config, import_plugins, run_dir
+from ..data.transforms import FAMILY_SIZES
 from ..errors import ConfigError, TrainingDivergedError
 from ..methods import Batch, Method, build_method, get_method
 from ..models import build_backbone, normalization_for
@@ -198,8 +199,14 @@ class Trainer:
             "epoch": self.epoch, "step": self.step, "history": self.history, "per_class": self.per_class,
             "resumed_at": self.resumed_at, "rng": rng_state(), "stopped_early": self.should_stop,
             "train_time": self.train_time, "train_images": self.train_images,
-            "config": self.cfg.to_dict(), "shiftlab_version": __version__,
+            "config": self.cfg.to_dict(), "shiftlab_version": __version__, **self._inputs(),
         }
+
+    def _inputs(self) -> dict[str, Any]:
+        """What using the model needs beside its weights (``shiftlab.inference.load_run`` reads it): the class
+        names in output order and the square input size, which data on disk would otherwise have to tell."""
+        size = self.cfg.data.image_size or FAMILY_SIZES[self.pair.spec.family]
+        return {"classes": list(self.pair.classes), "image_size": size, "family": self.pair.spec.family}
 
     def _restore(self, state: dict[str, Any]) -> None:
         restore_modules(state, self.method, self.optimizers, self.schedulers, self.scaler, self.folder.last,
@@ -356,7 +363,8 @@ class Trainer:
         if self.dist.is_main:
             best = {"model": self.method.state_dict(), "epoch": self.epoch, "selection": self.selection,
                     "metrics": {k: v for k, v in row.items() if k.endswith(("_acc", "_loss"))},
-                    "config": self.cfg.to_dict(), "shiftlab_version": __version__} if improved else None
+                    "config": self.cfg.to_dict(), "shiftlab_version": __version__, **self._inputs()} \
+                if improved else None
             self.folder.record(row, self.history, self._state(), best)
         if not evals:
             return

@@ -66,11 +66,13 @@ def _kept(a: Tensor, percentile: float) -> tuple[Tensor, Tensor, int]:
     if not 0 <= percentile <= 100:
         raise ValueError(f"percentile must lie in [0, 100], got {percentile}")
     flat = a.flatten(1)
-    n = flat.shape[1]
+    n = int(flat.shape[1])  # a Python int under ONNX tracing too (shiftlab export): each sample's size is fixed
     k = n - round(n * percentile / 100)
     keep = torch.zeros_like(flat, dtype=torch.bool)
     if k > 0:
-        keep.scatter_(1, flat.topk(k, dim=1).indices, True)
+        # out of place, with a tensor source: the form the ONNX exporter maps to ScatterElements (shiftlab export)
+        index = flat.topk(k, dim=1).indices
+        keep = keep.scatter(1, index, torch.ones_like(index, dtype=torch.bool))
     return flat, keep, k
 
 
