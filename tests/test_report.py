@@ -138,19 +138,21 @@ def test_published_numbers_beside_ours_with_setting_differences(runs_folder, tmp
         "source": "Some Paper, Table 2", "setting": {"train.epochs": 30, "data.dataset": "pacs"},
         "results": [{"row": {"method.name": "source_only"}, "col": {"data.target": "cartoon"}, "value": 54.48},
                     {"row": {"method.name": "adabn"}, "col": {"data.target": "sketch"}, "value": 50.0,
-                     "source": "Other Paper", "setting": {"train.epochs": 3}},
+                     "source": "Other Paper", "setting": {"train.epochs": 3}, "loss": 0.0125038},
                     {"row": {"method.name": "dann"}, "col": {"data.target": "cartoon"}, "value": 60.0}]}))
     _, out = report(runs_folder, "--no-plots", "--rules", "source_val", "--reference", str(ref),
                     "--out", str(tmp_path / "rep"))
     markdown = (out / "report.md").read_text()
     assert "| source_only, published [1] | 54.48 †1 |  |" in markdown
-    assert "| adabn, published [2] |  | 50 |" in markdown  # same setting: no mark
+    assert "| adabn, published [2] |  | 50 (loss 0.0125038) |" in markdown  # same setting: no mark; its loss
     assert "- [1] Some Paper, Table 2: published number, not measured by shiftlab." in markdown
     assert "- †1 our runs' setting differs from the published one: train.epochs: ours 3 vs published 30." in markdown
     assert "matching no cell of this table: 60 for method.name=dann" in markdown
     published = line(read_csv(out / "table.csv"), kind="published", **{"method.name": "source_only"})
     assert (published["mean_pct"], published["source"], published["setting_differences"]) == \
         ("54.48", "Some Paper, Table 2", "train.epochs: ours 3 vs published 30")
+    assert published["published_loss"] == ""
+    assert line(read_csv(out / "table.csv"), kind="published", **{"method.name": "adabn"})["published_loss"] == "0.0125038"
 
 
 def test_the_ash_reference_file_loads():
