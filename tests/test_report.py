@@ -404,3 +404,23 @@ def test_a_single_seed_figure_claims_no_spread(tmp_path, monkeypatch):
     for name in ("curves.png", "bars.png"):
         title = figures[name]._suptitle.get_text()
         assert "one seed (no spread)" in title and "mean ± std" not in title, (name, title)
+
+
+def test_majority_rate_is_the_largest_class_share_of_the_evaluated_split(data_root):
+    from shiftlab.report.plots import majority_rate
+
+    config = {"data.dataset": "pacs", "data.root": str(data_root), "data.target": "cartoon"}
+    assert majority_rate(config) == 457 / 2344  # README: cartoon's largest class, elephant
+    assert majority_rate({**config, "data.root": "/nonexistent"}) is None
+
+
+def test_the_majority_rate_is_drawn_only_where_a_curve_comes_near_it(runs_folder, monkeypatch):
+    import shiftlab.report.plots as plots
+
+    figures, save = {}, plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.__setitem__(Path(path).name, fig), save(fig, path))[1])
+    monkeypatch.setattr(plots, "majority_rate", lambda config: 0.45 if config["data.target"] == "cartoon" else 0.05)
+    report(runs_folder, "--rules", "source_val")
+    labels = [line.get_label() for ax in figures["curves.png"].axes for line in ax.get_lines()]
+    assert any(label.startswith("majority-class rate") and "cartoon" in label for label in labels)
+    assert not any(label.startswith("majority-class rate") and "sketch" in label for label in labels)

@@ -9,8 +9,10 @@
   values (methods), error bars = std over seeds.
 
 Panels that compare rows share their y axis; a curve figure draws the baseline row (``method.name`` =
-``source_only``, when the report has one) in every other panel, dotted grey, and a title says "mean ± std
-over n seeds" only when n > 1. Config keys on axes are readable labels (:func:`readable_key`).
+``source_only``, when the report has one) in every other panel, dotted grey, and the target's
+majority-class rate (:func:`majority_rate`, dash-dot) in a panel where a target curve comes within
+``NEAR_MAJORITY`` points of it; a title says "mean ± std over n seeds" only when n > 1. Config keys on axes
+are readable labels (:func:`readable_key`).
 """
 from __future__ import annotations
 
@@ -36,6 +38,32 @@ KEY_LABELS = {"optim.lr": "learning rate", "experiment.seed": "seed", "data.sour
               "data.target": "target domain", "method.lambda_": "lambda (adversarial weight)",
               "target_acc": "target accuracy", "source_val_acc": "source validation accuracy",
               "target_holdout_acc": "accuracy on the held-out target part"}
+
+
+NEAR_MAJORITY = 5.0  # points: a target curve this close to the majority-class rate gets the rate drawn
+_MAJORITY: dict[tuple, float | None] = {}
+
+
+def majority_rate(config: dict) -> float | None:
+    """The share of the largest class in the run's evaluated target split (what one constant prediction can
+    score at best), from the dataset's labels (no image decoded); None where the data cannot be read here."""
+    key = tuple(config.get(k) for k in ("data.dataset", "data.root", "data.target", "data.target_eval_split"))
+    if key not in _MAJORITY:
+        _MAJORITY[key] = None
+        try:
+            from ..data.registry import get_dataset
+            from ..data.splits import targets_of
+
+            dataset, root, target, split = key
+            spec = get_dataset(dataset, root)
+            split = split or spec.target_eval_split
+            if "+" not in split:
+                labels = targets_of(spec.dataset(root, target, split))
+                if labels:
+                    _MAJORITY[key] = max(labels.count(c) for c in set(labels)) / len(labels)
+        except Exception:  # noqa: BLE001 - a plot's extra line: data elsewhere or removed means no line
+            pass
+    return _MAJORITY[key]
 
 
 def readable_key(key: str) -> str:
@@ -138,6 +166,11 @@ def plot_curves(report: Report, path: Path) -> Path:
             color = colors[cell.col]
             _draw_series(ax, runs, "target_acc", col_label(report.layout, cell.col), color, {})
             _draw_series(ax, runs, "source_val_acc", None, color, SOURCE_STYLE)
+            rate = majority_rate(runs[0].config) if runs else None
+            _, mean, _ = epoch_series(runs, "target_acc")
+            if rate is not None and any(abs(m - 100 * rate) <= NEAR_MAJORITY for m in mean):
+                ax.axhline(100 * rate, color=color, linestyle="-.", linewidth=1.0,
+                           label=f"majority-class rate, {col_label(report.layout, cell.col)}")
             base = baseline.get(cell.col)
             if base is not None and base.row != row:
                 epochs, mean, _ = epoch_series(_chosen_runs(report, base), "target_acc")
