@@ -70,6 +70,11 @@ class DataConfig(Section):
                         "<domain>@<shift>(args), e.g. photo@greyscale (shifts: `shiftlab datasets`)")
     target: str = Field("digits_photo", description="target domain: evaluated, unlabelled unless the method says "
                         "otherwise; may be derived, e.g. photo@brightness(-40), also from the source's domain")
+    source_train_split: str = Field(
+        "train", description="source images trained on, with labels: train (default), or test for the whole "
+        "domain (PACS: every image; the PACS DANN assignment's 'entire Photo dataset'), or a union such as "
+        "train+val; source_val stays the val split, so where the two overlap source validation measures "
+        "training images (select by another rule then: last, cross_domain)")
     target_adapt_split: str | None = Field(
         None, description="target images an unsupervised method adapts on, without labels: "
         "train, val, test or a union such as train+val; null = the dataset's protocol (digits: train+val, the "
@@ -106,7 +111,7 @@ class DataConfig(Section):
         "AdapterNet: curves over the number of labelled samples); their val and test parts are unchanged. "
         "Ignored by methods that read no target label")
 
-    @field_validator("target_adapt_split", "target_eval_split")
+    @field_validator("target_adapt_split", "target_eval_split", "source_train_split")
     @classmethod
     def _known_splits(cls, value: str | None) -> str | None:
         parts = (value or "").split("+")

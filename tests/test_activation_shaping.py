@@ -265,7 +265,7 @@ def test_the_trainer_loads_a_target_stream_only_for_target_maps(tmp_path):
 def test_train_help_lists_every_key():
     out = subprocess.run([sys.executable, "-m", "shiftlab.cli", "train", "--help"], capture_output=True, text=True,
                          check=True, cwd=REPO).stdout
-    for key in ("layers", "types", "every", "mask_ratio", "maps", "mode", "percentile", "at_eval"):
+    for key in ("layers", "types", "every", "mask_ratio", "maps", "mode", "percentile", "at_eval", "eval_maps"):
         assert f"--method.{key}  (default:" in out, key
 
 
@@ -289,6 +289,40 @@ def test_target_pass_leaves_batchnorm_statistics_alone(resnet18):
     losses = method.training_step(Batch(_images(4, seed=1), torch.tensor([0, 1, 2, 3])), Batch(_images(3)), 0.0)
     losses["loss"].backward()
     assert method.backbone.head.weight.grad is not None
+
+
+def test_eval_maps_default_is_the_batchs_own_activation_and_fixed_target_differs(resnet18):
+    """method.eval_maps: the default keeps the old behaviour (each evaluated batch its own map, A_bin); fixed_target
+    masks with maps recorded before evaluation on target images, paired i mod n, and so gives other outputs."""
+    x, target = _images(4, seed=1), _images(3, seed=2)
+    default = build_method("activation_shaping", copy.deepcopy(resnet18), {"maps": "target"})
+    assert default.params.eval_maps == "own_batch"
+    fixed = build_method("activation_shaping", copy.deepcopy(resnet18), {"maps": "target", "eval_maps": "fixed_target"})
+    conv1 = fixed.backbone.features.conv1
+    raw = Probe(conv1)
+    fixed.eval()
+    fixed.before_evaluation("source", [target])                 # records on the first target batch only
+    assert len(raw.outputs) == 1 and len(raw.outputs[0]) == 3   # one pass, of the 3 target images
+    recorded = raw.outputs[0] > 0
+    shaped = Probe(conv1)
+    raw.outputs.clear()
+    with torch.no_grad():
+        out_fixed = fixed.predict(x)
+    expected = ((raw.outputs[0] > 0) & recorded[torch.arange(4) % 3]).float()
+    assert torch.equal(shaped.outputs[0], expected)
+    with torch.no_grad():
+        out_default = default.eval().predict(x)
+        plain = copy.deepcopy(resnet18).eval()
+        with ActivationShaper(plain.features, "conv1", mask_ratio=0.0, at_eval=True):  # A_bin * 1 = A_bin
+            out_a_bin = plain(x)
+    assert torch.equal(out_default, out_a_bin)                  # today's behaviour: the output is A_bin
+    assert not torch.allclose(out_fixed, out_default)
+    unrecorded = build_method("activation_shaping", copy.deepcopy(resnet18),
+                              {"maps": "target", "eval_maps": "fixed_target"}).eval()
+    with pytest.raises(RuntimeError, match="for_eval=True"), torch.no_grad():
+        unrecorded.predict(x)
+    with pytest.raises(ValueError, match="eval_maps"):
+        method_params("activation_shaping", {"eval_maps": "own"})
 
 
 class _Interrupt(Exception):

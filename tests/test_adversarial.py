@@ -225,14 +225,17 @@ def test_inverse_schedule_keys():
     assert (default.alpha, default.beta, default.inverse_per) == (10.0, 0.75, "progress")
     assert schedule_factor("inverse", 500, 1000, default) == pytest.approx(6 ** -0.75)
     per_step = OptimConfig(schedule="inverse", inverse_per="step", alpha=5e-4, beta=0.75, lr=1e-3)
-    assert schedule_factor("inverse", 2000, 8000, per_step) == pytest.approx(2 ** -0.75)  # ToAlign: (1 + 5e-4 i)^-0.75
+    assert schedule_factor("inverse", 2000, 8000, per_step) == pytest.approx(2 ** -0.75)  # the per-step form: (1 + 5e-4 i)^-0.75
     param = torch.nn.Parameter(torch.zeros(1))
     optimizers, schedulers = build_optimizers({"main": [{"params": [param]}]}, per_step, total_steps=10)
     for _ in range(4):
         optimizers["main"].step(), schedulers["main"].step()
     assert optimizers["main"].param_groups[0]["lr"] == pytest.approx(1e-3 * (1 + 5e-4 * 4) ** -0.75)
     cfg = build_config([REPO / "configs" / "toalign" / "base.yaml"], ["--optim.beta=0.5"])
-    assert (cfg.optim.inverse_per, cfg.optim.alpha, cfg.optim.beta) == ("step", 5e-4, 0.5)
+    # ToAlign's configs follow the authors' code (microsoft/UDA): (1 + 10 p)^-0.75, p = iteration / 8,000
+    assert (cfg.optim.inverse_per, cfg.optim.alpha, cfg.optim.beta) == ("progress", 10.0, 0.5)
+    assert schedule_factor("inverse", 2000, 8000, cfg.optim.model_copy(update={"beta": 0.75})) == \
+        pytest.approx((1 + 10 * 2000 / 8000) ** -0.75)
     with pytest.raises(ConfigError, match="inverse_per"):
         build_config([], ["--optim.inverse_per=epoch"])
 
@@ -285,7 +288,8 @@ def test_office_home_configs_run_end_to_end(tmp_path, config):
     assert round(summary["final_target_acc"] * 18, 6) == round(summary["final_target_acc"] * 18)
     row = json.loads((Path(cfg.experiment.output_dir) / cfg.experiment.name / "summary.json").read_text())
     assert row["config"]["method"]["toalign"] == cfg.method.model_extra["toalign"]
-    assert row["config"]["optim"]["inverse_per"] == "step"
+    # the authors' code's decay (microsoft/UDA inv_lr_scheduler): (1 + 10 p)^-0.75, p = iteration / total
+    assert (row["config"]["optim"]["inverse_per"], row["config"]["optim"]["alpha"]) == ("progress", 10.0)
 
 
 def test_dann_runs_on_mnist_to_mnist_m(tmp_path, data_root):

@@ -138,19 +138,21 @@ def test_published_numbers_beside_ours_with_setting_differences(runs_folder, tmp
         "source": "Some Paper, Table 2", "setting": {"train.epochs": 30, "data.dataset": "pacs"},
         "results": [{"row": {"method.name": "source_only"}, "col": {"data.target": "cartoon"}, "value": 54.48},
                     {"row": {"method.name": "adabn"}, "col": {"data.target": "sketch"}, "value": 50.0,
-                     "source": "Other Paper", "setting": {"train.epochs": 3}},
+                     "source": "Other Paper", "setting": {"train.epochs": 3}, "loss": 0.0125038},
                     {"row": {"method.name": "dann"}, "col": {"data.target": "cartoon"}, "value": 60.0}]}))
     _, out = report(runs_folder, "--no-plots", "--rules", "source_val", "--reference", str(ref),
                     "--out", str(tmp_path / "rep"))
     markdown = (out / "report.md").read_text()
     assert "| source_only, published [1] | 54.48 †1 |  |" in markdown
-    assert "| adabn, published [2] |  | 50 |" in markdown  # same setting: no mark
+    assert "| adabn, published [2] |  | 50 (loss 0.0125038) |" in markdown  # same setting: no mark; its loss
     assert "- [1] Some Paper, Table 2: published number, not measured by shiftlab." in markdown
     assert "- †1 our runs' setting differs from the published one: train.epochs: ours 3 vs published 30." in markdown
     assert "matching no cell of this table: 60 for method.name=dann" in markdown
     published = line(read_csv(out / "table.csv"), kind="published", **{"method.name": "source_only"})
     assert (published["mean_pct"], published["source"], published["setting_differences"]) == \
         ("54.48", "Some Paper, Table 2", "train.epochs: ours 3 vs published 30")
+    assert published["published_loss"] == ""
+    assert line(read_csv(out / "table.csv"), kind="published", **{"method.name": "adabn"})["published_loss"] == "0.0125038"
 
 
 def test_the_ash_reference_file_loads():
@@ -356,3 +358,69 @@ def test_a_methods_own_keys_are_no_hyperparameters_in_a_table_of_methods(tmp_pat
     markdown = (out / "report.md").read_text()
     assert code == 0 and "hyperparameters (none (the runs of a cell differ by seed only))" in markdown
     assert not any(k.startswith("chosen.method.") for k in read_csv(out / "table.csv")[0])
+
+
+def test_readable_key_turns_config_keys_into_axis_titles():
+    from shiftlab.report.plots import readable_key
+
+    assert readable_key("method.mask_ratio") == "mask ratio"
+    assert readable_key("optim.lr") == "learning rate"
+    assert readable_key("method.lambda_") == "lambda (adversarial weight)"
+    assert readable_key("method.layers") == "layers"
+    assert readable_key("data.source,data.target") == "source domain, target domain"
+    assert readable_key("target_acc") == "target accuracy"
+
+
+def test_curve_panels_share_their_y_axis_show_the_baseline_and_count_the_seeds(runs_folder, monkeypatch):
+    import shiftlab.report.plots as plots
+
+    figures, save = {}, plots._save
+
+    def keep_figure(fig, path):
+        figures[Path(path).name] = fig
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep_figure)
+    report(runs_folder, "--rules", "source_val", "--x", "optim.lr")
+    curves = figures["curves.png"]
+    panels = [ax for ax in curves.axes if ax.get_visible() and ax.get_title()]
+    assert len(panels) == 2 and panels[0].get_ylim() == panels[1].get_ylim()  # adabn and source_only rows
+    adabn = next(ax for ax in panels if ax.get_title().startswith("adabn"))
+    assert any(line.get_label().startswith("baseline: source_only") for line in adabn.get_lines())
+    title = curves._suptitle.get_text()
+    assert "mean ± std over 2-3 seeds" in title  # adabn has 2 seeds, source_only 3
+    versus = figures["vs_optim.lr.png"]
+    assert versus.axes[0].get_xlabel() == "learning rate" and versus.axes[0].get_ylabel() == "target accuracy (%)"
+
+
+def test_a_single_seed_figure_claims_no_spread(tmp_path, monkeypatch):
+    import shiftlab.report.plots as plots
+
+    write_run(tmp_path / "a", hand_config("source_only", "cartoon", 0.01, 0), 0.9, 0.4)
+    write_run(tmp_path / "b", hand_config("adabn", "cartoon", 0.01, 0), 0.9, 0.5)
+    figures, save = {}, plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.__setitem__(Path(path).name, fig), save(fig, path))[1])
+    report(tmp_path, "--rules", "source_val")
+    for name in ("curves.png", "bars.png"):
+        title = figures[name]._suptitle.get_text()
+        assert "one seed (no spread)" in title and "mean ± std" not in title, (name, title)
+
+
+def test_majority_rate_is_the_largest_class_share_of_the_evaluated_split(data_root):
+    from shiftlab.report.plots import majority_rate
+
+    config = {"data.dataset": "pacs", "data.root": str(data_root), "data.target": "cartoon"}
+    assert majority_rate(config) == 457 / 2344  # README: cartoon's largest class, elephant
+    assert majority_rate({**config, "data.root": "/nonexistent"}) is None
+
+
+def test_the_majority_rate_is_drawn_only_where_a_curve_comes_near_it(runs_folder, monkeypatch):
+    import shiftlab.report.plots as plots
+
+    figures, save = {}, plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.__setitem__(Path(path).name, fig), save(fig, path))[1])
+    monkeypatch.setattr(plots, "majority_rate", lambda config: 0.45 if config["data.target"] == "cartoon" else 0.05)
+    report(runs_folder, "--rules", "source_val")
+    labels = [line.get_label() for ax in figures["curves.png"].axes for line in ax.get_lines()]
+    assert any(label.startswith("majority-class rate") and "cartoon" in label for label in labels)
+    assert not any(label.startswith("majority-class rate") and "sketch" in label for label in labels)

@@ -142,3 +142,17 @@ def test_demo_keeps_its_protocol():
     # source training never sees the target's test digits (digits_photo image i is digits image i)
     assert keys(pair.source_train).isdisjoint(keys(pair.target_eval))
     assert per_sample(pair.target_eval, "paths")[0] is None  # in memory
+
+
+def test_source_train_split_selects_the_whole_source_domain(data_root):
+    """data.source_train_split=test trains on the whole Photo domain (the PACS DANN assignment's "entire Photo
+    dataset"): every image of photo_test_kfold.txt, README's 1,670; the default keeps the official train list."""
+    default = build_domain_pair("pacs", data_root, "photo", "art_painting", image_size=32)
+    whole = build_domain_pair("pacs", data_root, "photo", "art_painting", image_size=32, source_train_split="test")
+    assert len(default.source_train) == 1499 and keys(default.source_train) == set(listed(data_root, "photo_train"))
+    assert len(whole.source_train) == 1670 and keys(whole.source_train) == set(listed(data_root, "photo_test"))
+    assert whole.splits["source_train"]["split"] == "test"
+    assert keys(whole.source_val) <= keys(whole.source_train)   # said in the key's help: val is trained on then
+    assert len(whole.target_eval) == len(whole.target_train) == 2048  # the whole Art domain, transductive
+    with pytest.raises(DataError, match="data.source_train_split: 'all' is not a split"):
+        build_domain_pair("pacs", data_root, "photo", "art_painting", source_train_split="all")

@@ -139,7 +139,8 @@ def build_domain_pair(dataset: str, root: Path | None, source: str, target: str,
                       augment: bool = True, limit: int | None = None, target_labels: bool = False,
                       target_adapt_split: str | None = None, target_eval_split: str | None = None,
                       holdout_fraction: float = 0.2, strict_classes: bool = False,
-                      skip_unreadable: bool = False, target_train_limit: int | None = None) -> DomainPair:
+                      skip_unreadable: bool = False, target_train_limit: int | None = None,
+                      source_train_split: str = "train") -> DomainPair:
     """The datasets of one run (see the module docstring for which target images go where).
 
     ``target_labels``: the method trains on target labels. ``target_adapt_split``/``target_eval_split``:
@@ -148,6 +149,7 @@ def build_domain_pair(dataset: str, root: Path | None, source: str, target: str,
     warning. ``skip_unreadable``: decode every file first and leave out those that fail (listed in
     ``skipped_files``) instead of stopping the run at the first one. ``target_train_limit``: at most this
     many labelled target training images, evenly spaced (only when ``target_labels``).
+    ``source_train_split``: the source split trained on (``test``: the whole domain on PACS).
     """
     root = data_root(root)
     spec = get_dataset(dataset, root)
@@ -160,7 +162,8 @@ def build_domain_pair(dataset: str, root: Path | None, source: str, target: str,
     load = _SplitLoader(spec, root)
     adapt_split = target_adapt_split or spec.target_adapt_split
     eval_split = target_eval_split or spec.target_eval_split
-    parts = plan_parts(load, source, target, adapt_split, eval_split, holdout_fraction, target_labels)
+    parts = plan_parts(load, source, target, adapt_split, eval_split, holdout_fraction, target_labels,
+                       source_train_split)
     check_disjoint(parts, target_labels)
     classes, label_map, missing = match_classes(parts, source, target, strict_classes)
 
@@ -201,13 +204,14 @@ def build_domain_pair(dataset: str, root: Path | None, source: str, target: str,
 
 
 def plan_parts(load: _SplitLoader, source: str, target: str, adapt_split: str, eval_split: str,
-               holdout_fraction: float, target_labels: bool) -> dict[str, Part]:
+               holdout_fraction: float, target_labels: bool, source_train_split: str = "train") -> dict[str, Part]:
     """The untransformed parts of a pair, chosen by key as the module docstring describes.
 
     The holdout and the source are chosen the same way whether or not the method reads target labels,
     so that every method of a comparison trains on the same source and is measured on the same holdout.
     """
-    source_train, source_val = load(source, "train"), load(source, "val")
+    source_train = load(source, source_train_split, "data.source_train_split")
+    source_val = load(source, "val")
     target_train, target_val = load(target, "train"), load(target, "val")
     evaluated = load(target, eval_split, "data.target_eval_split")
     labelled_keys = set(keys_of(target_train)) | set(keys_of(target_val))
@@ -223,7 +227,7 @@ def plan_parts(load: _SplitLoader, source: str, target: str, adapt_split: str, e
         kept = without(data, holdout_keys)
         return Part(domain, split, "all" if kept is data else "without holdout", kept)
 
-    parts = {"source_train": minus_holdout(source, "train", source_train),
+    parts = {"source_train": minus_holdout(source, source_train_split, source_train),
              "source_val": minus_holdout(source, "val", source_val)}
     if target_labels:
         parts["target_train"] = minus_holdout(target, "train", target_train)

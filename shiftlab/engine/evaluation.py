@@ -34,7 +34,8 @@ class Evaluator:
         sets = self.loaders.eval_sets
         for domain in ("source", "target"):
             self.method.eval()
-            self.method.before_evaluation(domain, self.loaders.target_images if domain == "target" else None)
+            # the target's unlabelled adaptation images before either domain (activation shaping's fixed target maps)
+            self.method.before_evaluation(domain, self.loaders.target_images)
             try:
                 reuse = self.loaders.validators_reuse_target_pass and self.validators
                 target_probs: list | None = [] if reuse else None

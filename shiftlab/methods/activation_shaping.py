@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import ConfigError
 from ..nn import ActivationShaper, batchnorm_state, load_batchnorm_state
-from ..nn.shaping import MAP_MODES, MAPS, MODES, as_names
+from ..nn.shaping import EVAL_MAPS, MAP_MODES, MAPS, MODES, as_names
 from ..utils import unknown_choice_error
 from .base import Batch, Method, register_method
 
@@ -48,17 +48,22 @@ class ActivationShaping(Method):
         percentile: float = Field(65.0, ge=0, le=100, description="ASH: share (%) of each sample's activation pruned")
         at_eval: bool = Field(True, description=(
             "shape at evaluation too (the study's choice): random maps drawn as in training, target maps "
-            "become the evaluated batch's own activation"))
+            "follow method.eval_maps"))
+        eval_maps: str = Field("own_batch", description=(
+            "with maps=target and at_eval, the maps at evaluation (the study does not say): 'own_batch' (each "
+            "evaluated batch is its own map, so the shaped output is A_bin) or 'fixed_target' (maps recorded "
+            "before each evaluation on the first evaluation batch of the target's adaptation images, in their "
+            "fixed order, with the weights of that moment; evaluated image i of a batch takes map i mod n)"))
 
         @field_validator("layers", "types", mode="before")
         @classmethod
         def _comma_separated(cls, value):
             return as_names(value)
 
-        @field_validator("maps", "mode")
+        @field_validator("maps", "mode", "eval_maps")
         @classmethod
         def _known(cls, value, info):
-            choices = MAPS if info.field_name == "maps" else MODES
+            choices = {"maps": MAPS, "mode": MODES, "eval_maps": EVAL_MAPS}[info.field_name]
             if value not in choices:
                 raise ValueError(unknown_choice_error(f"method.{info.field_name}", value, choices))
             return value
@@ -72,17 +77,30 @@ class ActivationShaping(Method):
         self.target_stream = "unlabelled" if p.maps == "target" else "none"
         names = p.layers if "layers" in p.model_fields_set or not p.types else None
         self.shaper = ActivationShaper(backbone.features, names, p.types, p.every, mode=p.mode, maps=p.maps,
-                                       mask_ratio=p.mask_ratio, percentile=p.percentile, at_eval=p.at_eval)
+                                       mask_ratio=p.mask_ratio, percentile=p.percentile, at_eval=p.at_eval,
+                                       eval_maps=p.eval_maps)
 
     def training_step(self, source: Batch, target: Batch | None, progress: float):
         if self.params.maps == "target":
             self.record_target_maps(target.x)
         return self.classification_step(source)
 
-    def record_target_maps(self, x):
+    def before_evaluation(self, domain: str, images) -> None:
+        """``eval_maps=fixed_target``: record the evaluation maps on the first batch of the target's adaptation
+        images (no label read), in eval mode, before each domain's evaluation (the same images both times)."""
+        p = self.params
+        if p.maps != "target" or not p.at_eval or p.eval_maps != "fixed_target":
+            return
+        if images is None:
+            raise RuntimeError("method.eval_maps=fixed_target needs the target's adaptation images before evaluation")
+        x = next(iter(images))
+        x = x[0] if isinstance(x, (tuple, list)) else x
+        self.record_target_maps(x.to(next(self.backbone.parameters()).device), for_eval=True)
+
+    def record_target_maps(self, x, for_eval: bool = False):
         """One pass of the target batch, without gradient, that records M; it leaves the BatchNorm running
         statistics as they were, so the target images change only the maps, not what evaluation uses."""
         stats = batchnorm_state(self.backbone)
-        with self.shaper.recording(), torch.no_grad():
+        with self.shaper.recording(for_eval), torch.no_grad():
             self.backbone(x)
         load_batchnorm_state(self.backbone, stats)

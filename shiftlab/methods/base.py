@@ -106,7 +106,8 @@ class Method(nn.Module):
         return self.backbone(x)
 
     def before_evaluation(self, domain: str, images) -> None:
-        """Called before evaluating on ``domain`` ("source" or "target"); ``images`` yields unlabelled batches."""
+        """Called before evaluating on ``domain`` ("source" or "target"); ``images`` yields the target's
+        unlabelled adaptation batches (before either domain's evaluation; a method may ignore them)."""
 
     def after_evaluation(self) -> None:
         """Undo whatever :meth:`before_evaluation` changed, so training and checkpoints are unaffected."""

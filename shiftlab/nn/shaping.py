@@ -34,6 +34,7 @@ MAP_MODES = ("binarize_mask", "mask")     # modes that read a map M
 ASH_MODES = ("ash_p", "ash_b", "ash_s")   # modes that prune by percentile and read no map
 MODES = MAP_MODES + ASH_MODES
 MAPS = ("random", "target")
+EVAL_MAPS = ("own_batch", "fixed_target")  # what target maps become at evaluation (see ActivationShaper)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -191,26 +192,36 @@ class ActivationShaper:
     of ``root``.
 
     In eval mode (of the hooked module) outputs pass unchanged unless ``at_eval``; then random maps are drawn
-    as in training, and target maps are replaced by each evaluated batch's own activation (the evaluated
-    images are the target, and nothing of the training batches is kept for them): ``A_bin * A_bin = A_bin``.
+    as in training, and target maps come from ``eval_maps`` (the study does not say which):
+
+    * ``own_batch`` (default): each evaluated batch is its own map (the evaluated images are the target, and
+      nothing of the training batches is kept for them): ``A_bin * A_bin = A_bin``;
+    * ``fixed_target``: maps recorded before evaluation on a fixed set of target images, inside
+      ``with shaper.recording(for_eval=True): model(target_x)`` (in eval mode), used as in training:
+      evaluated sample i of a batch takes recorded map ``i % n`` (:func:`pair_maps`). Evaluating before any
+      such recording is an error.
     ``enabled = False`` turns every hook into the identity. The hooks live outside any ``state_dict``;
     ``remove()`` (or leaving a ``with`` block) takes them off and the model computes what it did before.
     """
 
     def __init__(self, root: nn.Module, names=None, types=None, every: int = 1, *, mode: str = "binarize_mask",
                  maps: str = "random", mask_ratio: float = 0.5, percentile: float = 65.0, at_eval: bool = False,
-                 generator: torch.Generator | None = None):
+                 eval_maps: str = "own_batch", generator: torch.Generator | None = None):
         if mode not in MODES:
             raise ConfigError(unknown_choice_error("shaping mode", mode, MODES))
         if maps not in MAPS:
             raise ConfigError(unknown_choice_error("map source", maps, MAPS))
+        if eval_maps not in EVAL_MAPS:
+            raise ConfigError(unknown_choice_error("evaluation map source", eval_maps, EVAL_MAPS))
         if not 0 <= mask_ratio <= 1:
             raise ConfigError(f"mask ratio must lie in [0, 1], got {mask_ratio}")
         self.mode, self.maps, self.mask_ratio, self.percentile = mode, maps, mask_ratio, percentile
-        self.at_eval, self.generator, self.enabled = at_eval, generator, True
+        self.at_eval, self.eval_maps, self.generator, self.enabled = at_eval, eval_maps, generator, True
         self.modules = select_modules(root, names, types, every)
         self._recording = False
         self._stored: dict[tuple[str, int], Tensor] = {}  # (module name, call index) -> recorded 1[A > 0]
+        self._eval_stored: dict[tuple[str, int], Tensor] = {}  # the same, recorded for evaluation (fixed_target)
+        self._into = self._stored
         self._calls: dict[str, int] = {}
         self._hooks = ForwardHooks()
         self._hooks.before(root, self._calls.clear)  # calls are counted from each forward of root
@@ -222,9 +233,11 @@ class ActivationShaper:
         return [n for n, _ in self.modules]
 
     @contextmanager
-    def recording(self) -> Iterator[None]:
-        """Forward passes inside record the target maps (replacing those of the last recording)."""
-        self._stored.clear()
+    def recording(self, for_eval: bool = False) -> Iterator[None]:
+        """Forward passes inside record the target maps (replacing those of the last recording): those of
+        training, or with ``for_eval`` those that ``eval_maps="fixed_target"`` evaluates with."""
+        self._into = self._eval_stored if for_eval else self._stored
+        self._into.clear()
         self._recording = True
         try:
             yield
@@ -233,7 +246,8 @@ class ActivationShaper:
 
     def remove(self) -> None:
         self._hooks.remove()
-        self._stored = {}
+        self._stored, self._eval_stored = {}, {}
+        self._into = self._stored
 
     def __enter__(self) -> ActivationShaper:
         return self
@@ -247,7 +261,7 @@ class ActivationShaper:
         if not self.enabled or not isinstance(output, Tensor):
             return None
         if self._recording:
-            self._stored[(name, call)] = (output > 0).detach()
+            self._into[(name, call)] = (output > 0).detach()
             return None
         if not module.training and not self.at_eval:
             return None
@@ -259,12 +273,13 @@ class ActivationShaper:
     def _map(self, name: str, call: int, a: Tensor, training: bool) -> Tensor:
         if self.maps == "random":
             return random_mask(a, self.mask_ratio, self.generator)
-        if not training:
+        if not training and self.eval_maps == "own_batch":
             return a  # the evaluated batch is its own target
-        stored = self._stored.get((name, call))
+        stored = (self._stored if training else self._eval_stored).get((name, call))
         if stored is None:
+            where = "" if training else "for_eval=True"
             raise RuntimeError(f"no target map for {name} (call {call + 1} of the pass): run a forward pass of "
-                               f"a target batch inside `with shaper.recording():` first")
+                               f"a target batch inside `with shaper.recording({where}):` first")
         if stored.shape[1:] != a.shape[1:]:
             raise RuntimeError(f"the target map of {name} has shape {tuple(stored.shape[1:])} per image but the "
                                f"source activation {tuple(a.shape[1:])}: source and target images must share a size")

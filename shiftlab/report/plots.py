@@ -7,6 +7,12 @@
   column value, one subplot per row value, error bars = std over seeds.
 * ``bars.png``: grouped bars under the first rule: groups = column values (domain pairs), bars = row
   values (methods), error bars = std over seeds.
+
+Panels that compare rows share their y axis; a curve figure draws the baseline row (``method.name`` =
+``source_only``, when the report has one) in every other panel, dotted grey, and the target's
+majority-class rate (:func:`majority_rate`, dash-dot) in a panel where a target curve comes within
+``NEAR_MAJORITY`` points of it; a title says "mean ± std over n seeds" only when n > 1. Config keys on axes
+are readable labels (:func:`readable_key`).
 """
 from __future__ import annotations
 
@@ -25,6 +31,61 @@ from .runs import RunRecord
 from .tables import ORACLE_LABEL, Report, col_label, our_row_label, row_label
 
 SOURCE_STYLE = dict(linestyle="--", linewidth=1.2, alpha=0.8)
+BASELINE_STYLE = dict(linestyle=":", linewidth=1.5, color="0.35")
+BASELINE_METHOD = "source_only"
+# keys whose last part alone would say too little; any other key reads as its last part, '_' -> ' '
+KEY_LABELS = {"optim.lr": "learning rate", "experiment.seed": "seed", "data.source": "source domain",
+              "data.target": "target domain", "method.lambda_": "lambda (adversarial weight)",
+              "target_acc": "target accuracy", "source_val_acc": "source validation accuracy",
+              "target_holdout_acc": "accuracy on the held-out target part"}
+
+
+NEAR_MAJORITY = 5.0  # points: a target curve this close to the majority-class rate gets the rate drawn
+_MAJORITY: dict[tuple, float | None] = {}
+
+
+def majority_rate(config: dict) -> float | None:
+    """The share of the largest class in the run's evaluated target split (what one constant prediction can
+    score at best), from the dataset's labels (no image decoded); None where the data cannot be read here."""
+    key = tuple(config.get(k) for k in ("data.dataset", "data.root", "data.target", "data.target_eval_split"))
+    if key not in _MAJORITY:
+        _MAJORITY[key] = None
+        try:
+            from ..data.registry import get_dataset
+            from ..data.splits import targets_of
+
+            dataset, root, target, split = key
+            spec = get_dataset(dataset, root)
+            split = split or spec.target_eval_split
+            if "+" not in split:
+                labels = targets_of(spec.dataset(root, target, split))
+                if labels:
+                    _MAJORITY[key] = max(labels.count(c) for c in set(labels)) / len(labels)
+        except Exception:  # noqa: BLE001 - a plot's extra line: data elsewhere or removed means no line
+            pass
+    return _MAJORITY[key]
+
+
+def readable_key(key: str) -> str:
+    """A config key or metric as an axis title: ``method.mask_ratio`` -> ``mask ratio``, ``optim.lr`` ->
+    ``learning rate``, ``method.lambda_`` -> ``lambda (adversarial weight)``; comma-separated keys each."""
+    if "," in key:
+        return ", ".join(readable_key(k.strip()) for k in key.split(","))
+    if key in KEY_LABELS:
+        return KEY_LABELS[key]
+    return key.rsplit(".", 1)[-1].strip("_").replace("_", " ") or key
+
+
+def _seed_count(runs: Sequence[RunRecord]) -> int:
+    return len({r.config.get("experiment.seed") for r in runs})
+
+
+def _caption_for(counts: Sequence[int]) -> str:
+    counts = sorted(set(counts)) or [0]
+    if counts[-1] <= 1:
+        return "one seed (no spread)"
+    n = str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
+    return f"mean ± std over {n} seeds"
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -65,15 +126,16 @@ def _chosen_runs(report: Report, cell: Cell) -> list[RunRecord]:
 
 
 def _grid(n: int, width: float = 5.5, height: float = 3.6) -> tuple[Figure, list]:
-    """``n`` subplots sharing the x axis, at most three per line."""
+    """``n`` subplots sharing the x and y axes (they compare rows), at most three per line."""
     cols = min(n, 3)
     rows = math.ceil(n / cols)
     fig = Figure(figsize=(width * cols, height * rows + 0.6), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False, sharex=True).ravel()
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
     for ax in axes[:n]:  # a subplot above a hidden one is the lowest of its column: it keeps its tick labels
         ax.xaxis.set_tick_params(labelbottom=True)
+        ax.yaxis.set_tick_params(labelleft=True)
     return fig, list(axes[:n])
 
 
@@ -95,12 +157,24 @@ def plot_curves(report: Report, path: Path) -> Path:
     rows = list(dict.fromkeys(c.row for c in report.cells))
     fig, axes = _grid(len(rows))
     colors = _col_colors(report)
+    baseline = _baseline_cells(report)
+    counts = []
     for ax, row in zip(axes, rows):
         for cell in (c for c in report.cells if c.row == row):
             runs = _chosen_runs(report, cell)
+            counts.append(_seed_count(runs))
             color = colors[cell.col]
             _draw_series(ax, runs, "target_acc", col_label(report.layout, cell.col), color, {})
             _draw_series(ax, runs, "source_val_acc", None, color, SOURCE_STYLE)
+            rate = majority_rate(runs[0].config) if runs else None
+            _, mean, _ = epoch_series(runs, "target_acc")
+            if rate is not None and any(abs(m - 100 * rate) <= NEAR_MAJORITY for m in mean):
+                ax.axhline(100 * rate, color=color, linestyle="-.", linewidth=1.0,
+                           label=f"majority-class rate, {col_label(report.layout, cell.col)}")
+            base = baseline.get(cell.col)
+            if base is not None and base.row != row:
+                epochs, mean, _ = epoch_series(_chosen_runs(report, base), "target_acc")
+                ax.plot(epochs, mean, label=f"baseline: {row_label(base.row)} (target, mean)", **BASELINE_STYLE)
         ax.set_title(our_row_label(report, row, keyed=True), fontsize="medium")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -109,10 +183,18 @@ def plot_curves(report: Report, path: Path) -> Path:
     if axes:
         axes[0].plot([], [], color="grey", label="target accuracy (solid)")
         axes[0].plot([], [], color="grey", label="source val accuracy (dashed)", **SOURCE_STYLE)
-    fig.suptitle(f"Accuracy per epoch, mean ± std over seeds\n(hyperparameters chosen by {_rule_caption(report.rules[0])})",
-                 fontsize="medium")
+    fig.suptitle(f"Accuracy per epoch, {_caption_for(counts)}\n"
+                 f"(hyperparameters chosen by {_rule_caption(report.rules[0])})", fontsize="medium")
     _legend_below(fig, axes)
     return _save(fig, path)
+
+
+def _baseline_cells(report: Report) -> dict[tuple, Cell]:
+    """Column -> the cell of the baseline row (``method.name`` = source_only), where the report has one."""
+    if "method.name" not in report.layout.rows:
+        return {}
+    at = report.layout.rows.index("method.name")
+    return {c.col: c for c in report.cells if c.row[at] == BASELINE_METHOD}
 
 
 def _draw_series(ax, runs: Sequence[RunRecord], column: str, label: str | None, color, style: dict) -> None:
@@ -137,6 +219,7 @@ def plot_versus(report: Report, key: str, path: Path) -> Path:
     fig, axes = _grid(len(rows))
     rule = report.rules[0]
     colors = {}
+    counts = [c.n for c in report.choices[rule].values()]
     for ax, row in zip(axes, rows):
         lines: dict[tuple, list[tuple[float, Choice]]] = {}
         for cell in (c for c in report.cells if c.row == row and c.id in report.choices[rule]):
@@ -150,10 +233,11 @@ def plot_versus(report: Report, key: str, path: Path) -> Path:
                         label=label)
         _numeric_x_axis(ax, [float(c.col[-1]) for c in report.cells])
         ax.set_title(our_row_label(report, row, keyed=True), fontsize="medium")
-        ax.set_xlabel(key)
-        ax.set_ylabel(f"{report.metric} (%)")
+        ax.set_xlabel(readable_key(key))
+        ax.set_ylabel(f"{readable_key(report.metric)} (%)")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{report.metric} against {key}, mean ± std over seeds\n({_rule_caption(rule)})", fontsize="medium")
+    fig.suptitle(f"{readable_key(report.metric)} against {readable_key(key)}, {_caption_for(counts)}\n"
+                 f"({_rule_caption(rule)})", fontsize="medium")
     _legend_below(fig, axes)
     return _save(fig, path)
 
@@ -187,10 +271,11 @@ def plot_bars(report: Report, path: Path) -> Path:
     ax.set_xticks(range(len(cols)), [col_label(report.layout, c) for c in cols],
                   rotation=20 if len(cols) > 3 else 0, ha="right" if len(cols) > 3 else "center")
     ax.set_xlim(-0.6, len(cols) - 0.4)  # a lone group keeps its bars' width instead of filling the axes
-    ax.set_ylabel(f"{report.metric} (%)")
-    ax.set_xlabel(", ".join(report.layout.cols) or "all runs")
-    fig.suptitle(f"{report.metric} by {', '.join(report.layout.rows) or 'run'}, mean ± std over seeds\n"
-                 f"({_rule_caption(rule)})", fontsize="medium")
+    ax.set_ylabel(f"{readable_key(report.metric)} (%)")
+    ax.set_xlabel(readable_key(",".join(report.layout.cols)) if report.layout.cols else "all runs")
+    counts = [c.n for c in report.choices[rule].values()]
+    fig.suptitle(f"{readable_key(report.metric)} by {readable_key(','.join(report.layout.rows)) or 'run'}, "
+                 f"{_caption_for(counts)}\n({_rule_caption(rule)})", fontsize="medium")
     ax.grid(axis="y", alpha=0.3)
     _legend_below(fig, [ax])
     return _save(fig, path)

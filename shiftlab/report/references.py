@@ -5,10 +5,13 @@
     results:
       - {row: {method.name: source_only}, col: {data.source: art_painting, data.target: cartoon}, value: 54.48}
       - {row: {...}, col: {...}, value: 40.1, source: "another paper", setting: {train.epochs: 50}}
+      - {row: {...}, col: {...}, value: 58.96, loss: 0.0096636}   # the document's loss column, where it has one
 
 ``value`` is in percent, as papers print it. An entry belongs to a table cell when every run of the
 cell has each ``row`` and ``col`` key at the given value (so a key need not be a row or column key of
-the table). ``setting`` is what the published number was measured with: where our runs' config differs
+the table). ``loss`` (optional) is a loss the document prints beside the number, as printed (its
+definition is the document's: reports show it beside the number, never compare it with ours).
+``setting`` is what the published number was measured with: where our runs' config differs
 on any of its keys, the published number is marked and the difference listed.
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ class _Entry(BaseModel):
     row: dict[str, Any] = Field(default_factory=dict)
     col: dict[str, Any] = Field(default_factory=dict)
     value: float
+    loss: float | None = None
     source: str | None = None
     setting: dict[str, Any] | None = None
 
@@ -47,6 +51,7 @@ class Reference:
     value: float
     source: str
     setting: dict[str, Any]
+    loss: float | None = None   # the document's loss beside the number, as printed
 
 
 def load_references(path: str | Path) -> list[Reference]:
@@ -64,7 +69,7 @@ def load_references(path: str | Path) -> list[Reference]:
         if not source:
             raise ReportError(f"reference file {path}: an entry has no source and the file gives no default")
         setting = parsed.setting if entry.setting is None else {**parsed.setting, **entry.setting}
-        refs.append(Reference({**entry.row, **entry.col}, entry.value, source, setting))
+        refs.append(Reference({**entry.row, **entry.col}, entry.value, source, setting, entry.loss))
     return refs
 
 

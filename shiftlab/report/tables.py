@@ -136,7 +136,8 @@ class Footnotes:
 
     def mark(self, pub: Published) -> str:
         dagger = f" †{self.differences[pub.differences]}" if pub.differences else ""
-        return f"{pub.ref.value:g}{dagger}"
+        loss = f" (loss {pub.ref.loss:g})" if pub.ref.loss is not None else ""
+        return f"{pub.ref.value:g}{loss}{dagger}"
 
 
 def footnotes(report: Report) -> Footnotes:
@@ -316,7 +317,8 @@ def _choice_line(report: Report, rule: str, cell_id: CellId, choice: Choice) -> 
 
 def _published_line(report: Report, pub: Published) -> dict[str, Any]:
     return {"rule": "", "kind": "published", **_coords(report, pub.cell_id), "cell": f"{pub.ref.value:g}",
-            "mean_pct": pub.ref.value, "source": pub.ref.source, "setting_differences": "; ".join(pub.differences)}
+            "mean_pct": pub.ref.value, "published_loss": "" if pub.ref.loss is None else f"{pub.ref.loss:g}",
+            "source": pub.ref.source, "setting_differences": "; ".join(pub.differences)}
 
 
 def table_lines(report: Report) -> list[dict[str, Any]]:
