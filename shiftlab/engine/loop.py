@@ -124,6 +124,13 @@ def check_finite(values: dict[str, Any], epoch: int, step: int) -> None:
                                         f"finite checkpoint is kept: lower optim.lr or check the data")
 
 
+def model_inputs(cfg: Config, pair) -> dict[str, Any]:
+    """What using the model needs beside its weights (``shiftlab.inference.load_run`` reads it from a checkpoint):
+    the class names in output order and the square input size, which data on disk would otherwise have to tell."""
+    size = cfg.data.image_size or FAMILY_SIZES[pair.spec.family]
+    return {"classes": list(pair.classes), "image_size": size, "family": pair.spec.family}
+
+
 class Trainer:
     """Runs one experiment into ``<experiment.output_dir>/<experiment.name>/`` (see :mod:`.run_folder`).
 
@@ -199,14 +206,8 @@ class Trainer:
             "epoch": self.epoch, "step": self.step, "history": self.history, "per_class": self.per_class,
             "resumed_at": self.resumed_at, "rng": rng_state(), "stopped_early": self.should_stop,
             "train_time": self.train_time, "train_images": self.train_images,
-            "config": self.cfg.to_dict(), "shiftlab_version": __version__, **self._inputs(),
+            "config": self.cfg.to_dict(), "shiftlab_version": __version__, **model_inputs(self.cfg, self.pair),
         }
-
-    def _inputs(self) -> dict[str, Any]:
-        """What using the model needs beside its weights (``shiftlab.inference.load_run`` reads it): the class
-        names in output order and the square input size, which data on disk would otherwise have to tell."""
-        size = self.cfg.data.image_size or FAMILY_SIZES[self.pair.spec.family]
-        return {"classes": list(self.pair.classes), "image_size": size, "family": self.pair.spec.family}
 
     def _restore(self, state: dict[str, Any]) -> None:
         restore_modules(state, self.method, self.optimizers, self.schedulers, self.scaler, self.folder.last,
@@ -363,7 +364,7 @@ class Trainer:
         if self.dist.is_main:
             best = {"model": self.method.state_dict(), "epoch": self.epoch, "selection": self.selection,
                     "metrics": {k: v for k, v in row.items() if k.endswith(("_acc", "_loss"))},
-                    "config": self.cfg.to_dict(), "shiftlab_version": __version__, **self._inputs()} \
+                    "config": self.cfg.to_dict(), "shiftlab_version": __version__, **model_inputs(self.cfg, self.pair)} \
                 if improved else None
             self.folder.record(row, self.history, self._state(), best)
         if not evals:
