@@ -264,3 +264,21 @@ def test_a_trial_with_a_truncated_summary_and_no_checkpoint_starts_again(tmp_pat
     again = run_trial(cfg)
     assert again["resumed_at_epochs"] == [] and again["epochs"] == 1
     assert json.loads((folder / "summary.json").read_text())["epochs"] == 1
+
+
+def test_method_search_expands_each_method_by_its_own_declared_space(tmp_path):
+    from shiftlab.methods import get_method
+
+    path = tmp_path / "bench.yaml"
+    path.write_text(f"name: bench\noutput_dir: {tmp_path}\nconfig: [{REPO / 'configs' / 'demo.yaml'}]\n"
+                    "method_search: true\n"
+                    "grid:\n  method.name: [source_only, dann]\n  experiment.seed: [0, 1]\n")
+    trials = expand(load_sweep(path))
+    weights = get_method("dann").search_space["weight"]
+    assert len(weights) > 1 and get_method("source_only").search_space == {}
+    assert len(trials) == 2 + 2 * len(weights)  # source-only has no weight to search
+    dann = sorted((t.point["experiment.seed"], t.point["method.weight"]) for t in trials
+                  if t.point["method.name"] == "dann")
+    assert dann == sorted((s, w) for s in (0, 1) for w in weights)
+    assert all(t.config["method"]["weight"] == t.point["method.weight"] for t in trials if "method.weight" in t.point)
+    assert len({t.name for t in trials}) == len(trials)  # each setting its own run folder

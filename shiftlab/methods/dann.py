@@ -42,6 +42,7 @@ class DANN(Method):
 
     name = "dann"
     target_stream = "unlabelled"
+    search_space = {"weight": [0.1, 0.3, 1.0]}  # the domain loss's weight
 
     class Params(AdversarialParams):
         form: Literal["joint", "three_step"] = Field(

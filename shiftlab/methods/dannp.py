@@ -33,6 +33,7 @@ class DANNP(Method):
 
     name = "dannp"
     target_stream = "unlabelled"
+    search_space = {"weight": [0.1, 0.3, 1.0]}  # the domain loss's weight
 
     class Params(AdversarialParams):
         condition: Literal["prediction", "multilinear", "randomized", "features"] = Field(

@@ -22,6 +22,8 @@ A sweep is a YAML file (one table of a study = one file under ``sweeps/``)::
     max_concurrent: null               # cap on trials at once (default: as the resources allow)
     asha: null                         # {metric: source_val_acc, grace_period: 1, reduction_factor: 2}
     report: {rows: method.name, cols: data.target}   # defaults for `shiftlab report` on this sweep
+    method_search: false               # true: each point also runs its method's own search space
+                                       # (Method.search_space, e.g. dann: {weight: [0.1, 0.3, 1.0]})
 
 A trial's config is ``set`` and its grid point (and sampled keys; they win over ``set``) laid over the
 ``config`` files. A method section given there, as a whole (``method: [{name: adabn}, {name: dann,
@@ -114,6 +116,9 @@ class SweepSpec(_Strict):
     max_concurrent: int | None = Field(None, ge=1)
     asha: AshaSpec | None = None
     report: dict[str, Any] = Field(default_factory=dict)
+    method_search: bool = Field(False, description="expand each grid point by its method's own search space "
+                                "(``Method.search_space``, declared beside its Params), so a benchmark over many "
+                                "methods lists no method's weights itself")
 
     @field_validator("grid")
     @classmethod
@@ -184,7 +189,20 @@ def sweep_dir(spec: SweepSpec) -> Path:
 def _grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
     keys = list(spec.grid)
     points = [dict(zip(keys, values)) for values in itertools.product(*(spec.grid[k] for k in keys))]
-    return [p for p in points if not any(all(p[k] == v for k, v in e.items()) for e in spec.exclude)]
+    points = [p for p in points if not any(all(p[k] == v for k, v in e.items()) for e in spec.exclude)]
+    return [q for p in points for q in _method_search(spec, p)] if spec.method_search else points
+
+
+def _method_search(spec: SweepSpec, point: dict[str, Any]) -> list[dict[str, Any]]:
+    """``point`` times its method's ``search_space`` (``method_search: true``): one point per combination."""
+    from ..methods import get_method
+
+    name = point.get("method.name") or (point.get("method") or {}).get("name") or spec.set.get("method.name")
+    if name is None:
+        raise SweepError(f"sweep '{spec.name}': method_search needs method.name in the grid or in set")
+    space = get_method(name).search_space
+    keys = [f"method.{k}" for k in space]
+    return [{**point, **dict(zip(keys, values))} for values in itertools.product(*space.values())]
 
 
 def draw(space: dict[str, dict[str, list[Any]]], rng: np.random.Generator) -> dict[str, Any]:
