@@ -158,6 +158,7 @@ def test_unknown_names_and_types_are_errors_listing_the_valid_ones(resnet18):
 # ------------------------------------------------------------------------------------------ hooks
 
 
+@pytest.mark.slow
 def test_removed_hooks_leave_the_output_of_the_unhooked_model_bit_for_bit(resnet18):
     model = copy.deepcopy(resnet18).eval()
     reference = copy.deepcopy(model)
@@ -281,6 +282,7 @@ def test_checkpoints_hold_no_hook_and_evaluation_is_plain_unless_at_eval(resnet1
     assert torch.allclose(logits, logits[:1].expand_as(logits))
 
 
+@pytest.mark.slow
 def test_target_pass_leaves_batchnorm_statistics_alone(resnet18):
     method = build_method("activation_shaping", copy.deepcopy(resnet18), {"maps": "target"}).train()
     before = {k: v.clone() for k, v in method.state_dict().items()}
@@ -334,6 +336,7 @@ def _rows(run: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if k not in ("epoch_time_s", "images_per_s")} for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("maps", ["random", "target"])
 def test_a_shaped_run_resumes_exactly_after_an_interruption(tmp_path, maps):
     overrides = ["--method.layers=relu1,conv2", f"--method.maps={maps}", "--train.epochs=2",
@@ -356,6 +359,7 @@ def test_a_shaped_run_resumes_exactly_after_an_interruption(tmp_path, maps):
         assert torch.equal(resumed[k], reference[k]), k
 
 
+@pytest.mark.slow
 def test_a_pacs_slice_trains_with_measurably_shaped_activations(tmp_path, data_root):
     cfg = _method_cfg(tmp_path, "--experiment.name=pacs", f"--data.root={data_root}", "--model.pretrained=none",
                       "--data.image_size=32", "--data.batch_size=16", "--data.limit=48", "--data.num_workers=0",

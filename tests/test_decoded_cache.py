@@ -199,6 +199,7 @@ def _rows(trainer):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in trainer.history]
 
 
+@pytest.mark.slow
 def test_resume_with_the_cached_path_is_exact(tmp_path, data_root):
     root = _toy_folder(tmp_path / "data", data_root)
     full = Trainer(_cfg(tmp_path, root, "full", "--train.epochs=3", "--data.loader=cached"))

@@ -120,6 +120,7 @@ def test_adabn_on_a_trained_model_changes_target_but_not_source_accuracy(full_ru
     assert adabn["final_target_acc"] != pytest.approx(plain["final_target_acc"])
 
 
+@pytest.mark.slow
 def test_oracle_trains_on_target_labels_and_is_evaluated_on_held_out_target(tmp_path):
     summary = _train(tmp_path, "oracle", "--train.epochs=2", "--method.name=target_oracle")
     # the demo's test part is disjoint from its train/val parts, so it is the oracle's test part too

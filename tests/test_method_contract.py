@@ -39,6 +39,7 @@ def registered():
     METHODS.pop(EntropyMin.name, None)
 
 
+@pytest.mark.slow
 def test_a_new_method_trains_with_its_own_params_and_losses(registered, tmp_path):
     cfg = build_config([REPO / "configs" / "demo.yaml"], [
         f"--experiment.output_dir={tmp_path}", "--experiment.name=em", "--method.name=entropy_min_test",

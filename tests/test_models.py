@@ -151,6 +151,7 @@ def test_unknown_weights_name_lists_valid_ones():
         build_backbone("resnet18", 7, pretrained="IMAGENET1K_V9")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,classifier,size", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_torchvision_format_weights_load_for_every_family(name, classifier, size, tmp_path):
     reference = _torchvision_model(name)
@@ -256,6 +257,7 @@ def test_shiftlab_checkpoints_are_told_from_torchvision_state_dicts(tmp_path):
         build_backbone("mobilenet_v3_small", 7, head_layers=1, weights=tmp_path / "last.pt")
 
 
+@pytest.mark.slow
 def test_auxiliary_classifiers_are_dropped():
     for name, size in (("googlenet", 64), ("inception_v3", 80)):
         model = build_backbone(name, 3).train()

@@ -77,6 +77,7 @@ def test_checkpoint_without_normalisation_is_refused(tmp_path):
         build_backbone("small_cnn", 10, weights=tmp_path / "partial.pt")
 
 
+@pytest.mark.slow
 def test_googlenet_statistics_replace_torchvisions_transform_input(tmp_path):
     """torchvision runs its GoogLeNet weights with ``transform_input=True`` on ImageNet-normalised images;
     the backbone gets the same logits from [0, 1] images with ``normalization_for("photo", "googlenet")``."""

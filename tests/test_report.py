@@ -224,6 +224,7 @@ def test_a_sweep_files_report_defaults_may_be_lists(runs_folder):
     assert run(parser.parse_args([str(runs_folder), "--no-plots"])) == 0
 
 
+@pytest.mark.slow
 def test_a_real_run_folder(tmp_path):
     from shiftlab.engine.loop import Trainer
 
