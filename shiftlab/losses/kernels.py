@@ -28,6 +28,12 @@ BandwidthBase = Literal["mean", "median"]
 DAN_MULTIPLIERS = (0.125, 0.25, 0.5, 1.0, 2.0)
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` flattened, in at least float32 (autocast's half precision is too coarse for these sums)."""
+    x = x.flatten(1)
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def covariance(x: torch.Tensor) -> torch.Tensor:
     """Unbiased covariance of the rows of ``x`` (n, d): ``(X^T X - (1^T X)^T (1^T X) / n) / (n - 1)`` (CORAL Eq. 2-3)."""
     n = x.shape[0]
@@ -37,7 +43,7 @@ def covariance(x: torch.Tensor) -> torch.Tensor:
 
 def coral_loss(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Deep CORAL's loss (Eq. 1): ``||C_S - C_T||_F^2 / (4 d^2)`` between two batches of d-dim activations."""
-    source, target = source.flatten(1).float(), target.flatten(1).float()
+    source, target = _wide(source), _wide(target)
     d = source.shape[1]
     return (covariance(source) - covariance(target)).pow(2).sum() / (4 * d * d)
 
@@ -47,7 +53,7 @@ def gaussian_kernel(z: torch.Tensor, multipliers: Sequence[float] = DAN_MULTIPLI
     """Kernel matrix (N, N) of the rows of ``z``: the mean over ``multipliers`` of ``exp(-||a - b||^2 / (m s))``,
     ``s`` the detached mean or median squared distance between distinct rows, or, with ``sigma``, the one
     fixed-bandwidth kernel ``exp(-||a - b||^2 / (2 sigma^2))`` (JAN's softmax layer: sigma 0.92)."""
-    z = z.flatten(1).float()
+    z = _wide(z)
     d2 = torch.cdist(z, z).pow(2)
     if sigma is not None:
         return torch.exp(-d2 / (2 * sigma ** 2))

@@ -1,0 +1,240 @@
+"""The standard baselines (issue 30): Deep CORAL, DAN / JAN, SHOT, FixMatch-style self-training and entropy
+minimisation. Fast tests check each loss on small tensors against a value computed by hand or by a direct
+formula, the strong augmentation, and that a method with its weight at 0 trains exactly as source-only does;
+slow tests run each method short on USPS -> MNIST against source-only (measurements beside them)."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from shiftlab.config import build_config, read_yaml
+from shiftlab.engine.loop import Trainer
+from shiftlab.errors import ConfigError
+from shiftlab.losses import (centroid_pseudo_labels, coral_loss, diversity, gaussian_kernel, joint_mmd,
+                             mean_entropy, mk_mmd, mmd, nearest_centroid, thresholded_pseudo_label_loss)
+from shiftlab.methods import METHODS, Batch, build_method
+from shiftlab.models import build_backbone
+from shiftlab.nn import StrongAugment
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINES = ("coral", "dan", "shot", "self_training", "entropy_min")
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+
+# ------------------------------------------------------------------ the losses, against direct formulas
+
+
+def test_coral_loss_by_hand_and_against_torch_cov():
+    # 1-d: C_S = var([0, 2]) = 2, C_T = var([1, 1]) = 0, so ||C_S - C_T||^2 / (4 d^2) = 4 / 4 = 1
+    assert coral_loss(torch.tensor([[0.0], [2.0]]), torch.tensor([[1.0], [1.0]])).item() == pytest.approx(1.0)
+    gen = torch.Generator().manual_seed(0)
+    s, t = torch.randn(16, 5, generator=gen, dtype=torch.double), torch.randn(12, 5, generator=gen, dtype=torch.double)
+    expected = (torch.cov(s.T) - torch.cov(t.T)).pow(2).sum() / (4 * 25)
+    assert coral_loss(s, t).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert coral_loss(s, s + 3.0).item() == pytest.approx(0.0, abs=1e-7)  # a shift leaves covariances alone
+
+
+def _gauss(a, b, width):
+    return math.exp(-sum((x - y) ** 2 for x, y in zip(a, b)) / width)
+
+
+def test_mmd_estimators_against_their_sums():
+    gen = torch.Generator().manual_seed(1)
+    s, t = torch.randn(6, 3, generator=gen, dtype=torch.double), torch.randn(6, 3, generator=gen, dtype=torch.double) + 1
+    z = torch.cat([s, t]).tolist()
+    pairs = [(i, j) for i in range(12) for j in range(12) if i != j]
+    base = sum(sum((x - y) ** 2 for x, y in zip(z[i], z[j])) for i, j in pairs) / len(pairs)
+    mults = (0.5, 1.0, 2.0)
+
+    def k(i, j):  # the multi-kernel: the mean of the Gaussians of widths m * base
+        return sum(_gauss(z[i], z[j], m * base) for m in mults) / len(mults)
+    kernel = gaussian_kernel(torch.cat([s, t]), mults)
+    assert kernel[2, 9].item() == pytest.approx(k(2, 9), rel=1e-6)
+    ss = sum(k(i, j) for i in range(6) for j in range(6) if i != j) / 30
+    tt = sum(k(i, j) for i in range(6, 12) for j in range(6, 12) if i != j) / 30
+    st = sum(k(i, j) for i in range(6) for j in range(6, 12)) / 36
+    assert mk_mmd(s, t, mults).item() == pytest.approx(ss + tt - 2 * st, rel=1e-6)
+    # DAN's linear-time estimate (Eq. 6): quad-tuples (s_1, s_2, t_1, t_2), (s_3, s_4, t_3, t_4), ...
+    lin = sum(k(a, a + 1) + k(6 + a, 7 + a) - k(a, 7 + a) - k(a + 1, 6 + a) for a in (0, 2, 4)) / 3
+    assert mk_mmd(s, t, mults, estimator="linear").item() == pytest.approx(lin, rel=1e-6)
+    assert mk_mmd(s, t).item() > mk_mmd(s, s[torch.randperm(6, generator=gen)] + 0.01).item()
+    # the median base: widths are multiples of the median distinct-pair squared distance
+    d2 = torch.cdist(torch.cat([s, t]), torch.cat([s, t])).pow(2)
+    median = d2[~torch.eye(12, dtype=torch.bool)].median().item()
+    assert gaussian_kernel(torch.cat([s, t]), (1.0,), base="median")[0, 7].item() == pytest.approx(
+        _gauss(z[0], z[7], median), rel=1e-6)
+
+
+def test_joint_mmd_is_the_mmd_of_the_product_kernel():
+    gen = torch.Generator().manual_seed(2)
+    fs, ft = torch.randn(8, 4, generator=gen), torch.randn(8, 4, generator=gen)
+    ps, pt = torch.randn(8, 3, generator=gen).softmax(1), torch.randn(8, 3, generator=gen).softmax(1)
+    kernels = [{"multipliers": (0.5, 1.0)}, {"sigma": 0.92}]
+    product = gaussian_kernel(torch.cat([fs, ft]), (0.5, 1.0)) * gaussian_kernel(torch.cat([ps, pt]), sigma=0.92)
+    assert joint_mmd([fs, ps], [ft, pt], kernels).item() == pytest.approx(mmd(product, 8).item(), rel=1e-6)
+    fixed = gaussian_kernel(torch.cat([ps, pt]), sigma=0.92)
+    assert fixed[1, 9].item() == pytest.approx(math.exp(-(ps[1] - pt[1]).pow(2).sum().item() / (2 * 0.92 ** 2)), rel=1e-6)
+    assert joint_mmd([fs], [ft], kernels[:1]).item() == pytest.approx(mk_mmd(fs, ft, (0.5, 1.0)).item(), rel=1e-6)
+
+
+def test_entropy_and_diversity_by_hand():
+    uniform = torch.zeros(4, 5)
+    assert mean_entropy(uniform).item() == pytest.approx(math.log(5))
+    assert diversity(uniform).item() == pytest.approx(-math.log(5))
+    sure = torch.tensor([[30.0, 0.0], [30.0, 0.0]])  # both certain of class 0: H = 0, p̂ = (1, 0)
+    assert mean_entropy(sure).item() == pytest.approx(0.0, abs=1e-9)
+    assert diversity(sure).item() == pytest.approx(0.0, abs=1e-9)
+    split = torch.tensor([[30.0, 0.0], [0.0, 30.0]])  # certain, and spread: IM's optimum, -log 2
+    assert (mean_entropy(split) + diversity(split)).item() == pytest.approx(-math.log(2), abs=1e-6)
+    p = torch.tensor([[0.7, 0.2, 0.1]])
+    assert mean_entropy(p.log()).item() == pytest.approx(-(0.7 * math.log(0.7) + 0.2 * math.log(0.2) + 0.1 * math.log(0.1)))
+
+
+def test_thresholded_pseudo_label_loss_by_hand():
+    weak = torch.tensor([[0.99, 0.01], [0.6, 0.4], [0.02, 0.98]]).log()  # confident, not, confident
+    strong = torch.tensor([[0.0, 0.0], [5.0, 0.0], [1.0, 0.0]])
+    loss, mask = thresholded_pseudo_label_loss(weak, strong, threshold=0.95)
+    # (CE([0,0], 0) + 0 + CE([1,0], 1)) / 3 = (log 2 + log(1 + e)) / 3; the second sample is masked out
+    assert loss.item() == pytest.approx((math.log(2) + math.log(1 + math.e)) / 3, rel=1e-6)
+    assert mask.item() == pytest.approx(2 / 3)
+    strong.requires_grad_(True)
+    weak = weak.clone().requires_grad_(True)
+    thresholded_pseudo_label_loss(weak, strong)[0].backward()
+    assert weak.grad is None or not weak.grad.any()  # the weak view's prediction is a fixed target
+    assert not strong.grad[1].any() and strong.grad[0].any()
+
+
+def test_centroid_pseudo_labels_follow_shots_equations():
+    # two clusters of directions; the prediction is wrong for one point, the centroids put it right
+    features = torch.tensor([[1.0, 0.1], [1.0, -0.1], [0.9, 0.0], [0.1, 1.0], [-0.1, 1.0], [0.0, 0.9]])
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9], [0.2, 0.8], [0.2, 0.8]])
+    labels, centroids, classes = centroid_pseudo_labels(features, probs, rounds=1)
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1] and classes.tolist() == [0, 1]
+    g = F.normalize(torch.cat([features, torch.ones(6, 1)], 1), dim=1)  # (feature, 1), L2-normalised
+    assert torch.allclose(centroids[0], g[:3].mean(0)) and torch.allclose(centroids[1], g[3:].mean(0))  # Eq. 6
+    c0 = (probs[:, :1] * g).sum(0) / probs[:, 0].sum()  # Eq. 4: the prediction-weighted centroid
+    labels0, centroids0, _ = centroid_pseudo_labels(features, probs, rounds=0)
+    assert torch.allclose(centroids0[0], c0)
+    assert nearest_centroid(torch.tensor([[2.0, 0.0]]), centroids, classes).tolist() == [0]
+    # a class no image is nearest to keeps no centroid, and is never a label
+    labels, centroids, classes = centroid_pseudo_labels(features, torch.cat([probs, torch.zeros(6, 1)], 1))
+    assert classes.tolist() == [0, 1] and len(centroids) == 2
+
+
+# ------------------------------------------------------------------ the strong view
+
+
+def test_strong_augment_is_seeded_checkpointed_and_in_range():
+    x = torch.rand(8, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    a, b = StrongAugment(seed=3), StrongAugment(seed=3)
+    first = a(x)
+    assert first.shape == x.shape and 0 <= first.min() and first.max() <= 1
+    assert torch.equal(first, b(x)) and not torch.equal(first, a(x))  # same seed, same draws; new draws next
+    resumed = StrongAugment(seed=99)
+    resumed.load_state_dict(a.state_dict())  # the generator's state travels in the checkpoint
+    assert torch.equal(resumed(x), a(x))
+    before = torch.get_rng_state()
+    StrongAugment(seed=1)(x)
+    assert torch.equal(before, torch.get_rng_state())  # the global stream is untouched
+    assert (StrongAugment(seed=0, cutout=0.5)(torch.ones(2, 1, 28, 28)) == 0.5).any()  # Cutout's grey square
+
+
+# ------------------------------------------------------------------ the methods
+
+
+def test_registered_with_described_params_and_search_spaces():
+    for name in BASELINES:
+        cls = METHODS[name]
+        assert cls.__doc__ and cls.search_space, name
+        for key, field in cls.Params.model_fields.items():
+            assert field.description, f"{name}.{key}"
+        assert set(cls.search_space) <= set(cls.Params.model_fields), name
+        assert (REPO / "configs" / name / "usps_to_mnist.yaml").is_file(), name
+    assert not METHODS["shot"].uses_source and METHODS["shot"].requires_trained_model
+
+
+def test_bad_layers_are_one_line_config_errors():
+    backbone = build_backbone("dann_digits", 10, head_layers=3)
+    with pytest.raises(ConfigError, match="unknown layer 'fc9'"):
+        build_method("coral", backbone, {"layers": ["fc9"]})
+    with pytest.raises(ConfigError, match="no bottleneck"):
+        build_method("dan", backbone, {"layers": ["bottleneck"]})
+
+
+def _digits_batches(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return (Batch(torch.rand(8, 3, 28, 28, generator=gen), torch.randint(0, 10, (8,), generator=gen)),
+            Batch(torch.rand(8, 3, 28, 28, generator=gen)))
+
+
+@pytest.mark.parametrize("name, params, term", [
+    ("coral", {"weight": 0.7}, "coral"), ("coral", {"weight": 0.7, "layers": ["features", "logits"]}, "coral"),
+    ("dan", {"weight": 0.7}, "mmd"), ("dan", {"weight": 0.7, "joint": True}, "mmd"),
+    ("dan", {"weight": 0.7, "estimator": "linear"}, "mmd"),
+    ("entropy_min", {"weight": 0.7}, "entropy"), ("self_training", {"weight": 0.7, "threshold": 0.0}, "pseudo")])
+def test_a_step_is_ce_plus_weight_times_the_term_and_reaches_the_features(name, params, term):
+    torch.manual_seed(0)
+    method = build_method(name, build_backbone("dann_digits", 10, head_layers=3), params)
+    source, target = _digits_batches()
+    losses = method.training_step(source, target, 0.5)
+    assert losses["loss"].item() == pytest.approx((losses["ce"] + 0.7 * losses[term]).item(), rel=1e-6)
+    assert losses["ce"].item() == pytest.approx(F.cross_entropy(method.backbone(source.x), source.y).item(), rel=1e-6)
+    (grad,) = torch.autograd.grad(losses[term], method.backbone.features.features.conv1.weight)
+    assert grad.abs().sum() > 0  # the alignment term trains the feature extractor
+
+
+def test_shot_freezes_the_hypothesis_and_labels_by_centroids():
+    torch.manual_seed(0)
+    backbone = build_backbone("dann_digits", 10, head_layers=3)
+    method = build_method("shot", backbone, {})
+    frozen = {n for n, p in method.named_parameters() if not p.requires_grad}
+    assert frozen == {"backbone.head.fc3.weight", "backbone.head.fc3.bias"}  # the last Linear, SHOT's h
+    assert all(g["params"] for g in method.param_groups(0.01))
+    _, target = _digits_batches()
+    method.on_train_epoch_start(0, [target.x[:5], (target.x[5:], None)])
+    g = method.embed(target.x)
+    _, centroids, classes = centroid_pseudo_labels(g, method.hypothesis(g).softmax(1))
+    assert torch.allclose(method.centroids, centroids) and torch.equal(method.classes, classes)
+    losses = method.training_step(None, target, 0.0)
+    logits = method.hypothesis(g)
+    pl = F.cross_entropy(logits, nearest_centroid(g, centroids, classes))
+    expected = mean_entropy(logits) + diversity(logits) + 0.3 * pl
+    assert losses["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    whole = build_method("shot", build_backbone("dann_digits", 10, head_layers=3), {"frozen": "head"})
+    assert not any(p.requires_grad for p in whole.backbone.head.parameters())
+
+
+# ------------------------------------------------------------------ on real digits
+
+
+SHORT = ["--data.limit=2000", "--train.eval_every=100", "--train.validators=[]", "--train.progress=false"]
+
+
+def _config(out, data_root, name, method, extra=()):
+    tree = read_yaml(REPO / "configs" / "dann" / "usps_to_mnist.yaml")
+    return build_config([], [f"--experiment.output_dir={out}", f"--data.root={data_root}", *SHORT,
+                             f"--experiment.name={name}", *extra], start={**tree, "method": method})
+
+
+@pytest.mark.parametrize("name, params", [("coral", {"weight": 0.0}), ("dan", {"weight": 0.0}),
+                                          ("entropy_min", {"weight": 0.0}),
+                                          ("self_training", {"weight": 0.0})])
+def test_weight_zero_trains_exactly_as_source_only(tmp_path, data_root, name, params):
+    """Same network, data, optimiser and seed: with its weight at 0 a method's steps are source-only's, to the
+    bit (so the slow tests' gains vanish at weight 0: at their full budget the accuracies are equal too)."""
+    extra = ["--train.epochs=1", "--train.steps_per_epoch=15", "--data.limit=300"]
+    runs = {}
+    for label, method in (("source_only", {"name": "source_only"}), (name, {"name": name, **params})):
+        trainer = Trainer(_config(tmp_path, data_root, label, method, extra), overwrite=True)
+        summary = trainer.fit()
+        runs[label] = (summary["target_acc"], trainer.method.backbone.state_dict())
+    assert runs[name][0] == runs["source_only"][0]
+    for key, value in runs["source_only"][1].items():
+        assert torch.equal(runs[name][1][key], value), key
