@@ -248,13 +248,19 @@ def test_weight_zero_trains_exactly_as_source_only(tmp_path, data_root, name, pa
 # optimiser, budget and seed. Measured on 2 shared CPU cores, one thread, target accuracy %, source-only ->
 # method (gain), each method at its defaults (configs/<method>/usps_to_mnist.yaml):
 #                 seed 0                 seed 1                 seed 2
-#   source-only   50.9                   45.3                   SO2
-#   coral         65.4 (+14.5)           63.4 (+18.2)           CO2
-#   dan           72.2 (+21.3)           69.6 (+24.4)           DA2
+#   source-only   50.9                   45.3                   42.7
+#   coral         65.4 (+14.5)           63.4 (+18.2)           55.4 (+12.7)
+#   dan           72.2 (+21.3)           69.6 (+24.4)           67.9 (+25.2)
+# The margins are about half the smallest gain: coral 6 points, dan 10. Self-training (FixMatch, tau 0.95) and
+# entropy minimisation show no reliable gain in any cheap setting tried, so they are tested for weaker, exact
+# properties (their step is CE + weight * term, the term trains the features, weight 0 is source-only to the bit):
+#   self_training  52.7 (+1.8)            52.1 (+6.8)            31.8 (-11.0)
+#   (620 steps, seed 0: 49.4 -> 77.3, +27.8: FixMatch needs a confident source model first; at ~100 s a run it
+#   is past this file's budget); entropy_min at weight 0.1, 620 steps, seed 0: 49.4 -> 49.3 (-0.2).
 # With the weight at 0 every method trains exactly as source-only (test_weight_zero_trains_exactly_as_source_only:
 # the same weights to the bit), so its gain at weight 0 is 0.0 at any budget.
 BUDGET = ["--train.epochs=10", "--experiment.seed=0"]
-MARGINS = {"coral": CORAL_MARGIN, "dan": DAN_MARGIN}
+MARGINS = {"coral": 0.06, "dan": 0.10}  # least gains in target accuracy (fractions)
 
 
 @pytest.fixture(scope="module")
@@ -291,3 +297,52 @@ def test_a_short_digits_run_where_the_method_beats_source_only(source_only_run, 
     summary = Trainer(cfg, overwrite=True).fit()
     assert summary["steps"] == source_only["steps"] == 310 and not summary["reads_target_labels"]
     _check_gain(source_only, summary, name, MARGINS[name])
+
+
+class _Forbidden(torch.utils.data.Dataset):
+    """A source training split that counts reads and refuses them: a source-free run must never draw one."""
+
+    def __init__(self, size: int):
+        self.size, self.reads = size, 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index):
+        self.reads += 1
+        raise AssertionError("SHOT read a source training image")
+
+
+# SHOT from the shared source-only run's checkpoint (that seed's source model), configs/shot/usps_to_mnist.yaml
+# (optim.lr 0.002: at the source run's 0.02 the features drift into a confident, balanced but wrong labelling,
+# 23.3% on seed 0), 10 epochs of 31 steps of 64 target images, no source batch. Measured as above, target
+# accuracy %, the source model -> SHOT (gain):
+#   seed 0  50.9 -> 71.9 (+21.0)   seed 1  45.3 -> 71.4 (+26.2)   seed 2  42.7 -> 54.4 (+11.7)
+# (seed 0 with beta 0, information maximisation alone: 73.5). The margin, 6 points, is about half the least gain.
+# With beta and im_weight at 0 there is no loss to descend: the weights, and the accuracy, stay the source model's.
+SHOT_MARGIN = 0.06
+
+
+@pytest.mark.slow
+def test_shot_beats_its_source_model_without_reading_a_source_image(source_only_run, data_root, monkeypatch):
+    import shiftlab.engine.loop as loop
+    out, _, source_only, weights = source_only_run
+    forbidden = []
+
+    def build_pair(cfg, method_cls):  # the real pair, its source training split replaced by one that refuses reads
+        pair = real_build_pair(cfg, method_cls)
+        forbidden.append(_Forbidden(len(pair.source_train)))
+        return dataclasses.replace(pair, source_train=forbidden[-1])
+    real_build_pair = loop.build_pair
+    monkeypatch.setattr(loop, "build_pair", build_pair)
+    cfg = _config(out, data_root, "shot", read_yaml(REPO / "configs" / "shot" / "usps_to_mnist.yaml")["method"],
+                  [*BUDGET, f"--model.weights={weights}"])
+    trainer = Trainer(cfg, overwrite=True)
+    assert trainer.loaders.source is None and trainer.loaders.batches(0, 0) is None
+    summary = trainer.fit()
+    assert forbidden[0].reads == 0 and summary["steps"] > 0
+    _check_gain(source_only, summary, "shot", SHOT_MARGIN)
+
+    still = _config(out, data_root, "shot_weight_0", {"name": "shot", "beta": 0.0, "im_weight": 0.0},
+                    ["--train.epochs=1", "--train.steps_per_epoch=5", f"--model.weights={weights}"])
+    assert Trainer(still, overwrite=True).fit()["target_acc"] == source_only["target_acc"]
