@@ -326,7 +326,7 @@ SHOT_MARGIN = 0.06
 @pytest.mark.slow
 def test_shot_beats_its_source_model_without_reading_a_source_image(source_only_run, data_root, monkeypatch):
     import shiftlab.engine.loop as loop
-    out, _, source_only, weights = source_only_run
+    out, source_cfg, source_only, weights = source_only_run
     forbidden = []
 
     def build_pair(cfg, method_cls):  # the real pair, its source training split replaced by one that refuses reads
@@ -335,8 +335,10 @@ def test_shot_beats_its_source_model_without_reading_a_source_image(source_only_
         return dataclasses.replace(pair, source_train=forbidden[-1])
     real_build_pair = loop.build_pair
     monkeypatch.setattr(loop, "build_pair", build_pair)
-    cfg = _config(out, data_root, "shot", read_yaml(REPO / "configs" / "shot" / "usps_to_mnist.yaml")["method"],
-                  [*BUDGET, f"--model.weights={weights}"])
+    cfg = build_config([REPO / "configs" / "shot" / "usps_to_mnist.yaml"], [  # its own lr, 0.002
+        f"--experiment.output_dir={out}", f"--data.root={data_root}", *SHORT, *BUDGET, "--experiment.name=shot",
+        f"--model.weights={weights}"])
+    assert (cfg.data, cfg.model.name, cfg.optim.lr) == (source_cfg.data, source_cfg.model.name, 0.002)
     trainer = Trainer(cfg, overwrite=True)
     assert trainer.loaders.source is None and trainer.loaders.batches(0, 0) is None
     summary = trainer.fit()
