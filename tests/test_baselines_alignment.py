@@ -5,7 +5,6 @@ slow tests run each method short on USPS -> MNIST against source-only (measureme
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from pathlib import Path
 
@@ -16,8 +15,18 @@ import torch.nn.functional as F
 from shiftlab.config import build_config, read_yaml
 from shiftlab.engine.loop import Trainer
 from shiftlab.errors import ConfigError
-from shiftlab.losses import (centroid_pseudo_labels, coral_loss, diversity, gaussian_kernel, joint_mmd,
-                             mean_entropy, mk_mmd, mmd, nearest_centroid, thresholded_pseudo_label_loss)
+from shiftlab.losses import (
+    centroid_pseudo_labels,
+    coral_loss,
+    diversity,
+    gaussian_kernel,
+    joint_mmd,
+    mean_entropy,
+    mk_mmd,
+    mmd,
+    nearest_centroid,
+    thresholded_pseudo_label_loss,
+)
 from shiftlab.methods import METHODS, Batch, build_method
 from shiftlab.models import build_backbone
 from shiftlab.nn import StrongAugment
@@ -120,7 +129,7 @@ def test_centroid_pseudo_labels_follow_shots_equations():
     g = F.normalize(torch.cat([features, torch.ones(6, 1)], 1), dim=1)  # (feature, 1), L2-normalised
     assert torch.allclose(centroids[0], g[:3].mean(0)) and torch.allclose(centroids[1], g[3:].mean(0))  # Eq. 6
     c0 = (probs[:, :1] * g).sum(0) / probs[:, 0].sum()  # Eq. 4: the prediction-weighted centroid
-    labels0, centroids0, _ = centroid_pseudo_labels(features, probs, rounds=0)
+    _, centroids0, _ = centroid_pseudo_labels(features, probs, rounds=0)
     assert torch.allclose(centroids0[0], c0)
     assert nearest_centroid(torch.tensor([[2.0, 0.0]]), centroids, classes).tolist() == [0]
     # a class no image is nearest to keeps no centroid, and is never a label
@@ -325,7 +334,7 @@ SHOT_MARGIN = 0.06
 
 @pytest.mark.slow
 def test_shot_beats_its_source_model_without_reading_a_source_image(source_only_run, data_root, monkeypatch):
-    import shiftlab.engine.loop as loop
+    from shiftlab.engine import loop
     out, source_cfg, source_only, weights = source_only_run
     forbidden = []
 

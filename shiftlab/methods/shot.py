@@ -82,6 +82,8 @@ class SHOT(Method):
         self.train(was_training)
 
     def training_step(self, source: Batch | None, target: Batch, progress: float):
+        if not len(self.classes):
+            raise RuntimeError("SHOT's centroids are computed by on_train_epoch_start, which the loop calls first")
         g = self.embed(target.x)
         logits = self.hypothesis(g)
         entropy, div = mean_entropy(logits), diversity(logits)
