@@ -275,6 +275,8 @@ class Trainer:
     def train_epoch(self) -> dict[str, float]:
         """One epoch of ``steps_per_epoch`` steps; returns the mean losses (``train_<name>``) and images/s."""
         self.method.train()
+        # contract hook: per-epoch work on the target's images (SHOT's pseudo-label centroids)
+        self.method.on_train_epoch_start(self.epoch, self.loaders.target_images)
         streams = [self.loaders.batches(i, self.epoch) for i in (0, 1)]
         # running sums stay on the device (float64: on the CPU the same additions as Python floats) and are
         # read once per logging interval, so the host never waits for the device inside a step

@@ -7,6 +7,7 @@ from . import activation_shaping, adabn, finetune, oracle, source_only  # noqa: 
 from . import dann, dannp, hda  # noqa: F401  (the adversarial family)
 from . import activation_matching, gaussian_matching  # noqa: F401  (adversarial and Gaussian activation matching)
 from . import adapternet  # noqa: F401  (input adaptation before a frozen classifier)
+from . import coral, dan, entropy_min, self_training, shot  # noqa: F401  (the standard baselines, issue 30)
 from .base import METHODS, Batch, Method, build_method, get_method, method_params, register_method
 
 __all__ = ["METHODS", "Batch", "Method", "build_method", "get_method", "method_params", "register_method"]

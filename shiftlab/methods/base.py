@@ -101,6 +101,10 @@ class Method(nn.Module):
         scaler = getattr(self, "_scaler", None)
         (scaler.scale(loss) if scaler is not None else loss).backward(**kwargs)
 
+    def on_train_epoch_start(self, epoch: int, images) -> None:
+        """Before each training epoch (also the first after a resume): ``images`` yields the target's unlabelled
+        adaptation images (CPU batches, as :meth:`before_evaluation`'s). SHOT recomputes its pseudo-labels here."""
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Logits used for evaluation."""
         return self.backbone(x)

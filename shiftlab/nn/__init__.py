@@ -1,8 +1,10 @@
 """Reusable building blocks shared by methods."""
 from .adversarial import (DomainDiscriminator, GradientReversal, RandomizedMultilinearMap, ReverseGradient,
                           discriminator_from_head, ganin_lambda, multilinear_map, positive_features, reverse_gradient)
+from .augment import StrongAugment
 from .batchnorm import batchnorm_modules, batchnorm_state, load_batchnorm_state, reestimate_batchnorm
 from .hooks import ForwardHooks, named_module
+from .outputs import STAGES, check_stages, stage_outputs
 from .matching import ActivationTaps, GaussianMatcher, channel_moments, last_linear_points, match_moments, resolve_points
 from .shaping import (ActivationShaper, ash_b, ash_p, ash_s, binarize_and_mask, mask_only, random_mask,
                       select_modules)
@@ -14,4 +16,4 @@ __all__ = ["DomainDiscriminator", "GradientReversal", "RandomizedMultilinearMap"
            "ActivationTaps", "GaussianMatcher", "channel_moments", "last_linear_points", "match_moments",
            "resolve_points",
            "ActivationShaper", "ash_b", "ash_p", "ash_s", "binarize_and_mask", "mask_only", "random_mask",
-           "select_modules"]
+           "select_modules", "StrongAugment", "STAGES", "check_stages", "stage_outputs"]
