@@ -141,6 +141,13 @@ def test_two_methods_get_no_correlation_but_a_gap_plot(tmp_path):
     assert line(read_csv(out / "ranks.csv"), rule="target_oracle", **{"method.name": "beta"})["rank"] == "2"
 
 
+def test_one_rule_has_nothing_to_correlate(sweep):
+    _, out = report(sweep, "--rules", "source_val")
+    assert not (out / "rank_correlation.png").exists() and not (out / "gap.png").exists()
+    assert "Rank correlations compare two or more rules; this report has one" in (out / "report.md").read_text()
+    assert line(read_csv(out / "ranks.csv"), **{"method.name": "delta"})["rank"] == "4"
+
+
 def test_no_gap_plot_without_the_oracle(sweep):
     _, out = report(sweep, "--rules", "source_val,last")
     assert not (out / "gap.png").exists() and not (out / "gap.csv").exists()

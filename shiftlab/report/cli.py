@@ -2,7 +2,7 @@
 
 Writes ``report.md``, ``table.csv``, ``ranks.csv``, ``gap.csv`` (when the oracle is among the rules) and
 the plots ``curves.png``, ``bars.png``, ``vs_<key>.png`` (with ``--x``), ``gap.png`` (with the oracle) and
-``rank_correlation.png`` (with 3 or more rows) to ``--out`` (default ``<folder>/report``); prints the
+``rank_correlation.png`` (with 3 or more rows and 2 or more rules) to ``--out`` (default ``<folder>/report``); prints the
 Markdown and the paths written.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ..selection.rules import METRICS, RULE_ORDER, Layout, group_cells, plan_lay
 from ..errors import ReportError
 from .references import load_references
 from .runs import RunSet, load_runs
-from .ranks import MIN_ROWS
+from .ranks import correlation_unavailable
 from .tables import Report, build_report, gap_lines, render_markdown, write_tables
 
 
@@ -80,7 +80,7 @@ def _write_plots(report: Report, runset: RunSet, x: str | None, out: Path) -> li
         written.append(plot_versus(versus, x, out / f"vs_{x}.png"))
     if gap_lines(report):
         written.append(plot_gaps(report, out / "gap.png"))
-    if len({cell.row for cell in report.cells}) >= MIN_ROWS:
+    if not correlation_unavailable(len({cell.row for cell in report.cells}), len(report.rules)):
         written.append(plot_rank_correlation(report, out / "rank_correlation.png"))
     return written
 

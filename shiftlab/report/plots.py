@@ -9,7 +9,7 @@
   values (methods), error bars = std over seeds.
 * ``gap.png`` (with the oracle among the rules): the selection gap (rule minus oracle, in points) per row
   and non-oracle rule: bar = mean over the columns, dots = each column's gap; groups = rows, colour = rule.
-* ``rank_correlation.png`` (with 3 or more rows): heat map of Spearman's correlation between the rules'
+* ``rank_correlation.png`` (with 3 or more rows and 2 or more rules): heat map of Spearman's correlation between the rules'
   rankings of the rows (:mod:`.ranks`), the value written in each cell.
 
 Panels that compare rows share their y axis; a curve figure draws the baseline row (``method.name`` =
@@ -288,7 +288,9 @@ def plot_bars(report: Report, path: Path) -> Path:
 
 def _group_axes(n_groups: int, n_bars: int) -> tuple[Figure, object]:
     """One axes wide enough for ``n_groups`` groups of ``n_bars`` bars."""
-    fig = Figure(figsize=(max(5.5, 1.5 + n_groups * (0.35 * n_bars + 0.6)), 4.6), layout="constrained")
+    width = 1.5 + n_groups * (0.35 * n_bars + 0.6)
+    # past 13 inches the bars narrow instead: a page-wide figure stays readable when scaled down
+    fig = Figure(figsize=(min(max(5.5, width), 13.0), 5.0), layout="constrained")
     return fig, fig.subplots()
 
 
@@ -318,6 +320,8 @@ def plot_gaps(report: Report, path: Path) -> Path:
                    label="one pair" if k == 0 else None)
     ax.axhline(0, color="0.2", linewidth=1.0, label=f"{ORACLE} (0: as good as the oracle)")
     _group_ticks(ax, [our_row_label(report, row) for row in rows])
+    ax.use_sticky_edges = False  # a margin above 0, so that dots on the oracle's line are not cut in half
+    ax.margins(y=0.05)
     ax.set_ylabel(f"rule − oracle, points of {readable_key(report.metric)}\n(below 0: points below the oracle)")
     ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"Selection gap to the oracle ({ORACLE_LABEL}), per method and rule", fontsize="medium")

@@ -82,6 +82,15 @@ def rank_correlation(first: Sequence[RowRank], second: Sequence[RowRank]) -> flo
     return spearman([r.mean_pct for r in common], [other[r.row] for r in common])
 
 
+def correlation_unavailable(rows: int, rules: int) -> str | None:
+    """Why there is no rank correlation to show for ``rows`` rows and ``rules`` rules; None when there is."""
+    if rows < MIN_ROWS:
+        return f"Rank correlations need at least {MIN_ROWS} rows (methods); this report has {rows}."
+    if rules < 2:
+        return "Rank correlations compare two or more rules; this report has one (see --rules)."
+    return None
+
+
 def correlation_matrix(rankings: Mapping[str, Sequence[RowRank]]) -> dict[tuple[str, str], float | None]:
     """(rule, rule) -> Spearman's correlation of their rankings, for every ordered pair of rules."""
     return {(a, b): rank_correlation(rankings[a], rankings[b]) for a in rankings for b in rankings}

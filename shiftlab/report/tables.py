@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from ..selection.rules import RULES, Cell, Choice, Layout, choose, rule_unavailable
 from ..utils import atomic_write_text
-from .ranks import MIN_ROWS, RowRank, correlation_matrix, rank_rows
+from .ranks import MIN_ROWS, RowRank, correlation_matrix, correlation_unavailable, rank_rows
 from .references import Reference, matches, setting_differences
 from .runs import RunSet, UnfinishedRun
 
@@ -280,16 +280,17 @@ def _ranks_section(report: Report, ranked: dict[str, list[RowRank]]) -> list[str
 
 def _correlation_section(report: Report, ranked: dict[str, list[RowRank]]) -> list[str]:
     title = ["## Agreement of the rankings across rules", ""]
-    rows = len(_rows(report))
-    if rows < MIN_ROWS:
-        return title + [f"Rank correlations need at least {MIN_ROWS} rows (methods); this report has {rows}.", ""]
+    why_not = correlation_unavailable(len(_rows(report)), len(report.rules))
+    if why_not:
+        return title + [why_not, ""]
     matrix = correlation_matrix(ranked)
     lines = [[rule_header(a), *("n/a" if matrix[a, b] is None else f"{matrix[a, b]:+.2f}" for b in report.rules)]
              for a in report.rules]
     intro = ("Spearman's rank correlation between two rules' rankings of the rows, over the rows ranked under "
              "both: +1 = the same order, -1 = the reverse order; n/a: fewer than "
-             f"{MIN_ROWS} common rows, or all tied. A rule far from the ORACLE's column ranks the methods "
-             "differently from what the target labels would.")
+             f"{MIN_ROWS} common rows, or all tied.")
+    if ORACLE in report.rules:
+        intro += f" A rule with a low value in the `{ORACLE}` column orders the methods unlike the target labels."
     return title + [intro, "", *_md_table(["", *map(rule_header, report.rules)], lines), ""]
 
 
