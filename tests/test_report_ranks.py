@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_report import assert_png, hand_config, line, read_csv, report, write_run
 
 from shiftlab.report.ranks import RowRank, average_ranks, correlation_matrix, spearman
-from test_report import assert_png, hand_config, line, read_csv, report, write_run
 
 # Target accuracy per method and learning rate on cartoon; sketch is 10 points lower at lr 0.01 and 6
 # lower at lr 0.1; seed 0 is 1 point below, seed 1 one above. source_val picks lr 0.01 (validation 0.9 >

@@ -31,8 +31,8 @@ from matplotlib.ticker import MaxNLocator
 
 from ..selection.rules import RULES, Cell, Choice, Layout
 from ..utils import atomic_write_bytes
-from .runs import RunRecord
 from .ranks import correlation_matrix
+from .runs import RunRecord
 from .tables import ORACLE, ORACLE_LABEL, Report, col_label, gap_lines, our_row_label, rankings, row_label
 
 SOURCE_STYLE = dict(linestyle="--", linewidth=1.2, alpha=0.8)
