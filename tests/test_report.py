@@ -86,7 +86,7 @@ def line(rows: list[dict], **where) -> dict:
 def test_table_values_checked_by_hand(runs_folder, capsys):
     code, out = report(runs_folder, "--no-plots")
     assert code == 0
-    assert {p.name for p in out.iterdir()} == {"report.md", "table.csv", "gap.csv"}
+    assert {p.name for p in out.iterdir()} == {"report.md", "table.csv", "ranks.csv", "gap.csv"}
     rows = read_csv(out / "table.csv")
     assert {r["rule"] for r in rows} == {"source_val", "last", "cross_domain", "target_oracle"}
     # source_val: lr 0.01 (mean source val 0.85 > 0.75): 40, 45, 50 -> 45.0 ± 5.0 (sample std)

@@ -1,8 +1,9 @@
 """``shiftlab report <folder>``: the options, and the run from run folders to files.
 
-Writes ``report.md``, ``table.csv``, ``gap.csv`` (when the oracle is among the rules) and the plots
-``curves.png``, ``bars.png`` and ``vs_<key>.png`` (with ``--x``) to ``--out`` (default
-``<folder>/report``); prints the Markdown and the paths written.
+Writes ``report.md``, ``table.csv``, ``ranks.csv``, ``gap.csv`` (when the oracle is among the rules) and
+the plots ``curves.png``, ``bars.png``, ``vs_<key>.png`` (with ``--x``), ``gap.png`` (with the oracle) and
+``rank_correlation.png`` (with 3 or more rows and 2 or more rules) to ``--out`` (default ``<folder>/report``); prints the
+Markdown and the paths written.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from ..selection.rules import METRICS, RULE_ORDER, Layout, group_cells, plan_lay
 from ..errors import ReportError
 from .references import load_references
 from .runs import RunSet, load_runs
-from .tables import Report, build_report, render_markdown, write_tables
+from .ranks import correlation_unavailable
+from .tables import Report, build_report, gap_lines, render_markdown, write_tables
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,12 +72,16 @@ def _write_plots(report: Report, runset: RunSet, x: str | None, out: Path) -> li
     from ..extras import require
 
     require("matplotlib", "shiftlab report's plots need matplotlib", "report", hint=" (or --no-plots: tables only)")
-    from .plots import plot_bars, plot_curves, plot_versus  # matplotlib only when plotting
+    from .plots import plot_bars, plot_curves, plot_gaps, plot_rank_correlation, plot_versus  # only when plotting
 
     versus = _versus_report(report, runset, x) if x else None  # check --x before drawing anything
     written = [plot_curves(report, out / "curves.png"), plot_bars(report, out / "bars.png")]
     if versus is not None:
         written.append(plot_versus(versus, x, out / f"vs_{x}.png"))
+    if gap_lines(report):
+        written.append(plot_gaps(report, out / "gap.png"))
+    if not correlation_unavailable(len({cell.row for cell in report.cells}), len(report.rules)):
+        written.append(plot_rank_correlation(report, out / "rank_correlation.png"))
     return written
 
 

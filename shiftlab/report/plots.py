@@ -7,6 +7,10 @@
   column value, one subplot per row value, error bars = std over seeds.
 * ``bars.png``: grouped bars under the first rule: groups = column values (domain pairs), bars = row
   values (methods), error bars = std over seeds.
+* ``gap.png`` (with the oracle among the rules): the selection gap (rule minus oracle, in points) per row
+  and non-oracle rule: bar = mean over the columns, dots = each column's gap; groups = rows, colour = rule.
+* ``rank_correlation.png`` (with 3 or more rows and 2 or more rules): heat map of Spearman's correlation between the rules'
+  rankings of the rows (:mod:`.ranks`), the value written in each cell.
 
 Panels that compare rows share their y axis; a curve figure draws the baseline row (``method.name`` =
 ``source_only``, when the report has one) in every other panel, dotted grey, and the target's
@@ -27,8 +31,9 @@ from matplotlib.ticker import MaxNLocator
 
 from ..selection.rules import RULES, Cell, Choice, Layout
 from ..utils import atomic_write_bytes
+from .ranks import correlation_matrix
 from .runs import RunRecord
-from .tables import ORACLE_LABEL, Report, col_label, our_row_label, row_label
+from .tables import ORACLE, ORACLE_LABEL, Report, col_label, gap_lines, our_row_label, rankings, row_label
 
 SOURCE_STYLE = dict(linestyle="--", linewidth=1.2, alpha=0.8)
 BASELINE_STYLE = dict(linestyle=":", linewidth=1.5, color="0.35")
@@ -278,4 +283,74 @@ def plot_bars(report: Report, path: Path) -> Path:
                  f"{_caption_for(counts)}\n({_rule_caption(rule)})", fontsize="medium")
     ax.grid(axis="y", alpha=0.3)
     _legend_below(fig, [ax])
+    return _save(fig, path)
+
+
+def _group_axes(n_groups: int, n_bars: int) -> tuple[Figure, object]:
+    """One axes wide enough for ``n_groups`` groups of ``n_bars`` bars."""
+    width = 1.5 + n_groups * (0.35 * n_bars + 0.6)
+    # past 13 inches the bars narrow instead: a page-wide figure stays readable when scaled down
+    fig = Figure(figsize=(min(max(5.5, width), 13.0), 5.0), layout="constrained")
+    return fig, fig.subplots()
+
+
+def _group_ticks(ax, labels: Sequence[str]) -> None:
+    tilt = len(labels) > 3 or max(map(len, labels), default=0) > 14
+    ax.set_xticks(range(len(labels)), labels, rotation=25 if tilt else 0, ha="right" if tilt else "center")
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+
+
+def plot_gaps(report: Report, path: Path) -> Path:
+    """``gap.png``: per row (group) and non-oracle rule (colour), the rule's gap to the oracle in points:
+    bar = mean over the columns where both have a cell, dots = each column's gap."""
+    gaps: dict[tuple, dict[str, list[float]]] = {}
+    for g in gap_lines(report):
+        gaps.setdefault(g["cell_id"][0], {}).setdefault(g["rule"], []).append(g["gap_points"])
+    rows = [row for row in dict.fromkeys(c.row for c in report.cells) if row in gaps]
+    rules = [r for r in report.rules if r != ORACLE]
+    width = 0.8 / max(len(rules), 1)
+    fig, ax = _group_axes(len(rows), len(rules))
+    for k, rule in enumerate(rules):
+        offset = (k - (len(rules) - 1) / 2) * width
+        present = [(i, gaps[row][rule]) for i, row in enumerate(rows) if rule in gaps[row]]
+        ax.bar([i + offset for i, _ in present], [statistics.fmean(v) for _, v in present], width * 0.9,
+               color=f"C{k % 10}", label=f"{rule} (bar: mean over the pairs)")
+        xs = [i + offset for i, values in present for _ in values]
+        ax.scatter(xs, [v for _, values in present for v in values], s=14, color="black", zorder=3,
+                   label="one pair" if k == 0 else None)
+    ax.axhline(0, color="0.2", linewidth=1.0, label=f"{ORACLE} (0: as good as the oracle)")
+    _group_ticks(ax, [our_row_label(report, row) for row in rows])
+    ax.use_sticky_edges = False  # a margin above 0, so that dots on the oracle's line are not cut in half
+    ax.margins(y=0.05)
+    ax.set_ylabel(f"rule − oracle, points of {readable_key(report.metric)}\n(below 0: points below the oracle)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"Selection gap to the oracle ({ORACLE_LABEL}), per method and rule", fontsize="medium")
+    _legend_below(fig, [ax])
+    return _save(fig, path)
+
+
+def plot_rank_correlation(report: Report, path: Path) -> Path:
+    """``rank_correlation.png``: Spearman's correlation between every two rules' rankings of the rows."""
+    import numpy as np
+    from matplotlib import colormaps
+
+    matrix = correlation_matrix(rankings(report))
+    rules = report.rules
+    values = np.array([[np.nan if matrix[a, b] is None else matrix[a, b] for b in rules] for a in rules])
+    size = 1.6 + 0.9 * len(rules)
+    fig = Figure(figsize=(size + 1.6, size), layout="constrained")
+    ax = fig.subplots()
+    # a diverging map centred on 0 (no agreement); n/a cells (NaN) light grey
+    image = ax.imshow(values, cmap=colormaps["RdBu"].with_extremes(bad="0.85"), vmin=-1, vmax=1)
+    for (i, j), value in np.ndenumerate(values):
+        dark = not np.isnan(value) and abs(value) > 0.6
+        ax.text(j, i, "n/a" if np.isnan(value) else f"{value:+.2f}", ha="center", va="center",
+                color="white" if dark else "black", fontsize="small")
+    labels = [f"{r} (ORACLE)" if RULES[r].reads_target_labels else r for r in rules]
+    ax.set_xticks(range(len(rules)), labels, rotation=35, ha="right")
+    ax.set_yticks(range(len(rules)), labels)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="Spearman's rank correlation")
+    fig.suptitle(f"Agreement of the rules' rankings of {len(set(c.row for c in report.cells))} "
+                 f"{'methods' if report.layout.rows == ('method.name',) else 'rows'}\n(+1: same order, −1: reversed)",
+                 fontsize="medium")
     return _save(fig, path)

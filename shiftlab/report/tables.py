@@ -10,7 +10,9 @@ Files written to the output folder:
 * ``table.csv``: the same numbers in long form, one line per rule and cell (column ``rule``; ``kind`` is
   ``ours`` or ``published``), with the row and column keys, mean/std in percent, n, seeds, per-seed
   values and epochs, and the chosen hyperparameters as ``chosen.<key>`` columns;
-* ``gap.csv``: per rule and cell, the rule's mean, the oracle's mean and their difference in points.
+* ``gap.csv``: per rule and cell, the rule's mean, the oracle's mean and their difference in points;
+* ``ranks.csv``: per rule and row, the mean over the columns and the rank (:mod:`.ranks`); report.md also
+  has the ranks table and, with at least ``ranks.MIN_ROWS`` rows, the rules' rank correlations.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import Any, Sequence
 
 from ..selection.rules import RULES, Cell, Choice, Layout, choose, rule_unavailable
 from ..utils import atomic_write_text
+from .ranks import MIN_ROWS, RowRank, correlation_matrix, correlation_unavailable, rank_rows
 from .references import Reference, matches, setting_differences
 from .runs import RunSet, UnfinishedRun
 
@@ -247,6 +250,50 @@ def _gap_section(report: Report) -> list[str]:
     return ["## Selection gap to the oracle", "", intro, "", *_md_table(header, lines), ""]
 
 
+def rankings(report: Report) -> dict[str, list[RowRank]]:
+    """Rule -> every row's mean over the columns and rank under it (see :mod:`.ranks`)."""
+    return {rule: rank_rows(report.choices[rule], _rows(report), _cols(report)) for rule in report.rules}
+
+
+def rule_header(rule: str) -> str:
+    return f"`{rule}` (ORACLE)" if RULES[rule].reads_target_labels else f"`{rule}`"
+
+
+def _rank_text(rank: RowRank, columns: int) -> str:
+    if rank.rank is None:
+        return f"n/a ({rank.pairs} of {columns} columns)"
+    return f"{rank.mean_pct:.1f} ({rank.rank:g})"
+
+
+def _ranks_section(report: Report, ranked: dict[str, list[RowRank]]) -> list[str]:
+    columns = len(_cols(report))
+    header = [", ".join(report.layout.rows) or "runs", *map(rule_header, report.rules)]
+    lines = [[our_row_label(report, row), *(_rank_text(ranked[rule][i], columns) for rule in report.rules)]
+             for i, row in enumerate(_rows(report))]
+    oracles = [f"`{r}`" for r in report.rules if RULES[r].reads_target_labels]
+    oracle = f" {', '.join(oracles)}: {ORACLE_LABEL}, for reference only." if oracles else ""
+    intro = (f"Each cell: mean of the rule's {report.metric} over the {columns} columns, in %, and in brackets "
+             "the row's rank under that rule (1 = best; tied means share the mean rank). A row without a cell "
+             f"in every column under a rule is not ranked under it (n/a).{oracle}")
+    return ["## Ranks of the methods under each rule", "", intro, "", *_md_table(header, lines), ""]
+
+
+def _correlation_section(report: Report, ranked: dict[str, list[RowRank]]) -> list[str]:
+    title = ["## Agreement of the rankings across rules", ""]
+    why_not = correlation_unavailable(len(_rows(report)), len(report.rules))
+    if why_not:
+        return title + [why_not, ""]
+    matrix = correlation_matrix(ranked)
+    lines = [[rule_header(a), *("n/a" if matrix[a, b] is None else f"{matrix[a, b]:+.2f}" for b in report.rules)]
+             for a in report.rules]
+    intro = ("Spearman's rank correlation between two rules' rankings of the rows, over the rows ranked under "
+             "both: +1 = the same order, -1 = the reverse order; n/a: fewer than "
+             f"{MIN_ROWS} common rows, or all tied.")
+    if ORACLE in report.rules:
+        intro += f" A rule with a low value in the `{ORACLE}` column orders the methods unlike the target labels."
+    return title + [intro, "", *_md_table(["", *map(rule_header, report.rules)], lines), ""]
+
+
 def _notes_section(report: Report, notes: Footnotes) -> list[str]:
     lines = [f"- [{n}] {source}: published number, not measured by shiftlab." for source, n in notes.sources.items()]
     lines += [f"- †{n} our runs' setting differs from the published one: {'; '.join(diff)}."
@@ -271,6 +318,16 @@ def _unfinished_section(report: Report) -> list[str]:
             "the tables:", "", *(f"- `{u.path}`: {u.status}" for u in report.unfinished), ""]
 
 
+def _published_rows(report: Report) -> list[str]:
+    """One sentence naming the rows with published numbers beside them; none when no reference was given."""
+    if not (report.published or report.unmatched):
+        return []
+    published = {p.cell_id[0] for p in report.published}
+    rows = _rows(report)
+    named = ", ".join(row_label(r) for r in rows if r in published) or "none"
+    return [f"Rows with published numbers beside ours ({len(published)} of {len(rows)}): {named}.", ""]
+
+
 def _intro(report: Report) -> list[str]:
     layout = report.layout
     hparams = ", ".join(f"`{k}`" for k in layout.hparams) or "none (the runs of a cell differ by seed only)"
@@ -280,7 +337,7 @@ def _intro(report: Report) -> list[str]:
             f"{METRIC_NAMES[report.metric]} (`{report.metric}`) in %, mean ± sample standard deviation over "
             f"seeds (ddof = 1), n = number of seeds. Rows: {', '.join(f'`{k}`' for k in layout.rows) or '(none)'}; "
             f"columns: {cols_title(layout)}. Each table names the rule that chose the epoch and the "
-            f"hyperparameters ({hparams}).", ""]
+            f"hyperparameters ({hparams}).", "", *_published_rows(report)]
 
 
 def render_markdown(report: Report, plots: Sequence[Path] = ()) -> str:
@@ -288,7 +345,9 @@ def render_markdown(report: Report, plots: Sequence[Path] = ()) -> str:
     lines = _intro(report)
     for rule in report.rules:
         lines += _rule_section(report, rule, notes)
-    lines += _gap_section(report) + _notes_section(report, notes) + _unfinished_section(report)
+    ranked = rankings(report)
+    lines += _gap_section(report) + _ranks_section(report, ranked) + _correlation_section(report, ranked)
+    lines += _notes_section(report, notes) + _unfinished_section(report)
     if plots:
         lines += ["## Plots", "", *(f"![{p.stem}]({p.name})" for p in plots), ""]
     return "\n".join(lines)
@@ -336,16 +395,26 @@ def _csv_text(lines: list[dict[str, Any]], first: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
+def rank_csv_lines(report: Report) -> list[dict[str, Any]]:
+    """Per rule and row: the mean over the columns (percent), the rank, and how many columns it has."""
+    columns = len(_cols(report))
+    return [{"rule": rule, "rule_reads_target_labels": RULES[rule].reads_target_labels,
+             **dict(zip(report.layout.rows, r.row)), "mean_pct": "" if r.mean_pct is None else f"{r.mean_pct:.4f}",
+             "rank": "" if r.rank is None else f"{r.rank:g}", "columns": r.pairs, "columns_total": columns}
+            for rule, ranked in rankings(report).items() for r in ranked]
+
+
 def write_tables(report: Report, out: Path, plots: Sequence[Path] = ()) -> list[Path]:
-    """``report.md``, ``table.csv`` and (with the oracle among the rules) ``gap.csv`` under ``out``."""
+    """``report.md``, ``table.csv``, ``ranks.csv`` and (with the oracle among the rules) ``gap.csv`` under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "report.md", out / "table.csv"]
+    written = [out / "report.md", out / "table.csv", out / "ranks.csv"]
     atomic_write_text(written[0], render_markdown(report, plots) + "\n")
     atomic_write_text(written[1], _csv_text(table_lines(report), ["rule", "kind", *report.layout.keys]))
+    atomic_write_text(written[2], _csv_text(rank_csv_lines(report), ["rule", *report.layout.rows]))
     gaps = [{"rule": g["rule"], **_coords(report, g["cell_id"]), "rule_mean_pct": f"{g['rule_mean_pct']:.4f}",
              "oracle_mean_pct": f"{g['oracle_mean_pct']:.4f}", "gap_points": f"{g['gap_points']:.4f}"}
             for g in gap_lines(report)]
     if gaps:
         written.append(out / "gap.csv")
-        atomic_write_text(written[2], _csv_text(gaps, ["rule", *report.layout.keys]))
+        atomic_write_text(written[-1], _csv_text(gaps, ["rule", *report.layout.keys]))
     return written
