@@ -4,6 +4,7 @@ pieces they are built on, weight 0 equal to source-only, and short USPS -> MNIST
 source-only (slow)."""
 from __future__ import annotations
 
+import csv
 import math
 
 import pytest
@@ -183,3 +184,86 @@ def test_weight_zero_gives_source_onlys_gradients(name, zero):
     method.training_step(source, target, 1.0)["loss"].backward()
     for (key, a), b in zip(reference.backbone.named_parameters(), method.backbone.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=0, msg=key)
+
+
+# ------------------------------------------------------------------ short digits runs against source-only
+
+# USPS -> MNIST in the short setting of tests/test_adversarial.py (configs/<method>/usps_to_mnist.yaml: the DANN
+# paper's digits network at 28 px, SGD lr 0.02 annealed, every split cut to 2,000 evenly spaced images, 620 steps
+# of 64 + 64 images, one evaluation at the end). Source-only is the same file with its method section replaced
+# (one run, shared by every method here). Measured on 2 shared CPU cores, one thread, target accuracy %,
+# source-only -> method (gain), the methods at their configs' (the papers') defaults:
+#   source-only   seed 0 49.4   seed 1 46.3   seed 2 45.35
+#   CDAN          seed 0 66.0 (+16.6)   seed 1 SEED1_CDAN   seed 2 SEED2_CDAN
+#   MCC           seed 0 83.15 (+33.75)   seed 1 75.05 (+28.75)   seed 2 75.9 (+30.55)
+#   BNM           seed 0 80.95 (+31.55)   seed 1 SEED1_BNM   seed 2 SEED2_BNM
+# Each margin is about half the smallest gain. With its weight at 0 each method trains exactly as source-only
+# (test_weight_zero_gives_source_onlys_gradients), so its run must give source-only's accuracy to the image.
+# MDD showed no clear gain in this budget (seed 0; 49.4 source-only): the paper's margin 4 -> 51.45 (+2.05),
+# reversal fixed at 0.1 (its code's ceiling) 48.7, margin 2 48.45, margin 1 61.45 but source accuracy down
+# to 71 % (unstable), reversal fixed at 1 or weight 3: NaN within 25 steps (the network has no BatchNorm
+# bottleneck, as MDD's has). Its test checks the weaker properties below instead.
+SHORT_DIGITS = ["--data.limit=2000", "--train.epochs=20", "--train.eval_every=20", "--train.validators=[]",
+                "--train.progress=false", "--experiment.seed=0"]
+MARGINS = {"cdan": MARGIN_CDAN, "mcc": 0.14, "bnm": MARGIN_BNM}  # least gain in target accuracy (fractions)
+ZERO = {"cdan": "weight", "mcc": "mu", "bnm": "weight", "mdd": "weight"}
+
+
+def _train(out, data_root, tree: dict, name: str, *extra: str):
+    cfg = build_config([], [f"--experiment.output_dir={out}", f"--data.root={data_root}", *SHORT_DIGITS,
+                            f"--experiment.name={name}", *extra], start=tree)
+    before = torch.get_num_threads()  # module scope: the function-scoped one_thread fixture cannot serve here
+    torch.set_num_threads(1)
+    try:
+        return cfg, Trainer(cfg, overwrite=True).fit()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _tree(method: str) -> dict:
+    return read_yaml(REPO / "configs" / method / "usps_to_mnist.yaml")
+
+
+@pytest.fixture(scope="module")
+def short_source_only(tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("short_baselines_digits")
+    cfg, summary = _train(out, data_root, {**_tree("cdan"), "method": {"name": "source_only"}}, "source_only")
+    return out, cfg, summary
+
+
+def _same_setting(a_cfg, b_cfg, a, b):
+    a_dump, b_dump = a_cfg.model_dump(), b_cfg.model_dump()
+    assert {k for k in a_dump if a_dump[k] != b_dump[k]} <= {"experiment", "method"}  # data, network, optimiser, budget
+    assert {k for k in a_dump["experiment"] if a_dump["experiment"][k] != b_dump["experiment"][k]} == {"name"}
+    assert a["steps"] == b["steps"] == 620 and (b_cfg.data.source, b_cfg.data.target) == ("usps", "mnist")
+    assert a["splits"]["target_eval"]["fingerprint"] == b["splits"]["target_eval"]["fingerprint"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["cdan", "mcc", "bnm"])
+def test_a_short_digits_run_beats_source_only_and_not_at_weight_zero(method, short_source_only, data_root):
+    out, source_cfg, source_only = short_source_only
+    cfg, adapted = _train(out, data_root, _tree(method), method)
+    _same_setting(source_cfg, cfg, source_only, adapted)
+    assert adapted["method"] == method and not adapted["reads_target_labels"]
+    assert adapted["final_source_val_acc"] > 0.9  # still a real classifier
+    gain = adapted["target_acc"] - source_only["target_acc"]
+    assert gain >= MARGINS[method], (f"{method} {adapted['target_acc']:.4f} vs source-only "
+                                     f"{source_only['target_acc']:.4f} on the target: gain {gain:.4f} < {MARGINS[method]}")
+    _, off = _train(out, data_root, _tree(method), f"{method}_zero", f"--method.{ZERO[method]}=0")
+    assert off["target_acc"] == source_only["target_acc"]  # the gain is the method's term, nothing else
+
+
+@pytest.mark.slow
+def test_a_short_digits_mdd_run_trains_its_auxiliary_head_and_is_source_only_at_weight_zero(short_source_only,
+                                                                                              data_root):
+    out, source_cfg, source_only = short_source_only
+    cfg, mdd = _train(out, data_root, _tree("mdd"), "mdd")
+    _same_setting(source_cfg, cfg, source_only, mdd)
+    assert mdd["final_source_val_acc"] > 0.9  # stable in this setting (the paper's margin 4)
+    with open(out / "mdd" / "metrics.csv") as f:
+        disparity = [float(row["train_disparity"]) for row in csv.DictReader(f)]
+    assert all(map(math.isfinite, disparity)) and len(disparity) == 20
+    assert disparity[-1] < DISPARITY_DROP * disparity[0]  # f' learns to agree with f on the source (gamma * CE)
+    _, off = _train(out, data_root, _tree("mdd"), "mdd_zero", "--method.weight=0")
+    assert off["target_acc"] == source_only["target_acc"]

@@ -8,7 +8,7 @@ category-normalised; the loss is its off-diagonal mass. Training minimises ``CE_
 ``method.base=dann`` adds DANN's domain loss (a discriminator on the features behind gradient reversal),
 ``method.base=cdan`` CDAN's (conditioned on the predictions, ``method.entropy=true`` for CDAN+E), each
 ``weight * (d_source + d_target) / 2`` with the keys of :class:`~shiftlab.methods.cdan.CDANParams`
-(:class:`~shiftlab.nn.ConditionalAdversary`, the piece CDAN is built on); ``base=none`` ignores those keys.
+(:class:`~shiftlab.nn.ConditionalAdversary`, the piece CDAN is built on); ``base=none`` (null) ignores those keys.
 """
 from __future__ import annotations
 
@@ -33,14 +33,14 @@ class MCC(Method):
         mu: float = Field(1.0, ge=0, description="weight of the MCC loss (the paper's mu = 1)")
         temperature: float = Field(2.5, gt=0, description="temperature T rescaling the target logits (the paper's "
                                                           "2.5)")
-        base: Literal["none", "dann", "cdan"] = Field(
-            "none", description="domain loss MCC is added to: none (source CE + mu * MCC), dann (discriminator on "
+        base: Literal["dann", "cdan"] | None = Field(
+            None, description="domain loss MCC is added to: none (null: source CE + mu * MCC), dann (discriminator on "
                                 "the features) or cdan (on the multilinear map; method.entropy for CDAN+E), weighted "
                                 "by method.weight")
 
     def __init__(self, backbone, params, **kwargs):
         super().__init__(backbone, params, **kwargs)
-        self.adversary = (None if params.base == "none" else
+        self.adversary = (None if params.base is None else
                           cdan_adversary(backbone, params, "features" if params.base == "dann" else None))
 
     def training_step(self, source: Batch, target: Batch, progress: float):

@@ -5,7 +5,9 @@
   gamma = 10); Ganin et al., "Domain-Adversarial Training of Neural Networks", JMLR 2016, Sec. 5.2.2.
 * Conditioning the discriminator on the classifier's predictions: Long et al., "Conditional Adversarial
   Domain Adaptation" (CDAN), NeurIPS 2018, "multilinear conditioning" (the outer product f ⊗ g) and its
-  randomized form ``(R_f f) ⊙ (R_g g) / sqrt(d)``.
+  randomized form ``(R_f f) ⊙ (R_g g) / sqrt(d)``, used above ``d_f * d_g = 4096`` (:func:`cdan_condition`);
+  :class:`ConditionalAdversary` puts reversal, conditioning, discriminator and CDAN+E's entropy weights
+  together (CDAN, and MCC's ``base=dann|cdan``).
 * ToAlign's task-oriented positive features: Wei et al., "ToAlign: Task-oriented Alignment for
   Unsupervised Domain Adaptation", NeurIPS 2021, Sec. 3 (task-oriented feature decomposition).
 """
