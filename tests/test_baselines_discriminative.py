@@ -14,11 +14,24 @@ import torch.nn.functional as F
 
 from shiftlab.config import build_config, read_yaml
 from shiftlab.engine.loop import Trainer
-from shiftlab.losses import (SOURCE, TARGET, batch_nuclear_norm, class_confusion, domain_bce, entropy_weights,
-                             margin_disparity_loss, minimum_class_confusion)
+from shiftlab.losses import (
+    SOURCE,
+    TARGET,
+    batch_nuclear_norm,
+    class_confusion,
+    domain_bce,
+    entropy_weights,
+    margin_disparity_loss,
+    minimum_class_confusion,
+)
 from shiftlab.methods import Batch, build_method
 from shiftlab.models import build_backbone
-from shiftlab.nn import ConditionalAdversary, RandomizedMultilinearMap, cdan_condition, multilinear_map
+from shiftlab.nn import (
+    ConditionalAdversary,
+    RandomizedMultilinearMap,
+    cdan_condition,
+    multilinear_map,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
