@@ -218,8 +218,9 @@ def test_weight_zero_gives_source_onlys_gradients(name, zero):
 # bottleneck, as MDD's has). At margin 4 the logged disparity settles at 9.19 ~ 4 ln 10 from epoch 7 on: f' is
 # held at chance on the source by the reversed features. Its test checks weaker properties instead: the run is
 # finite and stays a classifier, and at weight 0 it is source-only to the image.
-# Test times (2 shared, heavily loaded cores, load ~8): source-only 90 s, BNM + its weight-0 run 184 s; unloaded,
-# source-only takes 12.5 s.
+# Test times on 2 shared cores under other agents' load (5-8), each with its weight-0 run: source-only 30-90 s,
+# CDAN 168 s, MCC 83 s, MDD 78 s, BNM 184 s (at load 8); 6 min for the four tests at load 5-7. Unloaded,
+# source-only takes 12.5 s, so about a sixth of that.
 SHORT_DIGITS = ["--data.limit=2000", "--train.epochs=20", "--train.eval_every=20", "--train.validators=[]",
                 "--train.progress=false", "--experiment.seed=0"]
 MARGINS = {"cdan": 0.08, "mcc": 0.14, "bnm": 0.14}  # least gains required (fractions): about half the least measured
