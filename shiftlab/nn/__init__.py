@@ -1,6 +1,7 @@
 """Reusable building blocks shared by methods."""
-from .adversarial import (DomainDiscriminator, GradientReversal, RandomizedMultilinearMap, ReverseGradient,
-                          discriminator_from_head, ganin_lambda, multilinear_map, positive_features, reverse_gradient)
+from .adversarial import (ConditionalAdversary, DomainDiscriminator, GradientReversal, RandomizedMultilinearMap,
+                          ReverseGradient, cdan_condition, discriminator_from_head, ganin_lambda, multilinear_map, positive_features,
+                          reverse_gradient)
 from .augment import StrongAugment
 from .batchnorm import batchnorm_modules, batchnorm_state, load_batchnorm_state, reestimate_batchnorm
 from .hooks import ForwardHooks, named_module
@@ -9,7 +10,7 @@ from .matching import ActivationTaps, GaussianMatcher, channel_moments, last_lin
 from .shaping import (ActivationShaper, ash_b, ash_p, ash_s, binarize_and_mask, mask_only, random_mask,
                       select_modules)
 
-__all__ = ["DomainDiscriminator", "GradientReversal", "RandomizedMultilinearMap", "ReverseGradient",
+__all__ = ["ConditionalAdversary", "cdan_condition", "DomainDiscriminator", "GradientReversal", "RandomizedMultilinearMap", "ReverseGradient",
            "discriminator_from_head", "ganin_lambda", "multilinear_map", "positive_features", "reverse_gradient",
            "batchnorm_modules", "batchnorm_state", "load_batchnorm_state", "reestimate_batchnorm",
            "ForwardHooks", "named_module",

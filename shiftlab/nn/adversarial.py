@@ -5,7 +5,9 @@
   gamma = 10); Ganin et al., "Domain-Adversarial Training of Neural Networks", JMLR 2016, Sec. 5.2.2.
 * Conditioning the discriminator on the classifier's predictions: Long et al., "Conditional Adversarial
   Domain Adaptation" (CDAN), NeurIPS 2018, "multilinear conditioning" (the outer product f ⊗ g) and its
-  randomized form ``(R_f f) ⊙ (R_g g) / sqrt(d)``.
+  randomized form ``(R_f f) ⊙ (R_g g) / sqrt(d)``, used above ``d_f * d_g = 4096`` (:func:`cdan_condition`);
+  :class:`ConditionalAdversary` puts reversal, conditioning, discriminator and CDAN+E's entropy weights
+  together (CDAN, and MCC's ``base=dann|cdan``).
 * ToAlign's task-oriented positive features: Wei et al., "ToAlign: Task-oriented Alignment for
   Unsupervised Domain Adaptation", NeurIPS 2021, Sec. 3 (task-oriented feature decomposition).
 """
@@ -17,6 +19,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from ..losses import SOURCE, TARGET, domain_bce, entropy_weights
 
 
 class ReverseGradient(torch.autograd.Function):
@@ -118,3 +122,59 @@ def positive_features(features: torch.Tensor, class_weights: torch.Tensor, eps: 
     w = class_weights.detach()
     scale = (features.pow(2).sum(1, keepdim=True) / (w * features).pow(2).sum(1, keepdim=True).clamp_min(eps)).sqrt()
     return features * (w * scale)
+
+
+#: CDAN's rule (Long et al., NeurIPS 2018, Sec. 3.1): the full multilinear map while ``d_f * d_g <= 4096``,
+#: the randomized one above it.
+MULTILINEAR_LIMIT = 4096
+CONDITIONS = ("features", "multilinear", "randomized")
+
+
+def cdan_condition(feature_dim: int, num_classes: int, randomized: bool | None = None) -> str:
+    """``"randomized"`` or ``"multilinear"``: as asked, or, when ``randomized`` is None, by CDAN's rule
+    (randomized when ``feature_dim * num_classes`` exceeds :data:`MULTILINEAR_LIMIT`)."""
+    if randomized is None:
+        randomized = feature_dim * num_classes > MULTILINEAR_LIMIT
+    return "randomized" if randomized else "multilinear"
+
+
+class ConditionalAdversary(nn.Module):
+    """The domain term of DANN and CDAN as one module: a :class:`DomainDiscriminator` behind
+    :class:`GradientReversal` that sees the features (``condition="features"``: DANN), their multilinear
+    map with the class probabilities (``"multilinear"``: CDAN's ``f ⊗ g``) or its randomized form
+    (``"randomized"``), the probabilities detached as in the CDAN code. With ``entropy=True`` each sample's
+    BCE is weighted by ``1 + exp(-H(g))`` (CDAN+E), normalised within its domain, the weights' gradient
+    reversed too (CDAN code). ``forward`` returns the source and the target domain losses; a method adds
+    ``weight * (d_source + d_target) / 2``, the mean over the concatenated batch of the CDAN code.
+    """
+
+    def __init__(self, feature_dim: int, num_classes: int, condition: str = "features", *, randomized_dim: int = 1024,
+                 hidden: Sequence[int] = (1024, 1024), dropout: float = 0.5, lambda_: float | None = None,
+                 lambda_gamma: float = 10.0, entropy: bool = False):
+        super().__init__()
+        if condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {CONDITIONS}, not {condition!r}")
+        self.condition, self.entropy = condition, entropy
+        self.reversal = GradientReversal(lambda_, lambda_gamma)
+        self.randomized = (RandomizedMultilinearMap(feature_dim, num_classes, randomized_dim)
+                           if condition == "randomized" else None)
+        inputs = {"features": feature_dim, "multilinear": feature_dim * num_classes,
+                  "randomized": randomized_dim}[condition]
+        self.discriminator = DomainDiscriminator(inputs, hidden, dropout)
+
+    def domain_loss(self, features: torch.Tensor, logits: torch.Tensor, domain: float,
+                    progress: float) -> torch.Tensor:
+        probs = logits.softmax(1)
+        if self.condition == "features":
+            inputs = features
+        elif self.condition == "multilinear":
+            inputs = multilinear_map(features, probs.detach())
+        else:
+            inputs = self.randomized(features, probs.detach())
+        weights = entropy_weights(self.reversal(probs, progress)) if self.entropy else None
+        return domain_bce(self.discriminator(self.reversal(inputs, progress)), domain, weights)
+
+    def forward(self, source_features: torch.Tensor, source_logits: torch.Tensor, target_features: torch.Tensor,
+                target_logits: torch.Tensor, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.domain_loss(source_features, source_logits, SOURCE, progress),
+                self.domain_loss(target_features, target_logits, TARGET, progress))
