@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .data.decoded import LOADERS
 from .errors import ConfigError
 from .resources import find
 from .selection.epochs import EPOCH_RULES
@@ -98,7 +99,7 @@ class DataConfig(Section):
     eval_batch_size: int | None = Field(None, ge=1, description="images per evaluation batch; default 2 x batch_size")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = load in the main process)")
     limit: int | None = Field(None, ge=1, description="keep at most this many images per split, evenly spaced (quick runs)")
-    loader: Literal["auto", "cached", "files"] = Field(
+    loader: Literal[LOADERS] = Field(  # type: ignore[valid-type]
         "auto", description="'cached': decode each split once into uint8 tensors (kept under $SHIFTLAB_CACHE/decoded "
         "and in memory on the model's device) and augment batches there; 'files': a DataLoader decoding files "
         "each epoch; 'auto': cached when every split of the run fits data.cache_budget_gb")
@@ -158,7 +159,7 @@ class MethodConfig(BaseModel):
 
 
 class OptimConfig(Section):
-    name: Literal["sgd", "adam", "adamw"] = Field("sgd", description="optimiser")
+    name: Literal["sgd", "adam", "adamw"] = Field("sgd", description="optimiser (the one list of names: engine.optim reads it)")
     lr: float = Field(0.01, gt=0, description="base learning rate (heads); the feature extractor gets lr x feature_lr_mult")
     feature_lr_mult: float = Field(1.0, ge=0, description="learning-rate multiplier of the feature extractor (0.1 is usual with ImageNet weights)")
     momentum: float = Field(0.9, ge=0, description="SGD momentum")

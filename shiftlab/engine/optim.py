@@ -7,14 +7,15 @@ builds each here, gives each its own schedule, and, under manual optimisation, h
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
-from ..config import OptimConfig
 from ..errors import ConfigError
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+from ..config import OptimConfig
+
+OPTIMIZERS = get_args(OptimConfig.model_fields["name"].annotation)  # the names optim.name accepts, defined once
 SETTINGS = ("name", "lr", "momentum", "nesterov", "weight_decay", "betas", "eps", "schedule")
 
 

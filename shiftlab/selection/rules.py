@@ -26,6 +26,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
+from .epochs import EPOCH_RULES
 from ..errors import SelectionError
 from ..utils import did_you_mean
 
@@ -291,29 +292,41 @@ class Rule:
     cross_task: bool = False    # scored on the other targets' cells instead of the cell itself
 
 
+def _per_run(name: str, score: Callable[[Sequence[RunLike]], float], description: str, *,
+             score_key: str | None = None, reads_target_labels: bool = False) -> Rule:
+    """A rule over runs built on the run-level epoch rule of the same name (``shiftlab.selection.epochs``, the one
+    registry of those names): it scores and reports that rule's ``selections`` entry."""
+    metric = score_key or EPOCH_RULES[name].metric
+    assert metric is not None, name
+    return Rule(name, score, name, metric, name, reads_target_labels, description)
+
+
 RULES: dict[str, Rule] = {r.name: r for r in (
-    Rule("source_val", score_source_val, "source_val", "source_val_acc", "source_val", False,
-         "epoch and hyperparameters by source-validation accuracy; reads no target label"),
-    Rule("last", score_last, "last", "source_val_acc", "last", False,
-         "last epoch; hyperparameters by last-epoch source-validation accuracy; reads no target label"),
-    Rule("entropy", score_entropy, "entropy", "unsup_entropy", "entropy", False,
-         "epoch and hyperparameters by the prediction-entropy validator (Morerio et al., ICLR 2018) on the "
-         "unlabelled target images; reads no target label"),
-    Rule("im", score_im, "im", "unsup_im", "im", False,
-         "epoch and hyperparameters by the information-maximisation validator (Gomes et al., NeurIPS 2010; "
-         "Musgrave et al., ECCV 2022) on the unlabelled target images; reads no target label"),
-    Rule("snd", score_snd, "snd", "unsup_snd", "snd", False,
-         "epoch and hyperparameters by the soft-neighborhood-density validator (Saito et al., ICCV 2021) on the "
-         "unlabelled target images; reads no target label"),
-    Rule("target_val", score_target_val, "target_val", "target_val_acc", "target_val", False,
-         "epoch and hyperparameters by accuracy on the labelled target validation part (methods trained on "
-         "target labels); reads no target test label"),
+    _per_run("source_val", score_source_val,
+             "epoch and hyperparameters by source-validation accuracy; reads no target label"),
+    _per_run("last", score_last,
+             "last epoch; hyperparameters by last-epoch source-validation accuracy; reads no target label",
+             score_key="source_val_acc"),
+    _per_run("entropy", score_entropy,
+             "epoch and hyperparameters by the prediction-entropy validator (Morerio et al., ICLR 2018) on the "
+             "unlabelled target images; reads no target label"),
+    _per_run("im", score_im,
+             "epoch and hyperparameters by the information-maximisation validator (Gomes et al., NeurIPS 2010; "
+             "Musgrave et al., ECCV 2022) on the unlabelled target images; reads no target label"),
+    _per_run("snd", score_snd,
+             "epoch and hyperparameters by the soft-neighborhood-density validator (Saito et al., ICCV 2021) on the "
+             "unlabelled target images; reads no target label"),
+    _per_run("target_val", score_target_val,
+             "epoch and hyperparameters by accuracy on the labelled target validation part (methods trained on "
+             "target labels); reads no target test label"),
     Rule("cross_domain", score_cross_domain, "last", "target_acc", "last", False,
          "last epoch; hyperparameters by the mean target accuracy of the other targets of the same source "
          "(PACS DANN assignment protocol); reads no label of the target it reports", cross_task=True),
-    Rule("target_oracle", score_target_oracle, "target_oracle", "target_acc", "target_oracle", True,
-         "ORACLE: reads target labels. Epoch and hyperparameters by target test accuracy; for reference only"),
+    _per_run("target_oracle", score_target_oracle,
+             "ORACLE: reads target labels. Epoch and hyperparameters by target test accuracy; for reference only",
+             reads_target_labels=True),
 )}
+assert set(EPOCH_RULES) <= set(RULES), "every run-level epoch rule is also a rule over runs"
 #: Rules in the order a report shows them: the default first, the oracle last.
 RULE_ORDER = tuple(RULES)
 
