@@ -104,6 +104,14 @@ class DataConfig(Section):
         "same images for every seed and method), for methods that train on target labels (fine-tuning, "
         "AdapterNet: curves over the number of labelled samples); their val and test parts are unchanged. "
         "Ignored by methods that read no target label")
+    source_part: Literal["all", "classifier", "adapter"] = Field(
+        "all", description="of the source domain's images (and of its cameras', which share their keys), learn and "
+        "select only on one part of a fixed hash split: 'classifier' (a share data.source_part_fraction) or "
+        "'adapter' (the rest), so that an adapter or fine-tuning run learns on images its classifier never saw "
+        "(AdapterNet, Hazan et al. 2018, section 4); 'all': no split. Evaluated images are never changed")
+    source_part_fraction: float = Field(
+        0.5, gt=0, lt=1, description="share of the source domain's images in data.source_part's 'classifier' part "
+        "(sha1 of 'source_part/<key>'); recorded in summary.json's splits")
 
     @field_validator("target_adapt_split", "target_eval_split")
     @classmethod
