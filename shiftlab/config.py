@@ -128,7 +128,8 @@ Channels = Annotated[list[float], Field(min_length=3, max_length=3)]
 class ModelConfig(Section):
     name: str = Field("resnet18", description="backbone: any torchvision classification model (resnet18, resnet50, "
                       "alexnet, vgg16, efficientnet_b0, convnext_tiny, vit_b_16 ...: torchvision.models.list_models()) "
-                      "or small_cnn / dann_digits (digits; dann_digits is the DANN paper's MNIST network)")
+                      "or small_cnn / dann_digits / lenet (digits; dann_digits is the DANN paper's MNIST network, lenet ADDA's "
+                      "LeNet, the deep activation matching authors' digits network)")
     pretrained: str = Field("none", description="'none', 'imagenet' (torchvision's DEFAULT weights) or a torchvision weights name such as IMAGENET1K_V1")
     weights: Path | None = Field(None, description="local weights file: a torchvision state dict or a shiftlab checkpoint")
     bottleneck_dim: int = Field(0, ge=0, description="size of a Linear-BN-ReLU bottleneck before the head (0 = none)")
