@@ -423,3 +423,18 @@ def test_gam_discriminators_see_matched_target_activations():
         assert not torch.allclose(channel_moments(raw[spec])[0][live], m_s[live], rtol=1e-2, atol=0)  # raw: not
         torch.testing.assert_close(m_t[live], m_s[live], atol=1e-6, rtol=1e-3)
         torch.testing.assert_close(s_t[live], s_s[live], atol=1e-6, rtol=2e-2)
+
+
+def test_lenet_setting_makes_10000_steps_of_128_for_every_source(data_root):
+    """configs/activation_matching/lenet_base.yaml: the authors' 10,000 steps of batch 128 per stage. An epoch is
+    at most one pass over the source stream, so steps_per_epoch must fit the smallest source (USPS)."""
+    from shiftlab.data import digits
+
+    for name in ("lenet_base.yaml", "lenet_gam.yaml"):
+        cfg = build_config([CONFIGS / name], [])
+        assert cfg.model.name == "lenet" and cfg.data.batch_size == 128 and cfg.data.image_size == 28
+        assert cfg.train.epochs * cfg.train.steps_per_epoch == 10_000
+    usps_train = digits.load(data_root, "usps", "train")
+    assert len(usps_train) // 128 >= cfg.train.steps_per_epoch  # drop_last batches of the smallest source
+    gam = build_config([CONFIGS / "lenet_gam.yaml"], [])
+    assert (gam.method.gaussian, gam.method.balance, gam.method.drift) == (True, "document", 1.0)

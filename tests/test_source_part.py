@@ -76,3 +76,26 @@ def test_config_key_is_validated(tmp_path):
         build_config([], ["--data.source_part=half"])
     with pytest.raises(DataError):
         build_domain_pair("demo", None, "digits", "digits_photo", source_part="half")
+
+
+def test_disjoint_sweeps_learn_on_the_adapter_part_without_early_stopping():
+    from pathlib import Path
+
+    from shiftlab.sweep.spec import expand, load_sweep
+
+    repo = Path(__file__).resolve().parents[1]
+    trials = expand(load_sweep(repo / "sweeps" / "adapternet_digits_disjoint.yaml"))
+    assert len(trials) == 4 * 3 * 3
+    for t in trials:
+        assert t.config["data"]["source_part"] == "adapter"
+        assert t.config["train"]["early_stopping_patience"] is None
+        assert str(t.config["model"]["weights"]).endswith("runs/adapternet/digits/classifier_part/checkpoints/best.pt")
+    es = expand(load_sweep(repo / "sweeps" / "adapternet_digits_disjoint_early_stopping.yaml"))
+    assert [t.name for t in es] == [t.name for t in trials]
+    assert all(t.config["train"]["early_stopping_patience"] == 5 for t in es)
+    inference = expand(load_sweep(repo / "sweeps" / "adapternet_digits_disjoint_inference.yaml"))
+    assert all(str(t.config["model"]["weights"]).endswith("classifier_part/checkpoints/best.pt") for t in inference)
+    clf = build_config([repo / "configs" / "adapternet" / "digits_classifier_part.yaml"], [])
+    assert clf.data.source_part == "classifier" and clf.experiment.name == "adapternet/digits/classifier_part"
+    init = expand(load_sweep(repo / "sweeps" / "adapternet_digits_init.yaml"))
+    assert sorted({t.point["experiment.seed"] for t in init}) == [0, 1, 2]
