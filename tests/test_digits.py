@@ -288,7 +288,8 @@ def test_check_real(domain, count):
 def test_check_empty_root(tmp_path):
     for domain in digits.DOMAINS:
         report = digits.check(tmp_path, domain)
-        assert not report.present and report.images == 0 and report.problems
+        assert not report.present and report.images == 0
+        assert report.notes if domain == "svhn" else report.problems  # svhn is optional
 
 
 def test_load_never_writes_into_data_root(root_listing, mnist, usps, mnist_m):

@@ -53,7 +53,8 @@ def test_missing_and_bad_files_name_the_path(tmp_path):
                                                                     "y": np.ones((5, 1))})
     with pytest.raises(DataError, match="32 x 32 x 3 x N"):
         digits.load(tmp_path, "svhn", "test")
-    assert not digits.check(tmp_path / "nothing", "svhn").present
+    absent = digits.check(tmp_path / "nothing", "svhn")
+    assert not absent.present and not absent.problems and "optional" in absent.notes[0]  # no failure of `datasets`
 
 
 def test_svhn_to_mnist_pair(tmp_path, data_root):

@@ -370,6 +370,10 @@ def check(root: Path, domain: str) -> DomainReport:
             report.images, found = _usps_counts(root)
         elif domain == "svhn":
             report.present = any((root / SVHN_DIR / f).is_file() for f in SVHN_FILES.values())
+            if not report.present:  # optional domain: its absence is no problem of the digits copy
+                report.notes.append(f"optional, not on disk: {root / SVHN_DIR} ({', '.join(SVHN_FILES.values())}); "
+                                    f"`shiftlab download svhn`")
+                return report
             for official in ("train", "test"):
                 try:
                     _, labels = read_svhn(root, official)
