@@ -111,6 +111,14 @@ class DataConfig(Section):
         "same images for every seed and method), for methods that train on target labels (fine-tuning, "
         "AdapterNet: curves over the number of labelled samples); their val and test parts are unchanged. "
         "Ignored by methods that read no target label")
+    source_part: Literal["all", "classifier", "adapter"] = Field(
+        "all", description="of the source domain's images (and of its cameras', which share their keys), learn and "
+        "select only on one part of a fixed hash split: 'classifier' (a share data.source_part_fraction) or "
+        "'adapter' (the rest), so that an adapter or fine-tuning run learns on images its classifier never saw "
+        "(AdapterNet, Hazan et al. 2018, section 4); 'all': no split. Evaluated images are never changed")
+    source_part_fraction: float = Field(
+        0.5, gt=0, lt=1, description="share of the source domain's images in data.source_part's 'classifier' part "
+        "(sha1 of 'source_part/<key>'); recorded in summary.json's splits")
 
     @field_validator("target_adapt_split", "target_eval_split", "source_train_split")
     @classmethod
@@ -127,7 +135,8 @@ Channels = Annotated[list[float], Field(min_length=3, max_length=3)]
 class ModelConfig(Section):
     name: str = Field("resnet18", description="backbone: any torchvision classification model (resnet18, resnet50, "
                       "alexnet, vgg16, efficientnet_b0, convnext_tiny, vit_b_16 ...: torchvision.models.list_models()) "
-                      "or small_cnn / dann_digits (digits; dann_digits is the DANN paper's MNIST network)")
+                      "or small_cnn / dann_digits / lenet (digits; dann_digits is the DANN paper's MNIST network, lenet ADDA's "
+                      "LeNet, the deep activation matching authors' digits network)")
     pretrained: str = Field("none", description="'none', 'imagenet' (torchvision's DEFAULT weights) or a torchvision weights name such as IMAGENET1K_V1")
     weights: Path | None = Field(None, description="local weights file: a torchvision state dict or a shiftlab checkpoint")
     bottleneck_dim: int = Field(0, ge=0, description="size of a Linear-BN-ReLU bottleneck before the head (0 = none)")

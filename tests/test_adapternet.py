@@ -247,7 +247,7 @@ def test_sweep_files_expand_with_a_method_section_per_grid_value():
     assert len(trials) == 4 * 3 * 3
     by_name = {t.name: t for t in trials}
     name = "method.name=finetune,method.layers=2,data.target=mnist_m@power(0.2,0.3,0.4),experiment.seed=1"
-    assert by_name[name].config["method"] == {"name": "finetune", "layers": 2}
+    assert by_name[name].config["method"] == {"name": "finetune", "layers": 2, "count": "layer"}  # parametrised layers
     assert by_name[name].config["train"]["early_stopping_patience"] == 5
     assert str(by_name[name].config["model"]["weights"]).endswith("runs/adapternet/digits/classifier/checkpoints/best.pt")
     for other in ("inference", "samples", "angles", "init"):

@@ -53,8 +53,8 @@ def test_missing_config_file_is_named(tmp_path):
 
 def test_method_keys_are_kept_for_the_method_to_validate():
     cfg = build_config([], ["--method.name=finetune", "--method.layers=2"])
-    assert cfg.method.model_extra == {"layers": 2}
-    assert cfg.method.params() == {"layers": 2}  # the accessor the loop passes to build_method
+    assert cfg.method.model_extra == {"layers": 2, "count": "layer"}  # resolved with its defaults
+    assert cfg.method.params() == {"layers": 2, "count": "layer"}  # the accessor the loop passes to build_method
 
 
 def test_method_keys_are_resolved_with_their_defaults_into_config_yaml():

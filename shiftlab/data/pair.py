@@ -23,6 +23,14 @@ rows can be put side by side on the same images.
 When source and target share images (``photo -> photo@greyscale``, or the same domain twice), the
 target is evaluated on the holdout only and the holdout is removed from the source's ``train`` and
 ``val``: no evaluated image is ever trained on, which :func:`build_domain_pair` checks by key.
+
+``data.source_part`` (AdapterNet's protocol, Hazan et al. 2018, section 4: the adapter and the fine-tuning
+baselines learn on images the classifier never saw) splits the source domain's images in two by a hash of
+each key (``source_part/<key>``, :data:`SOURCE_PART_SALT`): the ``classifier`` part (a fraction
+``data.source_part_fraction``) and the ``adapter`` part (the rest). With ``classifier`` or ``adapter`` every
+part a run learns or selects on (source train/val, target train/val/adapt images) keeps, of the source
+domain's images, only those of that part; a camera of the source domain (``mnist_m@power(...)``) has the
+same keys, so its images follow the same split. Evaluated parts are never changed.
 """
 from __future__ import annotations
 
@@ -34,17 +42,21 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
-from .base import SPLITS, path_text
+from .base import SPLITS, held_out, path_text
 from .cache import data_root
 from .registry import get_dataset
 from .spec import DatasetSpec
-from .splits import (ReadabilityCheck, classes_of, evenly_spaced, fingerprint, holdout_part, keys_of,
+from .splits import (ReadabilityCheck, classes_of, evenly_spaced, fingerprint, holdout_part, keys_of, select,
                      targets_of, union, without)
 from .transforms import build_transforms
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DomainPair", "Transformed", "build_domain_pair", "evenly_spaced", "make_loader"]
+__all__ = ["DomainPair", "Transformed", "build_domain_pair", "evenly_spaced", "make_loader", "SOURCE_PARTS"]
+
+SOURCE_PARTS = ("all", "classifier", "adapter")
+SOURCE_PART_SALT = "source_part/"
+TRAINED_PARTS = ("source_train", "source_val", "target_train", "target_val", "target_adapt_images")
 
 
 class Transformed(Dataset):
@@ -114,6 +126,7 @@ class Part:
     subset: str  # "all", "holdout", "without holdout"
     data: Dataset
     labelled: bool = True
+    source_part: str | None = None  # "classifier" / "adapter" when data.source_part restricted it
 
 
 class _SplitLoader:
@@ -140,7 +153,8 @@ def build_domain_pair(dataset: str, root: Path | None, source: str, target: str,
                       target_adapt_split: str | None = None, target_eval_split: str | None = None,
                       holdout_fraction: float = 0.2, strict_classes: bool = False,
                       skip_unreadable: bool = False, target_train_limit: int | None = None,
-                      source_train_split: str = "train") -> DomainPair:
+                      source_train_split: str = "train", source_part: str = "all",
+                      source_part_fraction: float = 0.5) -> DomainPair:
     """The datasets of one run (see the module docstring for which target images go where).
 
     ``target_labels``: the method trains on target labels. ``target_adapt_split``/``target_eval_split``:
@@ -150,6 +164,8 @@ def build_domain_pair(dataset: str, root: Path | None, source: str, target: str,
     ``skipped_files``) instead of stopping the run at the first one. ``target_train_limit``: at most this
     many labelled target training images, evenly spaced (only when ``target_labels``).
     ``source_train_split``: the source split trained on (``test``: the whole domain on PACS).
+    ``source_part``, ``source_part_fraction``: the hash part of the source domain's images a run may learn on
+    (module docstring).
     """
     root = data_root(root)
     spec = get_dataset(dataset, root)
@@ -164,6 +180,7 @@ def build_domain_pair(dataset: str, root: Path | None, source: str, target: str,
     eval_split = target_eval_split or spec.target_eval_split
     parts = plan_parts(load, source, target, adapt_split, eval_split, holdout_fraction, target_labels,
                        source_train_split)
+    restrict_to_source_part(parts, source_part, source_part_fraction)
     check_disjoint(parts, target_labels)
     classes, label_map, missing = match_classes(parts, source, target, strict_classes)
 
@@ -197,7 +214,7 @@ def build_domain_pair(dataset: str, root: Path | None, source: str, target: str,
         target_adapt_images=wrap("target_adapt_images", eval_tf, with_labels=False),
         target_holdout=None if holdout_is_eval else wrap("target_holdout", eval_tf),
         target_eval_split=_split_name(parts["target_eval"]),
-        splits=_record(parts, sizes, holdout_fraction),
+        splits=_record(parts, sizes, holdout_fraction, source_part_fraction),
         missing_target_classes=missing,
         skipped_files=skipped,
     )
@@ -242,6 +259,35 @@ def plan_parts(load: _SplitLoader, source: str, target: str, adapt_split: str, e
         parts["target_adapt_images"] = adapt
     parts["target_holdout"] = holdout
     return parts
+
+
+def in_classifier_part(key: str, fraction: float) -> bool:
+    """Whether a source image (by key) is in the classifier's part of ``data.source_part``."""
+    return held_out(SOURCE_PART_SALT + key, fraction)
+
+
+def restrict_to_source_part(parts: dict[str, Part], part: str, fraction: float) -> None:
+    """Keep, in every part learnt or selected on, only the source domain's images of ``part`` (module docstring);
+    images of other domains (a target that is not a camera of the source) are kept."""
+    if part not in SOURCE_PARTS:
+        raise DataError(f"data.source_part must be one of {', '.join(SOURCE_PARTS)}, got '{part}'")
+    if not 0 < fraction < 1:
+        raise DataError(f"data.source_part_fraction must be between 0 and 1 (exclusive), got {fraction}")
+    if part == "all":
+        return
+    source_keys = set(keys_of(parts["source_train"].data)) | set(keys_of(parts["source_val"].data))
+    want = part == "classifier"
+    for name in TRAINED_PARTS:
+        if name not in parts:
+            continue
+        p = parts[name]
+        keys = keys_of(p.data)
+        keep = [k not in source_keys or in_classifier_part(k, fraction) == want for k in keys]
+        if all(keep) and not source_keys.intersection(keys):
+            continue  # no image of the source domain: nothing to split
+        p.data = select(p.data, keep)
+        p.subset = f"{p.subset}, {part} part"
+        p.source_part = part
 
 
 def check_disjoint(parts: dict[str, Part], target_labels: bool) -> None:
@@ -311,7 +357,8 @@ def _split_name(part: Part) -> str:
     return part.split if part.subset == "all" else f"{part.split}:{part.subset.replace(' ', '-')}"
 
 
-def _record(parts: dict[str, Part], sizes: dict[str, dict[str, int]], fraction: float) -> dict[str, dict]:
+def _record(parts: dict[str, Part], sizes: dict[str, dict[str, int]], fraction: float,
+            source_part_fraction: float = 0.5) -> dict[str, dict]:
     """What summary.json says about each part: where it comes from, its size and a fingerprint of its keys
     (equal fingerprints: the same images), and how many images data.limit and unreadable files removed."""
     out = {}
@@ -320,6 +367,10 @@ def _record(parts: dict[str, Part], sizes: dict[str, dict[str, int]], fraction: 
                "size": len(p.data), "fingerprint": fingerprint(p.data)}
         if p.subset == "holdout":
             row["holdout_fraction"] = fraction
+        if p.source_part is not None:
+            row["source_part"] = {"part": p.source_part, "classifier_fraction": source_part_fraction,
+                                  "hash": f"sha1('{SOURCE_PART_SALT}' + key)[:4] big-endian / 2**32 < fraction: "
+                                          "classifier part, else adapter part"}
         if sizes["before_limit"][name] != sizes["before_skipping"][name]:
             row["size_before_limit"] = sizes["before_limit"][name]
         if sizes["before_skipping"][name] != len(p.data):

@@ -14,13 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from . import demo, digits, folder, pacs
+from . import demo, digits, folder, imagenet, pacs
 from ..errors import DataError
 from ..utils import did_you_mean
 from .cache import data_root
 from .spec import DatasetSpec
 
-BUILTIN: tuple[DatasetSpec, ...] = (demo.SPEC, digits.SPEC, pacs.SPEC, *folder.SPECS)
+BUILTIN: tuple[DatasetSpec, ...] = (demo.SPEC, digits.SPEC, pacs.SPEC, imagenet.SPEC, *folder.SPECS)
 _REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in BUILTIN}
 FOLDER_PREFIX = "folder:"
 

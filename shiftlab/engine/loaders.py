@@ -37,7 +37,8 @@ def build_pair(cfg: Config, method_cls) -> DomainPair:
         target_labels=method_cls.target_stream == "labelled", target_adapt_split=d.target_adapt_split,
         target_eval_split=d.target_eval_split, holdout_fraction=d.target_holdout_fraction,
         strict_classes=d.strict_classes, skip_unreadable=d.skip_unreadable,
-        target_train_limit=d.target_train_limit, source_train_split=d.source_train_split)
+        target_train_limit=d.target_train_limit, source_train_split=d.source_train_split,
+        source_part=d.source_part, source_part_fraction=d.source_part_fraction)
 
 
 def validator_subset(n: int, limit: int | None) -> list[int] | None:

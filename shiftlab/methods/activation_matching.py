@@ -19,26 +19,29 @@ section numbers are not cited. What is taken from where:
 * **General activation matching** (Eq. 3): the constraint relaxed into a penalty,
   ``||theta_s - theta_t||^2 + lambda * sum_i J(P(A_i^s), P(A_i^t))`` with J the Jensen-Shannon divergence,
   estimated by one discriminator per chosen layer that F_t is trained to fool, and ``lambda = 0.1``.
-  Note where the paper's lambda sits: on the **matching** term, the drift having weight 1. This class
-  keeps the common summary's form (the default), ``drift * ||theta_t - theta_s||^2`` with ``drift`` 0.1 (default) beside
-  adversarial losses of weight 0.1 / 1 (:func:`~shiftlab.losses.weight_drift`); the paper's balance of the
-  two terms (drift ten times the matching term) would be ``--method.drift=10 --method.layer_weights=[1,1]``,
-  up to how the GAN loss's scale relates to J. ``--method.gan=js`` is the standard GAN loss (J itself;
-  the summary states the standard GAN for digits and LSGAN for segmentation), ``ls`` the least-squares one.
+  Where the lambda sits: on the **matching** term, the drift having weight 1. That is the default here
+  (``method.balance=document``: drift 1, sum-reduced, every layer's term 0.1;
+  :func:`~shiftlab.losses.weight_drift`). ``method.balance=shiftlab`` keeps shiftlab's earlier balance (drift
+  0.1 beside layer terms 0.1 / 1) and ``authors_code`` the released code's (below); an explicit
+  ``method.drift``, ``drift_reduction`` or ``layer_weights`` overrides the preset. How the GAN loss's scale
+  relates to J is not fixed by the equation (a standard GAN's generator loss is J up to constants).
+  ``--method.gan=js`` is the standard GAN loss (J itself; the summary states the standard GAN for digits
+  and LSGAN for segmentation), ``ls`` the least-squares one.
   The paper's Table 1 also reports the method without the drift ("GAM (no regularization)":
   ``--method.drift=0``), a fraction of a point below the full method on digits.
 * **Layers**: for classification the summary states the last two layers (``method.layers=auto``), for
   segmentation four of ERFNet's 17 (the 4th, 8th, 12th and 17th).
-* **Gaussian matching before the discriminators**: the summary states that the discriminators are given
-  Gaussian-matched activations (``--method.gaussian=true``); the authors' released digits code
-  (github.com/RsEnts/DAM_release, ``tools/train_adda.py``, built on ADDA's code) feeds them raw
-  activations, which stays the default here.
+* **Gaussian matching before the discriminators** (GAM, the default): the summary (``seeds/003``, note under
+  "General matching") states that the activations must be Gaussian-matched before they enter the
+  discriminators for training to work, and calls the whole GAM (``--method.gaussian=true``, default). The
+  authors' released digits code (github.com/RsEnts/DAM_release, ``tools/train_adda.py``, built on ADDA's
+  code) feeds them raw activations: ``--method.gaussian=false``, kept as an option.
 * Details the equations leave open follow that released code, stated at each parameter: discriminators
   are MLPs 500-500 with ReLU and a 2-way output (here one logit: the same loss), Adam with learning rate
   2e-4 and beta1 0.5, L2 2.5e-5, one discriminator step per F_t step, the layers LeNet's fc3 (weight 0.1)
   and fc4 (weight 1), no source classification loss while adapting (F_t sees target images only; source
   images go through F_s), and the drift as each tensor's mean squared difference with weight 1
-  (``--method.drift_reduction=mean --method.drift=1``).
+  (``--method.balance=authors_code``).
 * Results: digits in the paper's Table 1 (MNIST -> USPS 95.7 +- 0.5, USPS -> MNIST 98.0 +- 0.5, SVHN -> MNIST
   74.6 +- 1.1; no adaptation 77.8, 70.7, 60.3), in ``docs/references/activation_matching.yaml``.
 """
@@ -48,7 +51,7 @@ import copy
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from ..errors import ConfigError
@@ -57,6 +60,17 @@ from ..nn import DomainDiscriminator
 from ..nn.batchnorm import eval_mode
 from ..nn.matching import LAYERS_HELP, ActivationTaps, GaussianMatcher, layer_points, match_moments
 from .base import Batch, Method, register_method
+
+
+#: method.balance -> (drift weight, drift reduction, weight of the last layer's term; the others get 0.1)
+BALANCES = {
+    # Eq. 3 as the document shows it: ||theta_s - theta_t||^2 + lambda * sum_i J_i, lambda = 0.1
+    "document": (1.0, "sum", 0.1),
+    # shiftlab's earlier default: drift 0.1 (sum), layer terms 0.1 / 1
+    "shiftlab": (0.1, "sum", 1.0),
+    # the authors' released digits code: tf.reduce_mean per tensor with weight 1, fc3 0.1 and fc4 1
+    "authors_code": (1.0, "mean", 1.0),
+}
 
 
 @register_method
@@ -78,17 +92,27 @@ class ActivationMatching(Method):
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
         layers: str | list[str] = Field("auto", description=LAYERS_HELP)
+        balance: Literal["document", "shiftlab", "authors_code"] = Field(
+            "document", description="preset of the weights of the terms, used for each of method.drift, "
+            "method.drift_reduction and method.layer_weights left unset. 'document' (default): Eq. 3 as the "
+            "document shows it (seeds/003_63417c418c7168ad.txt, 'General matching', lambda = 0.1): drift "
+            "||theta_t - theta_s||^2 with weight 1 (sum), lambda 0.1 on every layer's matching term; 'shiftlab': "
+            "shiftlab's earlier balance, drift 0.1 (sum) with layer weights 0.1 / 1 (last layer 1); "
+            "'authors_code': the released digits code (github.com/RsEnts/DAM_release), drift 1 as each tensor's "
+            "mean squared difference, layer weights 0.1 / 1")
         layer_weights: list[float] | None = Field(
-            None, description="weight of each layer's adversarial loss, in layers' order; null = the authors' "
-                              "code: 0.1 for every layer but the last, 1 for the last (fc3 0.1, fc4 1)")
+            None, description="weight of each layer's adversarial loss, in layers' order; null = method.balance's: "
+                              "'document' 0.1 for every layer, 'shiftlab' and 'authors_code' 0.1 for every layer "
+                              "but the last and 1 for the last (the authors' code: fc3 0.1, fc4 1)")
         gan: Literal["js", "ls"] = Field("js", description="'js': standard GAN loss (Jensen-Shannon; the paper's "
                                          "choice for digits); 'ls': least-squares GAN (Mao et al. 2017)")
-        drift: float = Field(0.1, ge=0, description="lambda of the weight drift lambda * ||theta_t - theta_s||^2 "
-                             "(default 0.1; the paper's Eq. 3 gives the drift weight 1 and the matching "
-                             "term 0.1: drift 10 with layer_weights [1, 1] is its balance)")
-        drift_reduction: Literal["sum", "mean"] = Field(
-            "sum", description="'sum': the squared norm over all weights (the paper); 'mean': each tensor's mean "
-                               "squared difference, summed over tensors (the authors' code, there with lambda 1)")
+        drift: float | None = Field(None, ge=0, description="weight of the weight drift drift * ||theta_t - "
+                                    "theta_s||^2; null = method.balance's ('document' 1, 'shiftlab' 0.1, "
+                                    "'authors_code' 1); 0 = the document's 'GAM (no regularization)' ablation")
+        drift_reduction: Literal["sum", "mean"] | None = Field(
+            None, description="'sum': the squared norm over all weights (the paper's Eq. 1 and 3); 'mean': each "
+                              "tensor's mean squared difference, summed over tensors (the authors' code); null = "
+                              "method.balance's ('document', 'shiftlab': sum; 'authors_code': mean)")
         hidden: list[int] = Field([500, 500], description="hidden widths of each discriminator MLP (the authors' "
                                   "code: 500-500, ReLU)")
         d_lr: float = Field(2e-4, gt=0, description="discriminators' Adam learning rate (the authors' code: 2e-4)")
@@ -96,15 +120,28 @@ class ActivationMatching(Method):
                                              "code: beta1 0.5)")
         d_weight_decay: float = Field(2.5e-5, ge=0, description="discriminators' L2 (the authors' code: 2.5e-5)")
         d_steps: int = Field(1, ge=1, description="discriminator updates per F_t update (the authors' code: 1)")
-        gaussian: bool = Field(False, description="discriminators see target activations Gaussian-matched to the "
-                               "source statistics (batch moments while training; the target's measured moments, "
-                               "kept at evaluation); false = raw activations, as the authors' digits code")
+        gaussian: bool = Field(True, description="GAM (default): the discriminators see target activations "
+                               "Gaussian-matched to the source statistics (batch moments while training; the "
+                               "target's measured moments, kept at evaluation), as the document says training "
+                               "needs (seeds/003_63417c418c7168ad.txt, note under 'General matching': Gaussian "
+                               "i.i.d. matching then the discriminators, together called GAM); false = raw "
+                               "activations, as the authors' released digits code")
+
+        @model_validator(mode="after")
+        def _fill_from_balance(self):
+            drift, reduction, _ = BALANCES[self.balance]
+            if self.drift is None:
+                self.drift = drift
+            if self.drift_reduction is None:
+                self.drift_reduction = reduction
+            return self
 
     def __init__(self, backbone, params, **kwargs):
         super().__init__(backbone, params, **kwargs)
         points = layer_points(backbone, params.layers)
         if params.layer_weights is None:
-            self.layer_weights = [0.1] * (len(points) - 1) + [1.0]
+            last = BALANCES[params.balance][2]
+            self.layer_weights = [0.1] * (len(points) - 1) + [last]
         elif len(params.layer_weights) != len(points):
             raise ConfigError(f"method.layer_weights has {len(params.layer_weights)} values but method.layers names "
                               f"{len(points)} points ({', '.join(p.spec for p in points)}): give one weight each")

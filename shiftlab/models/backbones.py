@@ -78,6 +78,16 @@ class Backbone(nn.Module):
             units.append(("bottleneck", self.bottleneck))
         return units + (_layers(self.head, "head.") if isinstance(self.head, nn.Sequential) else [("head", self.head)])
 
+    def param_layers(self) -> list[tuple[str, nn.Module]]:
+        """Parametrised layers, input to output: every module with weights of its own (``Conv2d``, ``Linear``,
+        ``BatchNorm``, ``LayerNorm`` ...; a module holding a bare parameter, such as a ViT's class token, too),
+        in module order, which is the order of the forward pass for torchvision's models (a residual block's
+        downsampling branch comes after its main branch). What Keras calls the trainable layers, and what
+        fine-tuning "the last k layers" counts (AdapterNet, Hazan et al. 2018: VGG16's fc8, fc7, fc6):
+        ResNet-18's last three are ``head`` (fc), ``features.layer4.1.bn2``, ``features.layer4.1.conv2``."""
+        return [(name, m) for name, m in self.named_modules()
+                if not name.startswith("normalize") and any(True for _ in m.parameters(recurse=False))]
+
 
 def _has_params(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
@@ -139,13 +149,41 @@ class DANNDigits(nn.Module):
         return self.classifier(self.features(x))
 
 
+class LeNet(nn.Module):
+    """ADDA's LeNet (Tzeng et al., CVPR 2017; its code, adda/models/lenet.py, is the digits network of the deep
+    activation matching authors' release, github.com/RsEnts/DAM_release): conv 5x5x20 (valid) - ReLU - max-pool
+    2 - conv 5x5x50 (valid) - ReLU - max-pool 2 - fc3 500 - ReLU - fc4 10; no BatchNorm, no dropout.
+
+    At ADDA's 28 px the shapes are 20x24x24 -> 20x12x12 -> 50x8x8 -> 50x4x4 = 800 -> 500 -> 10. shiftlab's
+    digits are RGB (grey digits repeated in 3 channels), so conv1 reads 3 channels: on a grey image that is a
+    1-channel conv whose weights are the sum of the three (shiftlab's choice). The second pooling is adaptive
+    to 4x4, exact at 28 px. Laid out like AlexNet (``features``, ``classifier``): with ``model.head_layers=1``
+    the head is fc4 and ``features`` ends with fc3 and its ReLU, so activation matching's ``layers=auto``
+    reads fc3 (after its ReLU) and fc4, as the authors' code does.
+    """
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(OrderedDict([
+            ("conv1", nn.Conv2d(3, 20, 5)), ("relu1", nn.ReLU(inplace=True)), ("pool1", nn.MaxPool2d(2)),
+            ("conv2", nn.Conv2d(20, 50, 5)), ("relu2", nn.ReLU(inplace=True)), ("pool2", nn.AdaptiveMaxPool2d(4)),
+            ("flatten", nn.Flatten()),
+        ]))
+        self.classifier = nn.Sequential(OrderedDict([
+            ("fc3", nn.Linear(50 * 4 * 4, 500)), ("relu3", nn.ReLU(inplace=True)), ("fc4", nn.Linear(500, num_classes)),
+        ]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 #: Digits networks defined here rather than in torchvision; they have no ImageNet weights.
-OWN_MODELS = {"small_cnn": SmallCNN, "dann_digits": DANNDigits}
+OWN_MODELS = {"small_cnn": SmallCNN, "dann_digits": DANNDigits, "lenet": LeNet}
 
 
 @cache
 def available_models() -> tuple[str, ...]:
-    """Every valid ``model.name``: torchvision's classification models, ``small_cnn`` and ``dann_digits``."""
+    """Every valid ``model.name``: torchvision's classification models, ``small_cnn``, ``dann_digits`` and ``lenet``."""
     return tuple(sorted([*torchvision.models.list_models(module=torchvision.models), *OWN_MODELS]))
 
 
