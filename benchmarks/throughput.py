@@ -27,6 +27,7 @@ is printed) and reused afterwards from ``$SHIFTLAB_CACHE/decoded``.
     .venv/bin/python benchmarks/throughput.py --which resnet18 --steps 3 --device cpu
     .venv/bin/python benchmarks/throughput.py --which all --device cuda --steps 50      # on a GPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,18 +55,48 @@ from shiftlab.engine.loop import Trainer  # noqa: E402
 from shiftlab.methods import Batch  # noqa: E402
 
 SETTINGS = {
-    "resnet18": dict(label="ResNet-18, PACS art_painting -> cartoon, source_only", batch=128, size=224,
-                     overrides=["--data.dataset=pacs", "--data.source=art_painting", "--data.target=cartoon",
-                                "--model.name=resnet18", "--method.name=source_only"]),
-    "dann_digits": dict(label="dann_digits, MNIST -> MNIST-M, DANN (source + target)", batch=64, size=32,
-                        overrides=["--data.dataset=digits", "--data.source=mnist", "--data.target=mnist_m",
-                                   "--model.name=dann_digits", "--method.name=dann"]),
-    "small_cnn": dict(label="small_cnn, MNIST -> MNIST-M, DANN (source + target)", batch=64, size=32,
-                      overrides=["--data.dataset=digits", "--data.source=mnist", "--data.target=mnist_m",
-                                 "--model.name=small_cnn", "--method.name=dann"]),
+    "resnet18": dict(
+        label="ResNet-18, PACS art_painting -> cartoon, source_only",
+        batch=128,
+        size=224,
+        overrides=[
+            "--data.dataset=pacs",
+            "--data.source=art_painting",
+            "--data.target=cartoon",
+            "--model.name=resnet18",
+            "--method.name=source_only",
+        ],
+    ),
+    "dann_digits": dict(
+        label="dann_digits, MNIST -> MNIST-M, DANN (source + target)",
+        batch=64,
+        size=32,
+        overrides=[
+            "--data.dataset=digits",
+            "--data.source=mnist",
+            "--data.target=mnist_m",
+            "--model.name=dann_digits",
+            "--method.name=dann",
+        ],
+    ),
+    "small_cnn": dict(
+        label="small_cnn, MNIST -> MNIST-M, DANN (source + target)",
+        batch=64,
+        size=32,
+        overrides=[
+            "--data.dataset=digits",
+            "--data.source=mnist",
+            "--data.target=mnist_m",
+            "--model.name=small_cnn",
+            "--method.name=dann",
+        ],
+    ),
 }
-WHICH = {"resnet18": ["resnet18"], "digits": ["dann_digits", "small_cnn"],
-         "all": ["resnet18", "dann_digits", "small_cnn"]}
+WHICH = {
+    "resnet18": ["resnet18"],
+    "digits": ["dann_digits", "small_cnn"],
+    "all": ["resnet18", "dann_digits", "small_cnn"],
+}
 
 
 def machine() -> str:
@@ -110,28 +141,43 @@ def limit_runner(trainer: Trainer):
             trainer.train_step(source, target, check_values=False)
         sync(dev)
         return steps * images / (time.perf_counter() - start)
+
     return run
 
 
 def full_runner(trainer: Trainer):
     """``run(steps) -> images/s`` of the loop's own epoch (data path, transfers, step, running sums)."""
+
     def run(steps: int) -> float:
         trainer.steps_per_epoch = steps
         sync(trainer.device)
         return trainer.train_epoch()["images_per_s"]
+
     return run
 
 
 def plain_loader(ds: Transformed, batch: int, size: int, photo: bool, workers: int, seed: int) -> DataLoader:
     """A peer's pipeline over the same samples: PIL transforms per image in a torchvision DataLoader."""
     if photo:
-        tf = T.Compose([T.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO), T.RandomHorizontalFlip(FLIP_P),
-                        T.ToTensor()])
+        tf = T.Compose(
+            [
+                T.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO),
+                T.RandomHorizontalFlip(FLIP_P),
+                T.ToTensor(),
+            ]
+        )
     else:
         tf = T.Compose([T.Resize((size, size)), T.ToTensor()])
-    return DataLoader(Transformed(ds.base, tf, ds.with_labels, ds.label_map), batch_size=batch, shuffle=True,
-                      num_workers=workers, drop_last=True, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        Transformed(ds.base, tf, ds.with_labels, ds.label_map),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def data_runner(trainer: Trainer):
@@ -148,6 +194,7 @@ def data_runner(trainer: Trainer):
                     images += len(trainer.to_batch(next(s)).x)
         sync(trainer.device)
         return images / (time.perf_counter() - start)
+
     return run
 
 
@@ -157,16 +204,20 @@ def plain_runner(trainer: Trainer, workers: int):
     d, dev, p = trainer.cfg.data, trainer.device, trainer.pair
     photo = p.spec.family == "photo"
     method = trainer.method
-    loaders = [plain_loader(p.source_train, d.batch_size, d.image_size, photo, workers, 0)
-               if trainer.loaders.source is not None else None,
-               plain_loader(p.target_train, d.batch_size, d.image_size, photo, workers, 1)
-               if trainer.loaders.target is not None else None]
+    loaders = [
+        plain_loader(p.source_train, d.batch_size, d.image_size, photo, workers, 0)
+        if trainer.loaders.source is not None
+        else None,
+        plain_loader(p.target_train, d.batch_size, d.image_size, photo, workers, 1)
+        if trainer.loaders.target is not None
+        else None,
+    ]
 
     def endless(loader):
         while True:
             yield from loader
 
-    streams = [endless(l) if l is not None else None for l in loaders]
+    streams = [endless(loader) if loader is not None else None for loader in loaders]
     opt = torch.optim.SGD(method.parameters(), lr=trainer.cfg.optim.lr, momentum=0.9)
     method.train()
 
@@ -191,6 +242,7 @@ def plain_runner(trainer: Trainer, workers: int):
             opt.step()
         sync(dev)
         return images / (time.perf_counter() - start)
+
     return run
 
 
@@ -198,20 +250,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--which", choices=sorted(WHICH), default="all", help="settings to measure (default all)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default auto)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="timed steps per round and measurement (default 50 on a GPU; on a CPU 20 for digits, 2 for "
-                             "ResNet-18)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed steps per round and measurement (default 50 on a GPU; on a CPU 20 for digits, 2 for ResNet-18)",
+    )
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 on a GPU, 1 on a CPU)")
     parser.add_argument("--batch-size", type=int, default=None, help="override the batch size (default 128 / 64)")
     parser.add_argument("--image-size", type=int, default=None, help="override the input size (default 224 / 32)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds of (limit, full, plain), interleaved; each figure is its best round, which "
-                             "filters out other processes' interference on a shared machine (default 3)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of (limit, full, plain), interleaved; each figure is its best round, which "
+        "filters out other processes' interference on a shared machine (default 3)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default torch's choice)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="DataLoader workers of the plain pipeline (default 0 on a CPU, 8 on a GPU)")
-    parser.add_argument("--loader", choices=["cached", "files", "auto"], default="cached",
-                        help="shiftlab's data.loader for the full measurement (default cached)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader workers of the plain pipeline (default 0 on a CPU, 8 on a GPU)",
+    )
+    parser.add_argument(
+        "--loader",
+        choices=["cached", "files", "auto"],
+        default="cached",
+        help="shiftlab's data.loader for the full measurement (default cached)",
+    )
     parser.add_argument("--compile", action="store_true", help="train.compile=true for limit and full")
     parser.add_argument("--limit", type=int, default=None, help="data.limit: at most this many images per split")
     args = parser.parse_args()
@@ -231,45 +298,80 @@ def main() -> None:
             s = SETTINGS[name]
             steps = args.steps or (50 if gpu else (2 if name == "resnet18" else 20))
             batch, size = args.batch_size or s["batch"], args.image_size or s["size"]
-            cfg = build_config([], [*s["overrides"], f"--data.batch_size={batch}", f"--data.image_size={size}",
-                                    f"--data.loader={args.loader}", f"--train.device={args.device}",
-                                    f"--train.compile={str(args.compile).lower()}", "--train.progress=false",
-                                    f"--experiment.output_dir={out}", f"--experiment.name={name}",
-                                    "--train.epochs=1", *([f"--data.limit={args.limit}"] if args.limit else [])])
+            cfg = build_config(
+                [],
+                [
+                    *s["overrides"],
+                    f"--data.batch_size={batch}",
+                    f"--data.image_size={size}",
+                    f"--data.loader={args.loader}",
+                    f"--train.device={args.device}",
+                    f"--train.compile={str(args.compile).lower()}",
+                    "--train.progress=false",
+                    f"--experiment.output_dir={out}",
+                    f"--experiment.name={name}",
+                    "--train.epochs=1",
+                    *([f"--data.limit={args.limit}"] if args.limit else []),
+                ],
+            )
             t0 = time.perf_counter()
             trainer = Trainer(cfg, overwrite=True)
             build = time.perf_counter() - t0
             with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
                 plain_run = plain_runner(trainer, workers)
-                runners = {"limit": limit_runner(trainer), "full": full_runner(trainer), "plain": plain_run,
-                           "data": data_runner(trainer), "plain_data": partial(plain_run, model=False)}
+                runners = {
+                    "limit": limit_runner(trainer),
+                    "full": full_runner(trainer),
+                    "plain": plain_run,
+                    "data": data_runner(trainer),
+                    "plain_data": partial(plain_run, model=False),
+                }
                 best = {k: 0.0 for k in runners}
-                for k, run in runners.items():  # warm-up: first calls, worker start-up, allocator, caches
+                for run in runners.values():  # warm-up: first calls, worker start-up, allocator, caches
                     run(warmup)
                 for _ in range(args.rounds):
                     for k, run in runners.items():
                         best[k] = max(best[k], run(steps))
                 limit, full, plain = best["limit"], best["full"], best["plain"]
                 data, plain_data = best["data"], best["plain_data"]
-            row = dict(name=name, label=s["label"], batch=batch, size=size, steps=steps, device=str(trainer.device),
-                       precision=trainer.precision, loader=trainer.loaders.kind, build_s=build,
-                       limit=limit, full=full, plain=plain, data=data, plain_data=plain_data)
+            row = dict(
+                name=name,
+                label=s["label"],
+                batch=batch,
+                size=size,
+                steps=steps,
+                device=str(trainer.device),
+                precision=trainer.precision,
+                loader=trainer.loaders.kind,
+                build_s=build,
+                limit=limit,
+                full=full,
+                plain=plain,
+                data=data,
+                plain_data=plain_data,
+            )
             rows.append(row)
-            print(f"\n{s['label']}: batch {batch} per stream, {size} px, best of {args.rounds} rounds of {steps} steps, {row['device']} "
-                  f"{row['precision']}, data path {row['loader']} (trainer built in {build:.1f} s, decoding included "
-                  f"when the cache was cold)")
+            print(
+                f"\n{s['label']}: batch {batch} per stream, {size} px, best of {args.rounds} rounds of {steps} steps, {row['device']} "
+                f"{row['precision']}, data path {row['loader']} (trainer built in {build:.1f} s, decoding included "
+                f"when the cache was cold)"
+            )
             print(f"  limit (model alone)       {limit:9.1f} images/s")
             print(f"  full (shiftlab)           {full:9.1f} images/s   full/limit {full / limit:.2f}")
             print(f"  plain (DataLoader + PIL)  {plain:9.1f} images/s   full/plain {full / plain:.2f}")
             print(f"  data paths alone (no model): shiftlab {data:.1f} images/s, plain {plain_data:.1f} images/s")
             del trainer
-    print("\n| setting | device | limit img/s | full img/s | plain img/s | full/limit | full/plain | data alone: "
-          "shiftlab / plain img/s |")
+    print(
+        "\n| setting | device | limit img/s | full img/s | plain img/s | full/limit | full/plain | data alone: "
+        "shiftlab / plain img/s |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['label']}, batch {r['batch']}, {r['size']} px | {r['device']} {r['precision']} | {r['limit']:.1f} "
-              f"| {r['full']:.1f} | {r['plain']:.1f} | {r['full'] / r['limit']:.2f} | {r['full'] / r['plain']:.2f} "
-              f"| {r['data']:.0f} / {r['plain_data']:.0f} |")
+        print(
+            f"| {r['label']}, batch {r['batch']}, {r['size']} px | {r['device']} {r['precision']} | {r['limit']:.1f} "
+            f"| {r['full']:.1f} | {r['plain']:.1f} | {r['full'] / r['limit']:.2f} | {r['full'] / r['plain']:.2f} "
+            f"| {r['data']:.0f} / {r['plain_data']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

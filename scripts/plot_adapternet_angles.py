@@ -7,6 +7,7 @@ folders of ``sweeps/adapternet_digits_angles.yaml`` (or any runs whose ``data.ta
 
     .venv/bin/python scripts/plot_adapternet_angles.py runs/sweeps/adapternet_digits_angles [--out DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         if angle is not None:
             by_angle[angle].append(float(run.summary[args.metric]))
     if not by_angle:
-        print(f"plot_adapternet_angles: error: no finished run under {args.folder} has a data.target "
-              f"<domain>@colour_rotation(DEG)", file=sys.stderr)
+        print(
+            f"plot_adapternet_angles: error: no finished run under {args.folder} has a data.target "
+            f"<domain>@colour_rotation(DEG)",
+            file=sys.stderr,
+        )
         return 2
     out = Path(args.out or args.folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         for a, m, s in zip(angles, means, stds):
             writer.writerow([f"{a:g}", f"{m:.4f}", f"{s:.4f}", len(by_angle[a])])
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

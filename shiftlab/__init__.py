@@ -9,5 +9,6 @@ def __getattr__(name: str):
     # load_run imports torch and the models: only when asked for, so `import shiftlab` stays light
     if name == "load_run":
         from .inference import load_run
+
         return load_run
     raise AttributeError(f"module 'shiftlab' has no attribute '{name}'")

@@ -15,6 +15,7 @@ The adapter is fully convolutional, so it is applied at each image's own resolut
 outputs are clipped to [0, 1] and rounded to 8 bits. Written: ``<out>/adapted/*.png`` (and, for a
 domain, ``<out>/camera/*.png`` and ``<out>/original/*.png``) and ``<out>/grid.png``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,8 +36,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 @dataclass
 class LoadedAdapter:
     adapter: AdapterNet
-    config: dict          # the training run's resolved config (dataset, root, domains)
-    path: Path            # the adapter.pt it came from
+    config: dict  # the training run's resolved config (dataset, root, domains)
+    path: Path  # the adapter.pt it came from
 
 
 def load_run_adapter(run: str | Path) -> LoadedAdapter:
@@ -47,8 +48,10 @@ def load_run_adapter(run: str | Path) -> LoadedAdapter:
         path = run / ADAPTER_FILE
         if not path.is_file():
             if not (run / "checkpoints" / "best.pt").is_file():
-                raise AdaptImagesError(f"--adapter {run}: neither {ADAPTER_FILE} nor checkpoints/best.pt is there; "
-                                       f"give the run folder of a finished --method.name=adapternet run")
+                raise AdaptImagesError(
+                    f"--adapter {run}: neither {ADAPTER_FILE} nor checkpoints/best.pt is there; "
+                    f"give the run folder of a finished --method.name=adapternet run"
+                )
             path = export_adapter(run)
     elif run.is_file():
         path = run
@@ -86,8 +89,9 @@ def folder_images(folder: Path, limit: int | None) -> list[tuple[str, Image.Imag
     return [(str(p.relative_to(folder).with_suffix("")), load_rgb(p)) for p in files]
 
 
-def domain_images(domain: str, config: dict, dataset: str | None, root: str | None, split: str,
-                  limit: int | None) -> list[tuple[str, Image.Image, Image.Image]]:
+def domain_images(
+    domain: str, config: dict, dataset: str | None, root: str | None, split: str, limit: int | None
+) -> list[tuple[str, Image.Image, Image.Image]]:
     """``(name, original, camera)`` for evenly spaced images of the base domain's ``split``."""
     from .data.cache import data_root
     from .data.registry import get_dataset
@@ -97,8 +101,9 @@ def domain_images(domain: str, config: dict, dataset: str | None, root: str | No
     data = config.get("data") or {}
     dataset = dataset or data.get("dataset")
     if not dataset:
-        raise AdaptImagesError(f"--images {domain}: not a folder, and the adapter's run names no dataset; "
-                               f"pass --dataset")
+        raise AdaptImagesError(
+            f"--images {domain}: not a folder, and the adapter's run names no dataset; pass --dataset"
+        )
     resolved = data_root(root or data.get("root"))
     spec = get_dataset(dataset, resolved)
     base_name, shifts = parse_domain(domain)
@@ -132,9 +137,18 @@ def grid(rows: list[list[Image.Image]], labels: list[str], cell: int = 96, pad: 
     return canvas
 
 
-def adapt_images(adapter_run: str | Path, images: str, out: str | Path, *, limit: int | None = 8,
-                 dataset: str | None = None, root: str | None = None, split: str = "test",
-                 cell: int = 96, grid_columns: int = 8) -> dict:
+def adapt_images(
+    adapter_run: str | Path,
+    images: str,
+    out: str | Path,
+    *,
+    limit: int | None = 8,
+    dataset: str | None = None,
+    root: str | None = None,
+    split: str = "test",
+    cell: int = 96,
+    grid_columns: int = 8,
+) -> dict:
     """Write adapted PNGs and ``grid.png`` under ``out``; returns what was written (for the CLI's message)."""
     if limit is not None and limit < 1:
         raise AdaptImagesError(f"--limit must be at least 1, got {limit}")
@@ -147,8 +161,9 @@ def adapt_images(adapter_run: str | Path, images: str, out: str | Path, *, limit
         items = [(name, None, img) for name, img in folder_images(folder, limit)]
         labels = ["input", "adapted"]
     elif any(ch in images for ch in "/\\") and "@" not in images:
-        raise AdaptImagesError(f"--images {images}: no such folder (a domain is written like "
-                               f"mnist_m@colour_rotation(150))")
+        raise AdaptImagesError(
+            f"--images {images}: no such folder (a domain is written like mnist_m@colour_rotation(150))"
+        )
     else:
         items = domain_images(images, loaded.config, dataset, root, split, limit)
         labels = ["original", "camera", "adapted"]

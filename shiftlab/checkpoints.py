@@ -4,6 +4,7 @@ A checkpoint is a ``torch.save`` of plain data (tensors, numbers, strings, lists
 atomically (a temporary file renamed over the old one) and read back with ``weights_only=True``, so a
 file from elsewhere cannot run code when it is loaded.
 """
+
 from __future__ import annotations
 
 import io
@@ -33,13 +34,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def non_finite_tensors(state: dict[str, Any]) -> list[str]:
     """Names of the floating-point tensors of a state dict that hold NaN or infinity."""
-    return [k for k, v in state.items()
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    return [
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
 
 
 def refuse_non_finite(state: dict[str, Any], path: Path | str) -> None:
     bad = non_finite_tensors(state)
     if bad:
-        raise NonFiniteWeightsError(f"{path} holds NaN or infinite weights ({', '.join(bad[:3])}"
-                                    f"{', ...' if len(bad) > 3 else ''}); it was saved from a diverged run: use an "
-                                    f"earlier checkpoint")
+        raise NonFiniteWeightsError(
+            f"{path} holds NaN or infinite weights ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}); it was saved from a diverged run: use an "
+            f"earlier checkpoint"
+        )

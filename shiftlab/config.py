@@ -11,6 +11,7 @@ is read and the resolved config (``config.yaml``) holds every one of them, defau
 section that names another method replaces the one underneath instead of merging into it
 (:func:`merge_config`), since one method's keys mean nothing to another.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -29,7 +30,6 @@ from .selection.epochs import EPOCH_RULES
 from .selection.validators import VALIDATORS
 from .utils import did_you_mean, read_yaml_mapping
 
-
 MAX_SEED = 2**63  # seeds are below it: what torch's and numpy's generators take (see ExperimentConfig.seed)
 DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N
 
@@ -42,8 +42,11 @@ class ExperimentConfig(Section):
     name: str = Field("demo", description="run folder name under output_dir; may contain '/' (e.g. baseline/cartoon)")
     output_dir: Path = Field(Path("runs"), description="folder that holds the run folders")
     seed: int = Field(0, description="seed of every random number generator (data order, init, augmentation)")
-    plugins: list[str] = Field(default_factory=list, description="Python modules to import before the run "
-                               "(they register methods or datasets of your own), e.g. [my_lab.methods]")
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Python modules to import before the run "
+        "(they register methods or datasets of your own), e.g. [my_lab.methods]",
+    )
 
     @field_validator("name")
     @classmethod
@@ -51,8 +54,10 @@ class ExperimentConfig(Section):
         """A run name is a folder under output_dir: never the output folder itself, nor outside it."""
         parts = PurePath(name).parts
         if PurePath(name).anchor or ".." in parts or not parts:
-            raise ValueError("must be a relative folder name under experiment.output_dir such as 'baseline/cartoon' "
-                             "(not absolute, no '..' part, not '' or '.')")
+            raise ValueError(
+                "must be a relative folder name under experiment.output_dir such as 'baseline/cartoon' "
+                "(not absolute, no '..' part, not '' or '.')"
+            )
         return name
 
     @field_validator("seed")
@@ -67,64 +72,108 @@ class ExperimentConfig(Section):
 class DataConfig(Section):
     dataset: str = Field("demo", description="registered dataset (see `shiftlab datasets`), or folder:<Dataset>")
     root: Path | None = Field(None, description="data root; default $SHIFTLAB_DATA, else ./data (unused by 'demo')")
-    source: str = Field("digits", description="source domain: labelled training data; a derived domain is "
-                        "<domain>@<shift>(args), e.g. photo@greyscale (shifts: `shiftlab datasets`)")
-    target: str = Field("digits_photo", description="target domain: evaluated, unlabelled unless the method says "
-                        "otherwise; may be derived, e.g. photo@brightness(-40), also from the source's domain")
+    source: str = Field(
+        "digits",
+        description="source domain: labelled training data; a derived domain is "
+        "<domain>@<shift>(args), e.g. photo@greyscale (shifts: `shiftlab datasets`)",
+    )
+    target: str = Field(
+        "digits_photo",
+        description="target domain: evaluated, unlabelled unless the method says "
+        "otherwise; may be derived, e.g. photo@brightness(-40), also from the source's domain",
+    )
     source_train_split: str = Field(
-        "train", description="source images trained on, with labels: train (default), or test for the whole "
+        "train",
+        description="source images trained on, with labels: train (default), or test for the whole "
         "domain (PACS: every image; the PACS DANN assignment's 'entire Photo dataset'), or a union such as "
         "train+val; source_val stays the val split, so where the two overlap source validation measures "
-        "training images (select by another rule then: last, cross_domain)")
+        "training images (select by another rule then: last, cross_domain)",
+    )
     target_adapt_split: str | None = Field(
-        None, description="target images an unsupervised method adapts on, without labels: "
+        None,
+        description="target images an unsupervised method adapts on, without labels: "
         "train, val, test or a union such as train+val; null = the dataset's protocol (digits: train+val, the "
-        "official training images; PACS, Office-Home, DomainNet, folder datasets, demo: test, the whole target)")
+        "official training images; PACS, Office-Home, DomainNet, folder datasets, demo: test, the whole target)",
+    )
     target_eval_split: str | None = Field(
-        None, description="target split the reported number is measured on; null = the "
+        None,
+        description="target split the reported number is measured on; null = the "
         "dataset's protocol (digits: the official test set; others: test, the whole domain). Methods that train "
-        "on target labels are measured on the holdout")
+        "on target labels are measured on the holdout",
+    )
     target_holdout_fraction: float = Field(
-        0.2, gt=0, lt=1, description="when the eval split contains the target's train/val (transductive: PACS, "
+        0.2,
+        gt=0,
+        lt=1,
+        description="when the eval split contains the target's train/val (transductive: PACS, "
         "folder datasets), this fraction of it, chosen by a hash of each file's path, is held out: labelled "
-        "methods never train on it and are measured on it, every method is also evaluated on it")
-    strict_classes: bool = Field(False, description="a target with no images of some source classes is an error "
-                                 "(default: a warning naming them; accuracy is then over the classes it has)")
-    skip_unreadable: bool = Field(False, description="decode every image before training and skip unreadable "
-                                  "files, listed in skipped_files.txt (default: the first unreadable file stops "
-                                  "the run, naming it)")
-    image_size: int | None = Field(None, ge=8, description="square input size in pixels; default 224 for photos, 32 for digits")
-    augment: bool = Field(True, description="random resized crops and flips on photo datasets (digits are only resized)")
+        "methods never train on it and are measured on it, every method is also evaluated on it",
+    )
+    strict_classes: bool = Field(
+        False,
+        description="a target with no images of some source classes is an error "
+        "(default: a warning naming them; accuracy is then over the classes it has)",
+    )
+    skip_unreadable: bool = Field(
+        False,
+        description="decode every image before training and skip unreadable "
+        "files, listed in skipped_files.txt (default: the first unreadable file stops "
+        "the run, naming it)",
+    )
+    image_size: int | None = Field(
+        None, ge=8, description="square input size in pixels; default 224 for photos, 32 for digits"
+    )
+    augment: bool = Field(
+        True, description="random resized crops and flips on photo datasets (digits are only resized)"
+    )
     batch_size: int = Field(64, ge=1, description="images per training batch (source and target each)")
     eval_batch_size: int | None = Field(None, ge=1, description="images per evaluation batch; default 2 x batch_size")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = load in the main process)")
-    limit: int | None = Field(None, ge=1, description="keep at most this many images per split, evenly spaced (quick runs)")
+    limit: int | None = Field(
+        None, ge=1, description="keep at most this many images per split, evenly spaced (quick runs)"
+    )
     loader: Literal[LOADERS] = Field(  # type: ignore[valid-type]
-        "auto", description="'cached': decode each split once into uint8 tensors (kept under $SHIFTLAB_CACHE/decoded "
+        "auto",
+        description="'cached': decode each split once into uint8 tensors (kept under $SHIFTLAB_CACHE/decoded "
         "and in memory on the model's device) and augment batches there; 'files': a DataLoader decoding files "
-        "each epoch; 'auto': cached when every split of the run fits data.cache_budget_gb")
+        "each epoch; 'auto': cached when every split of the run fits data.cache_budget_gb",
+    )
     cache_budget_gb: float | None = Field(
-        None, gt=0, description="memory the decoded splits of one run may take with data.loader=auto; null = a "
-        "quarter of the free memory where they live (GPU memory on CUDA, else RAM)")
+        None,
+        gt=0,
+        description="memory the decoded splits of one run may take with data.loader=auto; null = a "
+        "quarter of the free memory where they live (GPU memory on CUDA, else RAM)",
+    )
     target_train_limit: int | None = Field(
-        None, ge=1, description="keep at most this many labelled target training images, evenly spaced (the "
+        None,
+        ge=1,
+        description="keep at most this many labelled target training images, evenly spaced (the "
         "same images for every seed and method), for methods that train on target labels (fine-tuning, "
         "AdapterNet: curves over the number of labelled samples); their val and test parts are unchanged. "
-        "Ignored by methods that read no target label")
+        "Ignored by methods that read no target label",
+    )
     source_part: Literal["all", "classifier", "adapter"] = Field(
-        "all", description="of the source domain's images (and of its cameras', which share their keys), learn and "
+        "all",
+        description="of the source domain's images (and of its cameras', which share their keys), learn and "
         "select only on one part of a fixed hash split: 'classifier' (a share data.source_part_fraction) or "
         "'adapter' (the rest), so that an adapter or fine-tuning run learns on images its classifier never saw "
-        "(AdapterNet, Hazan et al. 2018, section 4); 'all': no split. Evaluated images are never changed")
+        "(AdapterNet, Hazan et al. 2018, section 4); 'all': no split. Evaluated images are never changed",
+    )
     source_part_fraction: float = Field(
-        0.5, gt=0, lt=1, description="share of the source domain's images in data.source_part's 'classifier' part "
-        "(sha1 of 'source_part/<key>'); recorded in summary.json's splits")
+        0.5,
+        gt=0,
+        lt=1,
+        description="share of the source domain's images in data.source_part's 'classifier' part "
+        "(sha1 of 'source_part/<key>'); recorded in summary.json's splits",
+    )
 
     @field_validator("target_adapt_split", "target_eval_split", "source_train_split")
     @classmethod
     def _known_splits(cls, value: str | None) -> str | None:
         parts = (value or "").split("+")
-        if value is not None and (any(p not in ("train", "val", "test") for p in parts) or len(set(parts)) < len(parts)):
+        if value is not None and (
+            any(p not in ("train", "val", "test") for p in parts) or len(set(parts)) < len(parts)
+        ):
             raise ValueError("must be train, val, test, a union such as train+val, or null for the dataset's protocol")
         return value
 
@@ -133,31 +182,50 @@ Channels = Annotated[list[float], Field(min_length=3, max_length=3)]
 
 
 class ModelConfig(Section):
-    name: str = Field("resnet18", description="backbone: any torchvision classification model (resnet18, resnet50, "
-                      "alexnet, vgg16, efficientnet_b0, convnext_tiny, vit_b_16 ...: torchvision.models.list_models()) "
-                      "or small_cnn / dann_digits / lenet (digits; dann_digits is the DANN paper's MNIST network, lenet ADDA's "
-                      "LeNet, the deep activation matching authors' digits network)")
-    pretrained: str = Field("none", description="'none', 'imagenet' (torchvision's DEFAULT weights) or a torchvision weights name such as IMAGENET1K_V1")
-    weights: Path | None = Field(None, description="local weights file: a torchvision state dict or a shiftlab checkpoint")
+    name: str = Field(
+        "resnet18",
+        description="backbone: any torchvision classification model (resnet18, resnet50, "
+        "alexnet, vgg16, efficientnet_b0, convnext_tiny, vit_b_16 ...: torchvision.models.list_models()) "
+        "or small_cnn / dann_digits / lenet (digits; dann_digits is the DANN paper's MNIST network, lenet ADDA's "
+        "LeNet, the deep activation matching authors' digits network)",
+    )
+    pretrained: str = Field(
+        "none",
+        description="'none', 'imagenet' (torchvision's DEFAULT weights) or a torchvision weights name such as IMAGENET1K_V1",
+    )
+    weights: Path | None = Field(
+        None, description="local weights file: a torchvision state dict or a shiftlab checkpoint"
+    )
     bottleneck_dim: int = Field(0, ge=0, description="size of a Linear-BN-ReLU bottleneck before the head (0 = none)")
-    head_layers: int = Field(1, ge=1, description="how many of the model's last Linear layers form the head: AlexNet/VGG "
-                             "3 = fc6, fc7, fc8 in the head (features end at the conv part), 1 = fc8 only")
-    mean: Channels | None = Field(None, description="per-channel mean the model subtracts from [0, 1] images, e.g. "
-                                  "[0.5,0.5,0.5]; default the dataset family's (photos: ImageNet's, digits: 0.5)")
+    head_layers: int = Field(
+        1,
+        ge=1,
+        description="how many of the model's last Linear layers form the head: AlexNet/VGG "
+        "3 = fc6, fc7, fc8 in the head (features end at the conv part), 1 = fc8 only",
+    )
+    mean: Channels | None = Field(
+        None,
+        description="per-channel mean the model subtracts from [0, 1] images, e.g. "
+        "[0.5,0.5,0.5]; default the dataset family's (photos: ImageNet's, digits: 0.5)",
+    )
     std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_length=3)] | None = Field(
-        None, description="per-channel std the model divides [0, 1] images by; default the dataset family's "
-                          "(photos: ImageNet's, digits: 0.5)")
+        None,
+        description="per-channel std the model divides [0, 1] images by; default the dataset family's "
+        "(photos: ImageNet's, digits: 0.5)",
+    )
 
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str) -> str:
         from .models.backbones import check_model_name
+
         return check_model_name(name)
 
 
 class MethodConfig(BaseModel):
     """``method.name`` and the method's own keys (extra keys here, typed by the method's ``Params``;
     :func:`resolve_method` validates them and fills in their defaults)."""
+
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     name: str = Field("source_only", description="method to train (see the list of methods below)")
 
@@ -168,59 +236,94 @@ class MethodConfig(BaseModel):
 
 
 class OptimConfig(Section):
-    name: Literal["sgd", "adam", "adamw"] = Field("sgd", description="optimiser (the one list of names: engine.optim reads it)")
-    lr: float = Field(0.01, gt=0, description="base learning rate (heads); the feature extractor gets lr x feature_lr_mult")
-    feature_lr_mult: float = Field(1.0, ge=0, description="learning-rate multiplier of the feature extractor (0.1 is usual with ImageNet weights)")
+    name: Literal["sgd", "adam", "adamw"] = Field(
+        "sgd", description="optimiser (the one list of names: engine.optim reads it)"
+    )
+    lr: float = Field(
+        0.01, gt=0, description="base learning rate (heads); the feature extractor gets lr x feature_lr_mult"
+    )
+    feature_lr_mult: float = Field(
+        1.0, ge=0, description="learning-rate multiplier of the feature extractor (0.1 is usual with ImageNet weights)"
+    )
     momentum: float = Field(0.9, ge=0, description="SGD momentum")
     nesterov: bool = Field(False, description="Nesterov momentum (SGD)")
     weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay")
     schedule: Literal["constant", "step", "cosine", "inverse"] = Field(
-        "constant", description="learning-rate schedule over all steps: 'step' multiplies by gamma from step_at of "
-                                "training on; 'inverse' is lr/(1+alpha*p)^beta (Ganin & Lempitsky 2015: alpha 10, "
-                                "beta 0.75), p the training progress 0->1 or the step count (see inverse_per)")
-    step_at: float = Field(0.8, gt=0, le=1, description="fraction of training after which 'step' decays the learning rate")
+        "constant",
+        description="learning-rate schedule over all steps: 'step' multiplies by gamma from step_at of "
+        "training on; 'inverse' is lr/(1+alpha*p)^beta (Ganin & Lempitsky 2015: alpha 10, "
+        "beta 0.75), p the training progress 0->1 or the step count (see inverse_per)",
+    )
+    step_at: float = Field(
+        0.8, gt=0, le=1, description="fraction of training after which 'step' decays the learning rate"
+    )
     gamma: float = Field(0.1, gt=0, description="decay factor of the 'step' schedule")
-    alpha: float = Field(10.0, ge=0, description="rate of the 'inverse' schedule: 10 per unit of progress (DANN); "
-                         "per step with inverse_per=step (ToAlign 5e-4; the CDAN and HDA codes 1e-3)")
+    alpha: float = Field(
+        10.0,
+        ge=0,
+        description="rate of the 'inverse' schedule: 10 per unit of progress (DANN); "
+        "per step with inverse_per=step (ToAlign 5e-4; the CDAN and HDA codes 1e-3)",
+    )
     beta: float = Field(0.75, ge=0, description="power of the 'inverse' schedule")
     inverse_per: Literal["progress", "step"] = Field(
-        "progress", description="what p counts in the 'inverse' schedule: 'progress' (0 -> 1 over training, DANN's "
-                                "form) or 'step' (optimiser steps, lr0*(1+alpha*step)^-beta, the per-iteration form)")
+        "progress",
+        description="what p counts in the 'inverse' schedule: 'progress' (0 -> 1 over training, DANN's "
+        "form) or 'step' (optimiser steps, lr0*(1+alpha*step)^-beta, the per-iteration form)",
+    )
 
 
 class TrainConfig(Section):
     epochs: int = Field(10, ge=0, description="training epochs (0 = evaluate the given model only)")
-    steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (default: one pass over the main stream)")
+    steps_per_epoch: int | None = Field(
+        None, ge=1, description="cap on steps per epoch (default: one pass over the main stream)"
+    )
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', 'mps'")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="'auto' = bf16 autocast on GPUs that support it, fp32 elsewhere")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="'auto' = bf16 autocast on GPUs that support it, fp32 elsewhere"
+    )
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (the last epoch is always evaluated)")
     selection: Literal[("auto", *EPOCH_RULES)] = Field(  # type: ignore[valid-type]
-        "auto", description="rule that picks the reported epoch and checkpoints/best.pt: 'source_val' (best source "
-                            "validation accuracy, reads no target label), 'target_val' (best accuracy on the labelled "
-                            "target validation part; only for methods that train on target labels), 'last', "
-                            "'entropy' / 'im' / 'snd' (best unsupervised validator score on the unlabelled target "
-                            "adaptation images; see train.validators), 'target_oracle' (best target accuracy: ORACLE, "
-                            "reads target labels). 'auto' = target_val for methods trained on target labels, else "
-                            "source_val. Every rule's choice is recorded in summary.json whatever this key says")
+        "auto",
+        description="rule that picks the reported epoch and checkpoints/best.pt: 'source_val' (best source "
+        "validation accuracy, reads no target label), 'target_val' (best accuracy on the labelled "
+        "target validation part; only for methods that train on target labels), 'last', "
+        "'entropy' / 'im' / 'snd' (best unsupervised validator score on the unlabelled target "
+        "adaptation images; see train.validators), 'target_oracle' (best target accuracy: ORACLE, "
+        "reads target labels). 'auto' = target_val for methods trained on target labels, else "
+        "source_val. Every rule's choice is recorded in summary.json whatever this key says",
+    )
     validators: list[Literal[tuple(VALIDATORS)]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["entropy", "im", "snd"],
         description="unsupervised validators computed at every evaluation from the model's predictions on the "
-                    "target's adaptation images, without labels (metrics unsup_<name>, higher is better): "
-                    "'entropy' (Morerio et al., ICLR 2018), 'im' information maximisation (Gomes et al., NeurIPS "
-                    "2010), 'snd' soft neighborhood density (Saito et al., ICCV 2021). [] skips the extra pass")
+        "target's adaptation images, without labels (metrics unsup_<name>, higher is better): "
+        "'entropy' (Morerio et al., ICLR 2018), 'im' information maximisation (Gomes et al., NeurIPS "
+        "2010), 'snd' soft neighborhood density (Saito et al., ICCV 2021). [] skips the extra pass",
+    )
     validator_limit: int | None = Field(
-        10_000, ge=1, description="score the validators on at most this many target adaptation images, a fixed "
+        10_000,
+        ge=1,
+        description="score the validators on at most this many target adaptation images, a fixed "
         "subset (seed 0, the same for every epoch, method, seed and resume; recorded in summary.json) instead of "
-        "a full pass (MNIST's 60,000); null = every image")
+        "a full pass (MNIST's 60,000); null = every image",
+    )
     early_stopping_patience: int | None = Field(
-        None, ge=1, description="stop when the metric of train.selection (target_val: target_val_acc; source_val: "
+        None,
+        ge=1,
+        description="stop when the metric of train.selection (target_val: target_val_acc; source_val: "
         "source_val_acc; a validator: its score) has not improved for this many evaluations; null = train "
-        "every epoch. Not with selection 'last'")
-    compile: bool = Field(False, description="torch.compile the backbone (pays a compilation at the start; worth it "
-                          "for long GPU runs)")
-    channels_last: bool | None = Field(None, description="channels-last memory format for the model and its inputs; "
-                                       "null = on CUDA only (faster convolutions with bf16 there)")
-    deterministic: bool = Field(True, description="deterministic algorithms, so a resumed CPU run matches an uninterrupted one")
+        "every epoch. Not with selection 'last'",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the backbone (pays a compilation at the start; worth it for long GPU runs)"
+    )
+    channels_last: bool | None = Field(
+        None,
+        description="channels-last memory format for the model and its inputs; "
+        "null = on CUDA only (faster convolutions with bf16 there)",
+    )
+    deterministic: bool = Field(
+        True, description="deterministic algorithms, so a resumed CPU run matches an uninterrupted one"
+    )
     progress: bool = Field(True, description="show a progress bar")
 
     @field_validator("device")
@@ -298,8 +401,9 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
-            raise ConfigError(f"unexpected argument {arg!r}: overrides look like --section.key=value "
-                              f"(see `shiftlab train --help`)")
+            raise ConfigError(
+                f"unexpected argument {arg!r}: overrides look like --section.key=value (see `shiftlab train --help`)"
+            )
         key, sep, value = arg[2:].partition("=")
         if not sep:
             if i + 1 >= len(args) or args[i + 1].startswith("--"):
@@ -368,8 +472,13 @@ def _coerce_tree(values: dict[str, Any], model: type[BaseModel], prefix: str = "
     return out
 
 
-def build_config(files: list[str | os.PathLike] = (), overrides: list[str] | dict[str, Any] = (),
-                 start: dict[str, Any] | None = None, *, resume: bool = False) -> Config:
+def build_config(
+    files: list[str | os.PathLike] = (),
+    overrides: list[str] | dict[str, Any] = (),
+    start: dict[str, Any] | None = None,
+    *,
+    resume: bool = False,
+) -> Config:
     """Defaults <- ``start`` <- each YAML file <- command-line overrides, then ``method.*`` typed by the
     method's ``Params`` (:func:`resolve_method`). Layers compose by :func:`merge_config`: a method section
     naming another method replaces the one beneath; the files and overrides are composed first, then

@@ -5,6 +5,7 @@ This module imports nothing of shiftlab, so any module (``nn``, ``losses``, ``da
 without importing the layers above it. Where an error is also a built-in exception (ValueError,
 FileExistsError ...), that is what it is: a bad value, a file that exists.
 """
+
 from __future__ import annotations
 
 

@@ -18,6 +18,7 @@ float32) on a batch of a size other than the one traced. A model whose predictio
 shaping with random masks at evaluation) or whose inference lives in Python state the trace cannot hold is
 refused with one line saying why.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,8 @@ from torch import nn
 
 from . import __version__
 from .data.base import path_text
-from .extras import require
 from .errors import ExportError
+from .extras import require
 from .inference import RunModel, load_run
 from .utils import atomic_path
 
@@ -62,14 +63,30 @@ class GraphModel(nn.Module):
 
 def metadata(model: RunModel, input_kind: str) -> dict[str, str]:
     cfg = model.config
-    return {"classes": json.dumps(model.classes), "input_size": str(model.image_size), "input": input_kind,
-            "input_layout": "NCHW RGB", "config_sha256": model.config_hash, "method": cfg.method.name,
-            "model": cfg.model.name, "run": path_text(model.run_dir), "checkpoint": model.checkpoint.name,
-            "epoch": str(model.epoch), "shiftlab_version": __version__}
+    return {
+        "classes": json.dumps(model.classes),
+        "input_size": str(model.image_size),
+        "input": input_kind,
+        "input_layout": "NCHW RGB",
+        "config_sha256": model.config_hash,
+        "method": cfg.method.name,
+        "model": cfg.model.name,
+        "run": path_text(model.run_dir),
+        "checkpoint": model.checkpoint.name,
+        "epoch": str(model.epoch),
+        "shiftlab_version": __version__,
+    }
 
 
-def export_run(run: str | os.PathLike, out: str | os.PathLike, *, format: str, checkpoint: str = "best",
-               input: str = "uint8", data_root: str | os.PathLike | None = None) -> dict[str, str]:
+def export_run(
+    run: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    format: str,
+    checkpoint: str = "best",
+    input: str = "uint8",
+    data_root: str | os.PathLike | None = None,
+) -> dict[str, str]:
     """Export run folder ``run``'s model (``checkpoint`` best/last) to ``out``; returns the file's metadata."""
     check_choices(format, input)
     if format == "onnx":
@@ -124,19 +141,26 @@ def refuse_random(model: RunModel, x: torch.Tensor) -> None:
         first, second = (model.logits(x.float() * (1 / 255)) for _ in range(2))
     if not torch.equal(first, second):
         cfg = model.config
-        why = (" (activation shaping with method.maps=random and method.at_eval=true draws new masks at every "
-               "prediction)" if cfg.method.name == "activation_shaping" else "")
-        raise ExportError(f"method '{cfg.method.name}' of {path_text(model.run_dir)} predicts differently on two "
-                          f"passes over the same images{why}: an exported graph could not reproduce its predictions; "
-                          f"predict with shiftlab predict instead")
+        why = (
+            " (activation shaping with method.maps=random and method.at_eval=true draws new masks at every prediction)"
+            if cfg.method.name == "activation_shaping"
+            else ""
+        )
+        raise ExportError(
+            f"method '{cfg.method.name}' of {path_text(model.run_dir)} predicts differently on two "
+            f"passes over the same images{why}: an exported graph could not reproduce its predictions; "
+            f"predict with shiftlab predict instead"
+        )
 
 
 def _trace(graph: nn.Module, example: torch.Tensor, model: RunModel):
     try:
         return torch.jit.trace(graph, (example,), check_trace=False)
     except Exception as err:  # noqa: BLE001 - a trace fails in many ways; the method is named, the cause kept
-        raise ExportError(f"method '{model.config.method.name}' cannot be traced into a graph: {type(err).__name__}: "
-                          f"{str(err).splitlines()[0][:200]}") from err
+        raise ExportError(
+            f"method '{model.config.method.name}' cannot be traced into a graph: {type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}"
+        ) from err
 
 
 def _onnx(graph: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str]) -> None:
@@ -145,11 +169,21 @@ def _onnx(graph: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, s
     buffer = io.BytesIO()
     try:
         # the TorchScript-based exporter: it works offline with onnx alone (the dynamo exporter needs onnxscript)
-        torch.onnx.export(graph, (example,), buffer, dynamo=False, input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET)
+        torch.onnx.export(
+            graph,
+            (example,),
+            buffer,
+            dynamo=False,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=OPSET,
+        )
     except Exception as err:  # noqa: BLE001
-        raise ExportError(f"method '{meta['method']}' cannot be exported to ONNX: {type(err).__name__}: "
-                          f"{str(err).splitlines()[0][:200]}") from err
+        raise ExportError(
+            f"method '{meta['method']}' cannot be exported to ONNX: {type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}"
+        ) from err
     proto = onnx.load_from_string(buffer.getvalue())
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -168,8 +202,11 @@ def explicit_adaptive_pooling(root: nn.Module):
     PyTorch's definition of adaptive pooling. The module's ``forward`` is replaced on the instance only, so
     hooks on it (activation shaping, Gaussian matching) keep working, and put back afterwards.
     """
-    patched = [m for m in root.modules() if isinstance(m, (nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d))
-               and not getattr(m, "return_indices", False)]
+    patched = [
+        m
+        for m in root.modules()
+        if isinstance(m, (nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)) and not getattr(m, "return_indices", False)
+    ]
     for m in patched:
         m.forward = _windowed(m)
     try:
@@ -211,9 +248,11 @@ def _verify(model: RunModel, graph: nn.Module, run, x: torch.Tensor, format: str
     got = run(x).float()
     diff = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
     if not diff <= TOLERANCE * max(1.0, float(expected.abs().max())):
-        raise ExportError(f"the {format} graph of method '{model.config.method.name}' disagrees with the model "
-                          f"(largest logit difference {diff:.3g} on a batch of {len(x)}): its inference depends on "
-                          f"Python state or on the batch size, which a traced graph cannot hold; nothing was written")
+        raise ExportError(
+            f"the {format} graph of method '{model.config.method.name}' disagrees with the model "
+            f"(largest logit difference {diff:.3g} on a batch of {len(x)}): its inference depends on "
+            f"Python state or on the batch size, which a traced graph cannot hold; nothing was written"
+        )
 
 
 @contextlib.contextmanager
@@ -250,41 +289,61 @@ def export_parser():
     import argparse
 
     p = argparse.ArgumentParser(
-        prog="shiftlab export", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="shiftlab export",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Export a trained run's model as one self-contained graph, from images to logits: the input "
-                    "conversion, the normalisation and what the method adds at inference (adapter, AdaBN "
-                    "statistics, Gaussian matching's affine maps) included; dynamic batch size. The file's metadata "
-                    "holds the class names, the input size and the run's config hash (shiftlab.export.read_metadata).",
+        "conversion, the normalisation and what the method adds at inference (adapter, AdaBN "
+        "statistics, Gaussian matching's affine maps) included; dynamic batch size. The file's metadata "
+        "holds the class names, the input size and the run's config hash (shiftlab.export.read_metadata).",
         epilog="examples:\n"
-               "  shiftlab export --run runs/demo/adabn --format onnx --out adabn.onnx\n"
-               "  shiftlab export --run runs/demo/adabn --checkpoint last --format torchscript --out adabn.pt --input float\n\n"
-               "The export is checked against the model (logits within 1e-4) before it is written; a method whose "
-               "predictions are random or held in Python state is refused with the reason. ONNX needs "
-               f"{ONNX_HINT}. Resize images to the run's input size (in the metadata) as PIL's bilinear "
-               "Resize((S, S)) does before feeding them.")
+        "  shiftlab export --run runs/demo/adabn --format onnx --out adabn.onnx\n"
+        "  shiftlab export --run runs/demo/adabn --checkpoint last --format torchscript --out adabn.pt --input float\n\n"
+        "The export is checked against the model (logits within 1e-4) before it is written; a method whose "
+        "predictions are random or held in Python state is refused with the reason. ONNX needs "
+        f"{ONNX_HINT}. Resize images to the run's input size (in the metadata) as PIL's bilinear "
+        "Resize((S, S)) does before feeding them.",
+    )
     p.add_argument("--run", required=True, metavar="RUN", help="the run folder (runs/<experiment.name>)")
-    p.add_argument("--checkpoint", default="best", choices=("best", "last"),
-                   help="best: checkpoints/best.pt, the epoch the run's selection rule chose (default); last: "
-                        "checkpoints/last.pt")
-    p.add_argument("--format", required=True, choices=FORMATS,
-                   help="onnx (opset 17, the TorchScript-based exporter, metadata_props) or torchscript "
-                        "(torch.jit; metadata in the file's extra file shiftlab.json)")
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=("best", "last"),
+        help="best: checkpoints/best.pt, the epoch the run's selection rule chose (default); last: checkpoints/last.pt",
+    )
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS,
+        help="onnx (opset 17, the TorchScript-based exporter, metadata_props) or torchscript "
+        "(torch.jit; metadata in the file's extra file shiftlab.json)",
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write (its folder is created)")
-    p.add_argument("--input", default="uint8", choices=INPUTS,
-                   help="uint8: images 0..255, (N, 3, S, S) RGB (default); float: float32 images in [0, 1]")
-    p.add_argument("--data-root", default=None, metavar="DIR",
-                   help="where the run's dataset is, for methods whose inference state is computed from the run's "
-                        "images (AdaBN, Gaussian matching; default: the run's data.root)")
+    p.add_argument(
+        "--input",
+        default="uint8",
+        choices=INPUTS,
+        help="uint8: images 0..255, (N, 3, S, S) RGB (default); float: float32 images in [0, 1]",
+    )
+    p.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        help="where the run's dataset is, for methods whose inference state is computed from the run's "
+        "images (AdaBN, Gaussian matching; default: the run's data.root)",
+    )
     return p
 
 
 def export_command(argv: list[str]) -> int:
     """``shiftlab export`` (see :func:`export_parser`)."""
     args = export_parser().parse_args(argv)
-    meta = export_run(args.run, args.out, format=args.format, checkpoint=args.checkpoint, input=args.input,
-                      data_root=args.data_root)
+    meta = export_run(
+        args.run, args.out, format=args.format, checkpoint=args.checkpoint, input=args.input, data_root=args.data_root
+    )
     s = meta["input_size"]
-    print(f"wrote {args.out} ({args.format}): {meta['input']} images (N, 3, {s}, {s}) -> logits over "
-          f"{len(json.loads(meta['classes']))} classes; method {meta['method']}, {meta['checkpoint']} (epoch "
-          f"{meta['epoch']}), config sha256 {meta['config_sha256']}")
+    print(
+        f"wrote {args.out} ({args.format}): {meta['input']} images (N, 3, {s}, {s}) -> logits over "
+        f"{len(json.loads(meta['classes']))} classes; method {meta['method']}, {meta['checkpoint']} (epoch "
+        f"{meta['epoch']}), config sha256 {meta['config_sha256']}"
+    )
     return 0

@@ -39,14 +39,16 @@ the image in RGB, ``Resize((S, S))`` by PIL (bilinear, squashing to a square), t
 ``S`` is ``data.image_size`` or the family's size (photos 224, digits 32). Normalisation is the model's
 first module (its mean and std are in the checkpoint).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +56,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .checkpoints import load_checkpoint
-from .config import Config, ConfigError, build_config, read_yaml
+from .config import Config, build_config, read_yaml
 from .data.base import DataError, load_rgb, path_text
 from .data.transforms import FAMILY_SIZES, build_transforms
 from .errors import InferenceDataError, PredictInputError, RunModelError, ShiftlabError
@@ -63,8 +65,19 @@ CHECKPOINTS = ("best", "last")
 # Built-in methods whose inference state is computed at evaluation from images (see the module docstring):
 # the domains whose images they read. Every other built-in method's state is in its checkpoint.
 EVALUATION_DATA: dict[str, tuple[str, ...]] = {"adabn": ("target",), "gaussian_matching": ("source", "target")}
-BUILTIN_FROM_CHECKPOINT = frozenset({"source_only", "dann", "dannp", "hda", "finetune", "oracle", "adapternet",
-                                     "activation_shaping", "activation_matching"})
+BUILTIN_FROM_CHECKPOINT = frozenset(
+    {
+        "source_only",
+        "dann",
+        "dannp",
+        "hda",
+        "finetune",
+        "oracle",
+        "adapternet",
+        "activation_shaping",
+        "activation_matching",
+    }
+)
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -74,6 +87,7 @@ BUILTIN_FROM_CHECKPOINT = frozenset({"source_only", "dann", "dannp", "hda", "fin
 class Predictions:
     """Softmax outputs of ``predict``: ``classes`` (predicted name per image), ``probs`` ((N, C) float32, in the
     order of ``class_names``), ``logits``, ``paths`` (the inputs' paths or keys, where known)."""
+
     class_names: list[str]
     logits: torch.Tensor
     paths: list[str | None] = field(default_factory=list)
@@ -100,8 +114,10 @@ class Predictions:
         if k < 1:
             raise PredictInputError(f"top_k: k must be at least 1, got {k}")
         values, idx = self.probs.topk(min(k, len(self.class_names)), dim=1)
-        return [[(self.class_names[j], float(p)) for j, p in zip(row_i.tolist(), row_p.tolist())]
-                for row_i, row_p in zip(idx, values)]
+        return [
+            [(self.class_names[j], float(p)) for j, p in zip(row_i.tolist(), row_p.tolist())]
+            for row_i, row_p in zip(idx, values)
+        ]
 
     def __len__(self) -> int:
         return len(self.logits)
@@ -109,8 +125,12 @@ class Predictions:
     def __getitem__(self, i: int) -> dict[str, Any]:
         probs = self.probs[i]
         j = int(probs.argmax())
-        return {"path": self.paths[i] if self.paths else None, "class": self.class_names[j],
-                "prob": float(probs[j]), "probs": dict(zip(self.class_names, probs.tolist()))}
+        return {
+            "path": self.paths[i] if self.paths else None,
+            "class": self.class_names[j],
+            "prob": float(probs[j]),
+            "probs": dict(zip(self.class_names, probs.tolist())),
+        }
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -128,8 +148,20 @@ class RunModel:
     ``transform`` (the run's evaluation transform of one PIL image), ``config_hash``.
     """
 
-    def __init__(self, *, method, config: Config, classes: list[str], image_size: int, family: str,
-                 run_dir: Path, checkpoint: Path, epoch: int | None, device: torch.device, config_dict: dict):
+    def __init__(
+        self,
+        *,
+        method,
+        config: Config,
+        classes: list[str],
+        image_size: int,
+        family: str,
+        run_dir: Path,
+        checkpoint: Path,
+        epoch: int | None,
+        device: torch.device,
+        config_dict: dict,
+    ):
         self.method, self.config, self.classes = method, config, list(classes)
         self.image_size, self.family, self.device = image_size, family, device
         self.run_dir, self.checkpoint, self.epoch = run_dir, checkpoint, epoch
@@ -138,9 +170,11 @@ class RunModel:
         self.batch_size = config.data.eval_batch_size or 2 * config.data.batch_size  # the run's evaluation batches
 
     def __repr__(self) -> str:
-        return (f"RunModel({path_text(self.run_dir)!r}, checkpoint={self.checkpoint.name}, method="
-                f"{self.config.method.name}, model={self.config.model.name}, {len(self.classes)} classes, "
-                f"{self.image_size}px, device={self.device})")
+        return (
+            f"RunModel({path_text(self.run_dir)!r}, checkpoint={self.checkpoint.name}, method="
+            f"{self.config.method.name}, model={self.config.model.name}, {len(self.classes)} classes, "
+            f"{self.image_size}px, device={self.device})"
+        )
 
     # -- preprocessing
 
@@ -172,12 +206,16 @@ class RunModel:
             return torch.stack([self.transform(Image.fromarray(im.permute(1, 2, 0).contiguous().numpy())) for im in x])
         if x.is_floating_point():
             if tuple(x.shape[2:]) != size:
-                raise PredictInputError(f"a float image tensor must already be {self.image_size}x{self.image_size} "
-                                        f"(got {x.shape[2]}x{x.shape[3]}): give uint8 tensors, paths or PIL images, "
-                                        f"which are resized as the run resized them")
+                raise PredictInputError(
+                    f"a float image tensor must already be {self.image_size}x{self.image_size} "
+                    f"(got {x.shape[2]}x{x.shape[3]}): give uint8 tensors, paths or PIL images, "
+                    f"which are resized as the run resized them"
+                )
             if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
-                raise PredictInputError("a float image tensor must hold values in [0, 1] (the model normalises "
-                                        "them itself); give uint8 images for 0..255")
+                raise PredictInputError(
+                    "a float image tensor must hold values in [0, 1] (the model normalises "
+                    "them itself); give uint8 images for 0..255"
+                )
             return x.float()
         raise PredictInputError(f"image tensors must be uint8 or float in [0, 1], got {x.dtype}")
 
@@ -194,7 +232,7 @@ class RunModel:
         (default: the run's evaluation batch)."""
         items = _as_items(images)
         bs = batch_size or self.batch_size
-        chunks = [items[i:i + bs] for i in range(0, len(items), bs)]
+        chunks = [items[i : i + bs] for i in range(0, len(items), bs)]
         out = [self.logits(self.preprocess(c)) for c in _bar(chunks, progress, "predict")]
         paths = [path_text(i) if isinstance(i, (str, os.PathLike)) else None for i in items]
         return Predictions(self.classes, torch.cat(out) if out else torch.zeros(0, len(self.classes)), paths)
@@ -212,15 +250,17 @@ class RunModel:
         pair = _data(self.config, target, f"predicting on domain '{domain}' reads the run's images")
         return pair.target_eval, keys_of(pair.target_eval.base)
 
-    def evaluate(self, domain: str = "target", *, batch_size: int | None = None,
-                 progress: bool = False) -> tuple[Predictions, list[int], float]:
+    def evaluate(
+        self, domain: str = "target", *, batch_size: int | None = None, progress: bool = False
+    ) -> tuple[Predictions, list[int], float]:
         """Predictions on :meth:`domain_images`, their labels, and the accuracy (what the run's summary.json
         reports as ``target_acc`` for its own target, at this checkpoint's epoch)."""
         from .data.pair import make_loader
 
         dataset, keys = self.domain_images(domain)
-        loader = make_loader(dataset, batch_size or self.batch_size, shuffle=False,
-                             num_workers=self.config.data.num_workers)
+        loader = make_loader(
+            dataset, batch_size or self.batch_size, shuffle=False, num_workers=self.config.data.num_workers
+        )
         logits, labels = [], []
         for x, y in _bar(loader, progress, f"predict {domain}"):
             logits.append(self.logits(x))
@@ -233,8 +273,13 @@ class RunModel:
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def load_run(run: str | os.PathLike, checkpoint: str = "best", *, device: str | torch.device | None = None,
-             data_root: str | os.PathLike | None = None) -> RunModel:
+def load_run(
+    run: str | os.PathLike,
+    checkpoint: str = "best",
+    *,
+    device: str | torch.device | None = None,
+    data_root: str | os.PathLike | None = None,
+) -> RunModel:
     """The model of run folder ``run`` as the run evaluated it at ``checkpoint`` ("best": ``checkpoints/best.pt``,
     the epoch of the run's selection rule; "last": ``checkpoints/last.pt``).
 
@@ -253,8 +298,10 @@ def load_run(run: str | os.PathLike, checkpoint: str = "best", *, device: str | 
     except ShiftlabError:
         raise
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a damaged file
-        raise RunModelError(f"cannot read {path_text(path)}: {type(err).__name__}: {str(err).splitlines()[0][:160]}; "
-                            f"the file is damaged: use the other checkpoint (--checkpoint) or train again") from None
+        raise RunModelError(
+            f"cannot read {path_text(path)}: {type(err).__name__}: {str(err).splitlines()[0][:160]}; "
+            f"the file is damaged: use the other checkpoint (--checkpoint) or train again"
+        ) from None
     if not isinstance(state, dict) or "model" not in state:
         raise RunModelError(f"{path_text(path)} is not a shiftlab training checkpoint (no 'model' weights)")
     config_dict = state.get("config") or _saved_config(run)
@@ -271,18 +318,38 @@ def load_run(run: str | os.PathLike, checkpoint: str = "best", *, device: str | 
     m = cfg.model
     mean, std = normalization_for(family, m.name)
     with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the caller's random stream alone
-        backbone = build_backbone(m.name, len(classes), pretrained="none", weights=None,
-                                  bottleneck_dim=m.bottleneck_dim, head_layers=m.head_layers,
-                                  mean=m.mean or mean, std=m.std or std, progress=False)
+        backbone = build_backbone(
+            m.name,
+            len(classes),
+            pretrained="none",
+            weights=None,
+            bottleneck_dim=m.bottleneck_dim,
+            head_layers=m.head_layers,
+            mean=m.mean or mean,
+            std=m.std or std,
+            progress=False,
+        )
         method = build_method(name, backbone, cfg.method.params(), feature_lr_mult=cfg.optim.feature_lr_mult)
     try:
         method.load_state_dict(state["model"])
     except RuntimeError as err:
-        raise RunModelError(f"{path_text(path)} does not fit method '{name}' with model '{m.name}' and "
-                            f"{len(classes)} classes: {str(err).splitlines()[0]}") from None
+        raise RunModelError(
+            f"{path_text(path)} does not fit method '{name}' with model '{m.name}' and "
+            f"{len(classes)} classes: {str(err).splitlines()[0]}"
+        ) from None
     method.to(target_device).eval()
-    model = RunModel(method=method, config=cfg, classes=classes, image_size=image_size, family=family, run_dir=run,
-                     checkpoint=path, epoch=state.get("epoch"), device=target_device, config_dict=config_dict)
+    model = RunModel(
+        method=method,
+        config=cfg,
+        classes=classes,
+        image_size=image_size,
+        family=family,
+        run_dir=run,
+        checkpoint=path,
+        epoch=state.get("epoch"),
+        device=target_device,
+        config_dict=config_dict,
+    )
     restore_inference_state(model, method_cls)
     return model
 
@@ -297,10 +364,14 @@ def checkpoint_path(run: Path, checkpoint: str) -> Path:
     if path.is_file():
         return path
     if checkpoint == "best" and (run / "checkpoints" / "last.pt").is_file():
-        raise RunModelError(f"{path_text(path)} does not exist (no epoch was selected yet, or the run predates "
-                            f"best.pt): use checkpoint 'last' (--checkpoint last)")
-    raise RunModelError(f"{path_text(path)} does not exist: {path_text(run)} is not a finished shiftlab run "
-                        f"(no checkpoint; train it, or --resume it)")
+        raise RunModelError(
+            f"{path_text(path)} does not exist (no epoch was selected yet, or the run predates "
+            f"best.pt): use checkpoint 'last' (--checkpoint last)"
+        )
+    raise RunModelError(
+        f"{path_text(path)} does not exist: {path_text(run)} is not a finished shiftlab run "
+        f"(no checkpoint; train it, or --resume it)"
+    )
 
 
 def _saved_config(run: Path) -> dict[str, Any]:
@@ -331,6 +402,7 @@ def needs_data(method) -> tuple[str, ...]:
     if name in BUILTIN_FROM_CHECKPOINT:
         return ()
     from .methods import Method
+
     # a method of a plugin: if it does anything before evaluation, replay the loop's whole evaluation protocol
     return ("source", "target") if type(method).before_evaluation is not Method.before_evaluation else ()
 
@@ -345,8 +417,12 @@ def restore_inference_state(model: RunModel, method_cls) -> None:
         return
     from .data.pair import make_loader
 
-    pair = _data(cfg, cfg.data.target, f"method '{cfg.method.name}' computes its inference state from the "
-                 f"run's {' and '.join(domains)} images", method_cls)
+    pair = _data(
+        cfg,
+        cfg.data.target,
+        f"method '{cfg.method.name}' computes its inference state from the run's {' and '.join(domains)} images",
+        method_cls,
+    )
     bs = model.batch_size
     # the evaluator's order: the source pass (which e.g. Gaussian matching records its source moments from), then
     # the target's adaptation images handed to before_evaluation("target", ...)
@@ -372,16 +448,27 @@ def _data(cfg: Config, target: str, why: str, method_cls=None):
     method_cls = method_cls or get_method(cfg.method.name)
     try:
         return build_domain_pair(
-            d.dataset, d.root, d.source, target, image_size=d.image_size, augment=d.augment, limit=d.limit,
-            target_labels=method_cls.target_stream == "labelled", target_adapt_split=d.target_adapt_split,
-            target_eval_split=d.target_eval_split, holdout_fraction=d.target_holdout_fraction,
-            strict_classes=d.strict_classes, skip_unreadable=d.skip_unreadable,
-            target_train_limit=d.target_train_limit)
+            d.dataset,
+            d.root,
+            d.source,
+            target,
+            image_size=d.image_size,
+            augment=d.augment,
+            limit=d.limit,
+            target_labels=method_cls.target_stream == "labelled",
+            target_adapt_split=d.target_adapt_split,
+            target_eval_split=d.target_eval_split,
+            holdout_fraction=d.target_holdout_fraction,
+            strict_classes=d.strict_classes,
+            skip_unreadable=d.skip_unreadable,
+            target_train_limit=d.target_train_limit,
+        )
     except (DataError, OSError) as err:
         raise InferenceDataError(
             f"{why} (dataset '{d.dataset}', source '{d.source}', target '{target}', data.root={path_text(d.root)}), "
             f"which cannot be read: {str(err).splitlines()[0]}; give the data root the run was trained with "
-            f"(load_run(..., data_root=...), --data-root)") from None
+            f"(load_run(..., data_root=...), --data-root)"
+        ) from None
 
 
 def _as_items(images) -> list:
@@ -390,13 +477,15 @@ def _as_items(images) -> list:
     if isinstance(images, torch.Tensor):
         return [images] if images.dim() <= 3 else list(images.split(1))
     if isinstance(images, np.ndarray):
-        raise PredictInputError("give NumPy images as torch.from_numpy(array).permute(...) uint8 (N, 3, H, W), "
-                                "or as PIL images")
+        raise PredictInputError(
+            "give NumPy images as torch.from_numpy(array).permute(...) uint8 (N, 3, H, W), or as PIL images"
+        )
     try:
         return list(images)
     except TypeError:
-        raise PredictInputError(f"predict takes paths, PIL images or image tensors, got {type(images).__name__}") \
-            from None
+        raise PredictInputError(
+            f"predict takes paths, PIL images or image tensors, got {type(images).__name__}"
+        ) from None
 
 
 def _bar(iterable: Iterable, progress: bool, desc: str):
@@ -426,31 +515,60 @@ def predict_parser():
     import argparse
 
     p = argparse.ArgumentParser(
-        prog="shiftlab predict", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=PREDICT_EPILOG,
+        prog="shiftlab predict",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=PREDICT_EPILOG,
         description="Predict classes with a trained run's model exactly as the run evaluated it (its checkpoint, "
-                    "its evaluation resize, normalisation and the method's inference state) and write a CSV.")
+        "its evaluation resize, normalisation and the method's inference state) and write a CSV.",
+    )
     p.add_argument("--run", required=True, metavar="RUN", help="the run folder (runs/<experiment.name>)")
-    p.add_argument("--checkpoint", default="best", choices=CHECKPOINTS,
-                   help="best: checkpoints/best.pt, the epoch the run's selection rule chose (default); "
-                        "last: checkpoints/last.pt, the final epoch")
-    p.add_argument("--images", required=True, metavar="DIR_OR_DOMAIN",
-                   help="a folder of images (searched recursively; every file PIL reads by its extension), or a "
-                        "domain of the run's dataset: 'target' (the run's target) or a name such as 'cartoon', "
-                        "meaning that domain's target evaluation split under the run's data settings; a domain is "
-                        "labelled, so the accuracy is printed and recorded too")
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=CHECKPOINTS,
+        help="best: checkpoints/best.pt, the epoch the run's selection rule chose (default); "
+        "last: checkpoints/last.pt, the final epoch",
+    )
+    p.add_argument(
+        "--images",
+        required=True,
+        metavar="DIR_OR_DOMAIN",
+        help="a folder of images (searched recursively; every file PIL reads by its extension), or a "
+        "domain of the run's dataset: 'target' (the run's target) or a name such as 'cartoon', "
+        "meaning that domain's target evaluation split under the run's data settings; a domain is "
+        "labelled, so the accuracy is printed and recorded too",
+    )
     p.add_argument("--out", required=True, metavar="CSV", help="the CSV file to write (its folder is created)")
-    p.add_argument("--top-k", type=int, default=5, metavar="K",
-                   help="how many most probable classes each row lists (default 5, at most the number of classes)")
-    p.add_argument("--batch-size", type=int, default=None, metavar="B",
-                   help="images per forward pass (default: the run's evaluation batch size)")
-    p.add_argument("--skip-unreadable", action="store_true",
-                   help="leave out files that cannot be decoded (listed in OUT.unreadable.txt and counted) instead "
-                        "of stopping at the first with an error that names it")
-    p.add_argument("--device", default=None, metavar="D",
-                   help="cpu, cuda, cuda:1, mps or auto (default: the run's train.device)")
-    p.add_argument("--data-root", default=None, metavar="DIR",
-                   help="where the run's dataset is, for a domain and for methods that re-read the run's images "
-                        "(default: the run's data.root)")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=5,
+        metavar="K",
+        help="how many most probable classes each row lists (default 5, at most the number of classes)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="B",
+        help="images per forward pass (default: the run's evaluation batch size)",
+    )
+    p.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="leave out files that cannot be decoded (listed in OUT.unreadable.txt and counted) instead "
+        "of stopping at the first with an error that names it",
+    )
+    p.add_argument(
+        "--device", default=None, metavar="D", help="cpu, cuda, cuda:1, mps or auto (default: the run's train.device)"
+    )
+    p.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        help="where the run's dataset is, for a domain and for methods that re-read the run's images "
+        "(default: the run's data.root)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -458,8 +576,13 @@ def predict_parser():
 def image_files(folder: Path) -> list[Path]:
     """Files under ``folder`` (recursively, sorted, hidden ones left out) whose extension PIL can read."""
     readable = {ext.lower() for ext in Image.registered_extensions()}
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in readable
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in readable
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def predict_command(argv: list[str]) -> int:
@@ -474,8 +597,12 @@ def predict_command(argv: list[str]) -> int:
     model = load_run(args.run, args.checkpoint, device=args.device, data_root=args.data_root)
     out, progress = Path(args.out), not args.no_progress
     folder = Path(args.images)
-    record: dict[str, Any] = {"run": path_text(model.run_dir), "checkpoint": model.checkpoint.name,
-                              "epoch": model.epoch, "images": args.images}
+    record: dict[str, Any] = {
+        "run": path_text(model.run_dir),
+        "checkpoint": model.checkpoint.name,
+        "epoch": model.epoch,
+        "images": args.images,
+    }
     unreadable: list[str] = []
     if folder.is_dir():
         preds = _predict_folder(model, folder, args.batch_size, args.skip_unreadable, unreadable, progress)
@@ -484,11 +611,20 @@ def predict_command(argv: list[str]) -> int:
         domain = _check_domain(model, args.images)
         preds, labels, accuracy = model.evaluate(domain, batch_size=args.batch_size, progress=progress)
         reported = _reported_accuracy(model, domain)
-        record.update({"domain": domain, "accuracy": accuracy, "correct": round(accuracy * len(labels)),
-                       "total": len(labels), "run_reported_accuracy": reported})
-        print(f"accuracy {accuracy:.4f} ({record['correct']}/{len(labels)}) on the target evaluation split of "
-              f"'{model.config.data.target if domain == 'target' else domain}'"
-              + (f"; the run reported {reported:.4f} for checkpoint {args.checkpoint}" if reported is not None else ""))
+        record.update(
+            {
+                "domain": domain,
+                "accuracy": accuracy,
+                "correct": round(accuracy * len(labels)),
+                "total": len(labels),
+                "run_reported_accuracy": reported,
+            }
+        )
+        print(
+            f"accuracy {accuracy:.4f} ({record['correct']}/{len(labels)}) on the target evaluation split of "
+            f"'{model.config.data.target if domain == 'target' else domain}'"
+            + (f"; the run reported {reported:.4f} for checkpoint {args.checkpoint}" if reported is not None else "")
+        )
     atomic_write_text(out, predictions_csv(preds, args.top_k, labels))
     record["predicted"] = len(preds)
     if unreadable:
@@ -507,8 +643,10 @@ def _check_domain(model: RunModel, name: str) -> str:
     try:
         spec.validate_domain(name, "--images")
     except DataError as err:
-        raise PredictInputError(f"--images {name} is not a folder, and not a domain of the run's dataset "
-                                f"'{spec.name}': {str(err).splitlines()[0]}") from None
+        raise PredictInputError(
+            f"--images {name} is not a folder, and not a domain of the run's dataset "
+            f"'{spec.name}': {str(err).splitlines()[0]}"
+        ) from None
     return "target" if name == model.config.data.target else name
 
 
@@ -524,23 +662,27 @@ def _reported_accuracy(model: RunModel, domain: str) -> float | None:
     return summary.get("target_acc" if model.checkpoint.name == "best.pt" else "final_target_acc")
 
 
-def _predict_folder(model: RunModel, folder: Path, batch_size: int | None, skip: bool, unreadable: list[str],
-                    progress: bool) -> Predictions:
+def _predict_folder(
+    model: RunModel, folder: Path, batch_size: int | None, skip: bool, unreadable: list[str], progress: bool
+) -> Predictions:
     files = image_files(folder)
     if not files:
-        raise PredictInputError(f"--images {path_text(folder)}: no image files in it or below it (extensions PIL "
-                                f"reads, e.g. .jpg .png .bmp .tif .webp)")
+        raise PredictInputError(
+            f"--images {path_text(folder)}: no image files in it or below it (extensions PIL "
+            f"reads, e.g. .jpg .png .bmp .tif .webp)"
+        )
     bs = batch_size or model.batch_size
     logits, paths = [], []
     for start in _bar(range(0, len(files), bs), progress, "predict"):
         batch = []
-        for path in files[start:start + bs]:
+        for path in files[start : start + bs]:
             try:
                 batch.append(model.transform(load_rgb(path)))
             except DataError as err:
                 if not skip:
-                    raise PredictInputError(f"{str(err).splitlines()[0]}; leave such files out with "
-                                            f"--skip-unreadable") from None
+                    raise PredictInputError(
+                        f"{str(err).splitlines()[0]}; leave such files out with --skip-unreadable"
+                    ) from None
                 unreadable.append(path_text(path))
                 continue
             paths.append(path_text(path))

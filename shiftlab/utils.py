@@ -3,6 +3,7 @@
 One copy of each, so every file the toolkit writes survives a crash the same way and every
 "unknown name" error reads the same.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -10,12 +11,20 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "write_json",
-           "did_you_mean", "unknown_choice_error", "read_yaml_mapping"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "write_json",
+    "did_you_mean",
+    "unknown_choice_error",
+    "read_yaml_mapping",
+]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,6 +119,7 @@ def read_yaml_mapping(path: str | os.PathLike, what: str, error: type[Exception]
 
     if error is None:
         from .errors import ConfigError
+
         error = ConfigError
     path = Path(path)
     if not path.is_file():

@@ -1,4 +1,5 @@
 """Shared fixtures: the real data root, and caches kept inside pytest's temporary folders."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """Tiny demo runs of every method family, trained once per test session for tests/test_predict.py and
 tests/test_export.py (about 20 s on 2 CPU cores in all)."""
+
 from __future__ import annotations
 
 import json
@@ -12,22 +13,39 @@ from shiftlab.engine.loop import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
-COMMON = ["--data.limit=256", "--data.batch_size=32", "--train.progress=false", "--train.validators=[]",
-          "--train.steps_per_epoch=2"]
+COMMON = [
+    "--data.limit=256",
+    "--data.batch_size=32",
+    "--train.progress=false",
+    "--train.validators=[]",
+    "--train.steps_per_epoch=2",
+]
 # name -> overrides; the methods that start from a trained model load the source_only run's best.pt
 METHODS = {
     "source_only": ["--method.name=source_only", "--train.epochs=2"],
     "dann": ["--method.name=dann", "--train.epochs=2"],
     "adabn": ["--method.name=adabn", "--train.epochs=2"],
-    "activation_shaping": ["--method.name=activation_shaping", "--method.layers=relu1", "--method.maps=target",
-                           "--train.epochs=2"],
-    "activation_shaping_ash": ["--method.name=activation_shaping", "--method.layers=relu2", "--method.mode=ash_p",
-                               "--train.epochs=1"],
+    "activation_shaping": [
+        "--method.name=activation_shaping",
+        "--method.layers=relu1",
+        "--method.maps=target",
+        "--train.epochs=2",
+    ],
+    "activation_shaping_ash": [
+        "--method.name=activation_shaping",
+        "--method.layers=relu2",
+        "--method.mode=ash_p",
+        "--train.epochs=1",
+    ],
     "activation_shaping_random": ["--method.name=activation_shaping", "--method.layers=relu1", "--train.epochs=1"],
     "gaussian_matching": ["--method.name=gaussian_matching", "--train.epochs=0", "WEIGHTS"],
     "adapternet": ["--method.name=adapternet", "--train.epochs=2", "--optim.lr=0.01", "WEIGHTS"],
-    "activation_matching": ["--method.name=activation_matching", "--method.gaussian=true", "--train.epochs=2",
-                            "WEIGHTS"],
+    "activation_matching": [
+        "--method.name=activation_matching",
+        "--method.gaussian=true",
+        "--train.epochs=2",
+        "WEIGHTS",
+    ],
 }
 _RUNS: dict[str, Path] = {}
 
@@ -42,8 +60,12 @@ def demo_runs(tmp_path_factory) -> Path:
     try:
         for name, extra in METHODS.items():
             weights = f"--model.weights={out / 'source_only' / 'checkpoints' / 'best.pt'}"
-            overrides = [f"--experiment.output_dir={out}", f"--experiment.name={name}", *COMMON,
-                         *[weights if e == "WEIGHTS" else e for e in extra]]
+            overrides = [
+                f"--experiment.output_dir={out}",
+                f"--experiment.name={name}",
+                *COMMON,
+                *[weights if e == "WEIGHTS" else e for e in extra],
+            ]
             Trainer(build_config([DEMO], overrides)).fit()
     finally:
         torch.set_num_threads(before)

@@ -9,6 +9,7 @@
 
 ``base_url`` is a ``str`` (ending in ``/``) with a ``hits`` counter attached.
 """
+
 from __future__ import annotations
 
 import collections
@@ -18,15 +19,16 @@ import os
 import posixpath
 import threading
 import urllib.parse
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
 
 __all__ = ["ServedURL", "serve_directory"]
 
 
 class ServedURL(str):
     """The server's base URL; ``hits`` counts requests per path relative to the served folder."""
+
     hits: collections.Counter
 
 
@@ -92,11 +94,11 @@ def serve_directory(path: str | os.PathLike, *, truncate: Mapping[str, int] | No
     it; its response still advertises the full ``Content-Length``, then the connection is closed.
     """
     hits: collections.Counter = collections.Counter()
-    handler = type("Handler", (_Handler,), {"truncate": dict(truncate or {}), "hits": hits,
-                                            "lock": threading.Lock()})
+    handler = type("Handler", (_Handler,), {"truncate": dict(truncate or {}), "hits": hits, "lock": threading.Lock()})
     server = _QuietServer(("127.0.0.1", 0), functools.partial(handler, directory=os.fspath(path)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              name="serve_directory", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="serve_directory", daemon=True
+    )
     thread.start()
     host, port = server.server_address[:2]
     url = ServedURL(f"http://{host}:{port}/")

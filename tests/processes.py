@@ -1,12 +1,13 @@
 """Killing a run at a chosen moment, as a power cut or an OOM killer would (shared by the resume tests)."""
+
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 

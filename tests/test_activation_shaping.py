@@ -1,5 +1,6 @@
 """Activation shaping: the operations' values, the mask ratio, module selection, the twice-called ReLU,
 target-batch maps, removable hooks, the method's keys, exact resume, and a shaped PACS-slice training."""
+
 from __future__ import annotations
 
 import copy
@@ -13,13 +14,12 @@ import pytest
 import torch
 from torch import nn
 
-from shiftlab.config import build_config
 from shiftlab.checkpoints import load_checkpoint
+from shiftlab.config import build_config
 from shiftlab.engine.loop import Trainer
 from shiftlab.methods import Batch, build_method, method_params
 from shiftlab.models import build_backbone
-from shiftlab.nn import (ActivationShaper, ash_b, ash_p, ash_s, binarize_and_mask, mask_only, random_mask,
-                         select_modules)
+from shiftlab.nn import ActivationShaper, ash_b, ash_p, ash_s, binarize_and_mask, mask_only, random_mask, select_modules
 from shiftlab.nn.shaping import pair_maps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,8 +62,8 @@ def test_binarize_and_mask_and_mask_only_values():
 
 def test_ash_variants_on_a_known_example():
     # per sample, over all non-batch dimensions: n = 10, p = 70 -> K = 10 - round(7) = 3 values kept
-    first = torch.arange(1.0, 11.0)                 # keeps 8, 9, 10; s1 = 55, s2 = 27
-    second = torch.tensor([5.0, -1, 0, 4, 9, 2, 2, 7, 1, 3])   # keeps 9, 7, 5; s1 = 32, s2 = 21
+    first = torch.arange(1.0, 11.0)  # keeps 8, 9, 10; s1 = 55, s2 = 27
+    second = torch.tensor([5.0, -1, 0, 4, 9, 2, 2, 7, 1, 3])  # keeps 9, 7, 5; s1 = 32, s2 = 21
     a = torch.stack([first, second]).view(2, 2, 5)
     expected_p = torch.tensor([[0, 0, 0, 0, 0, 0, 0, 8, 9, 10], [5, 0, 0, 0, 9, 0, 0, 7, 0, 0.0]])
     torch.testing.assert_close(ash_p(a, 70), expected_p.view(2, 2, 5))
@@ -115,16 +115,21 @@ def test_selection_by_type_name_and_frequency_on_resnet18(resnet18):
     assert relus == ["relu"] + [f"layer{i}.{j}.relu" for i in range(1, 5) for j in range(2)]
     assert select_modules(features, types="Conv2d", every=2) == convs[::2]
     assert [n for n, _ in select_modules(features, types="Conv2d", every=2)][:4] == [
-        "conv1", "layer1.0.conv2", "layer1.1.conv2", "layer2.0.conv2"]
+        "conv1",
+        "layer1.0.conv2",
+        "layer1.1.conv2",
+        "layer2.0.conv2",
+    ]
     # names: any order in, registration order out; the study's names resolve inside the feature extractor
     chosen = select_modules(features, names="layer3.0.downsample.0, conv1,layer1.1.relu")
     assert [n for n, _ in chosen] == ["conv1", "layer1.1.relu", "layer3.0.downsample.0"]
     assert chosen[2][1] is features.layer3[0].downsample[0]
     assert [n for n, _ in select_modules(features, names=["layer1", "layer1.0.bn2"], types="BatchNorm2d")] == [
-        "layer1.0.bn2"]
+        "layer1.0.bn2"
+    ]
     both = [n for n, _ in select_modules(features, types="Conv2d,BatchNorm2d")]
     assert both[:3] == ["conv1", "bn1", "layer1.0.conv1"] and len(both) == 40
-    assert len(select_modules(features, types="BasicBlock")) == 8   # model classes by name too
+    assert len(select_modules(features, types="BasicBlock")) == 8  # model classes by name too
 
 
 def test_selection_and_shaping_work_on_another_backbone():
@@ -142,8 +147,11 @@ def test_selection_and_shaping_work_on_another_backbone():
 
 
 def test_unknown_names_and_types_are_errors_listing_the_valid_ones(resnet18):
-    with pytest.raises(ValueError, match=r"unknown module name 'conv_1'; valid: conv1, bn1, relu, maxpool, layer1, "
-                                         r"layer1\.0, layer1\.0\.conv1.*Did you mean 'conv1'\?"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown module name 'conv_1'; valid: conv1, bn1, relu, maxpool, layer1, "
+        r"layer1\.0, layer1\.0\.conv1.*Did you mean 'conv1'\?",
+    ):
         select_modules(resnet18.features, names="conv_1")
     with pytest.raises(ValueError, match=r"unknown module type 'Conv2D'; valid: .*BatchNorm2d.*Did you mean 'Conv2d'"):
         select_modules(resnet18.features, types="Conv2D")
@@ -206,20 +214,20 @@ def test_the_twice_called_relu_is_shaped_at_both_calls(resnet18):
 def test_target_maps_per_call_and_cycled_over_a_larger_source_batch(resnet18):
     model = copy.deepcopy(resnet18).train()
     relu, conv1 = model.features.layer1[1].relu, model.features.conv1
-    raw_relu, raw_conv = Probe(relu), Probe(conv1)       # before the shaper: the unshaped activations
+    raw_relu, raw_conv = Probe(relu), Probe(conv1)  # before the shaper: the unshaped activations
     shaper = ActivationShaper(model.features, "conv1,layer1.1.relu", maps="target")
     shaped_relu, shaped_conv = Probe(relu), Probe(conv1)  # after it: what the network goes on with
     with pytest.raises(RuntimeError, match="recording"):
         model(_images(2))
     raw_relu.outputs.clear(), raw_conv.outputs.clear(), shaped_conv.outputs.clear(), shaped_relu.outputs.clear()
     with torch.no_grad(), shaper.recording():
-        model(_images(2, seed=5))                          # target batch of 2
+        model(_images(2, seed=5))  # target batch of 2
     assert [len(p.outputs) for p in (raw_conv, raw_relu)] == [1, 2]
     assert torch.equal(shaped_relu.outputs[0], raw_relu.outputs[0])  # the recording pass is not shaped
     target_conv, target_relu = raw_conv.outputs[0], raw_relu.outputs[:]
     for p in (raw_relu, raw_conv, shaped_conv, shaped_relu):
         p.outputs.clear()
-    model(_images(5, seed=6))                              # source batch of 5: sample i takes target i % 2
+    model(_images(5, seed=6))  # source batch of 5: sample i takes target i % 2
     pairs = [(raw_conv.outputs[0], shaped_conv.outputs[0], target_conv)]
     pairs += [(raw_relu.outputs[k], shaped_relu.outputs[k], target_relu[k]) for k in range(2)]  # call k: map k
     for source, shaped, target in pairs:
@@ -233,13 +241,21 @@ def test_target_maps_per_call_and_cycled_over_a_larger_source_batch(resnet18):
 
 
 def _method_cfg(tmp_path, *overrides, config=DEMO):
-    return build_config([config], [f"--experiment.output_dir={tmp_path}", "--train.progress=false",
-                                   "--method.name=activation_shaping", *overrides])
+    return build_config(
+        [config],
+        [
+            f"--experiment.output_dir={tmp_path}",
+            "--train.progress=false",
+            "--method.name=activation_shaping",
+            *overrides,
+        ],
+    )
 
 
 def test_method_keys_from_the_command_line(tmp_path, resnet18):
-    cfg = _method_cfg(tmp_path, "--method.layers=conv1,layer2.0.conv2", "--method.mask_ratio=0.5",
-                      "--method.maps=target")
+    cfg = _method_cfg(
+        tmp_path, "--method.layers=conv1,layer2.0.conv2", "--method.mask_ratio=0.5", "--method.maps=target"
+    )
     params = method_params(cfg.method.name, cfg.method.model_extra)
     assert params.layers == ["conv1", "layer2.0.conv2"] and params.maps == "target" and params.mask_ratio == 0.5
     method = build_method("activation_shaping", copy.deepcopy(resnet18), cfg.method.model_extra)
@@ -264,8 +280,9 @@ def test_the_trainer_loads_a_target_stream_only_for_target_maps(tmp_path):
 
 
 def test_train_help_lists_every_key():
-    out = subprocess.run([sys.executable, "-m", "shiftlab.cli", "train", "--help"], capture_output=True, text=True,
-                         check=True, cwd=REPO).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "shiftlab.cli", "train", "--help"], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
     for key in ("layers", "types", "every", "mask_ratio", "maps", "mode", "percentile", "at_eval", "eval_maps"):
         assert f"--method.{key}  (default:" in out, key
 
@@ -303,8 +320,8 @@ def test_eval_maps_default_is_the_batchs_own_activation_and_fixed_target_differs
     conv1 = fixed.backbone.features.conv1
     raw = Probe(conv1)
     fixed.eval()
-    fixed.before_evaluation("source", [target])                 # records on the first target batch only
-    assert len(raw.outputs) == 1 and len(raw.outputs[0]) == 3   # one pass, of the 3 target images
+    fixed.before_evaluation("source", [target])  # records on the first target batch only
+    assert len(raw.outputs) == 1 and len(raw.outputs[0]) == 3  # one pass, of the 3 target images
     recorded = raw.outputs[0] > 0
     shaped = Probe(conv1)
     raw.outputs.clear()
@@ -317,10 +334,11 @@ def test_eval_maps_default_is_the_batchs_own_activation_and_fixed_target_differs
         plain = copy.deepcopy(resnet18).eval()
         with ActivationShaper(plain.features, "conv1", mask_ratio=0.0, at_eval=True):  # A_bin * 1 = A_bin
             out_a_bin = plain(x)
-    assert torch.equal(out_default, out_a_bin)                  # today's behaviour: the output is A_bin
+    assert torch.equal(out_default, out_a_bin)  # today's behaviour: the output is A_bin
     assert not torch.allclose(out_fixed, out_default)
-    unrecorded = build_method("activation_shaping", copy.deepcopy(resnet18),
-                              {"maps": "target", "eval_maps": "fixed_target"}).eval()
+    unrecorded = build_method(
+        "activation_shaping", copy.deepcopy(resnet18), {"maps": "target", "eval_maps": "fixed_target"}
+    ).eval()
     with pytest.raises(RuntimeError, match="for_eval=True"), torch.no_grad():
         unrecorded.predict(x)
     with pytest.raises(ValueError, match="eval_maps"):
@@ -339,8 +357,13 @@ def _rows(run: Path) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("maps", ["random", "target"])
 def test_a_shaped_run_resumes_exactly_after_an_interruption(tmp_path, maps):
-    overrides = ["--method.layers=relu1,conv2", f"--method.maps={maps}", "--train.epochs=2",
-                 "--data.limit=128", "--data.batch_size=32"]
+    overrides = [
+        "--method.layers=relu1,conv2",
+        f"--method.maps={maps}",
+        "--train.epochs=2",
+        "--data.limit=128",
+        "--data.batch_size=32",
+    ]
     Trainer(_method_cfg(tmp_path, "--experiment.name=full", *overrides)).fit()
 
     def stop_after_first_epoch(trainer, metrics):  # called once the epoch's checkpoint is written
@@ -361,10 +384,22 @@ def test_a_shaped_run_resumes_exactly_after_an_interruption(tmp_path, maps):
 
 @pytest.mark.slow
 def test_a_pacs_slice_trains_with_measurably_shaped_activations(tmp_path, data_root):
-    cfg = _method_cfg(tmp_path, "--experiment.name=pacs", f"--data.root={data_root}", "--model.pretrained=none",
-                      "--data.image_size=32", "--data.batch_size=16", "--data.limit=48", "--data.num_workers=0",
-                      "--train.epochs=1", "--train.steps_per_epoch=3", "--train.device=cpu",
-                      "--method.layers=conv1", "--method.mask_ratio=0.5", config=ASH_CARTOON)
+    cfg = _method_cfg(
+        tmp_path,
+        "--experiment.name=pacs",
+        f"--data.root={data_root}",
+        "--model.pretrained=none",
+        "--data.image_size=32",
+        "--data.batch_size=16",
+        "--data.limit=48",
+        "--data.num_workers=0",
+        "--train.epochs=1",
+        "--train.steps_per_epoch=3",
+        "--train.device=cpu",
+        "--method.layers=conv1",
+        "--method.mask_ratio=0.5",
+        config=ASH_CARTOON,
+    )
     trainer = Trainer(cfg)
     conv1 = trainer.method.backbone.features.conv1
     seen: list[tuple[bool, torch.Tensor]] = []

@@ -1,4 +1,5 @@
 """AdaBN re-estimates BatchNorm statistics on target data and changes nothing else."""
+
 from __future__ import annotations
 
 import torch
@@ -50,8 +51,9 @@ def test_statistics_are_exactly_those_of_the_target_images():
     with torch.no_grad():
         act = model.features.conv1(model.normalize(images))
     torch.testing.assert_close(model.features.bn1.running_mean, act.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(model.features.bn1.running_var, act.var(dim=(0, 2, 3), unbiased=True),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        model.features.bn1.running_var, act.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_adabn_method_restores_source_statistics_after_target_evaluation():

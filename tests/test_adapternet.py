@@ -1,6 +1,7 @@
 """AdapterNet (Hazan et al. 2018): identity initialisation, the frozen classifier, recovery on a simulated
 camera, adapter.pt and ``shiftlab adapt-images``; the fine-tuning baselines' early stopping; and
 ``data.target_train_limit`` for the curve over the number of labelled target images."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -66,10 +67,20 @@ def test_random_initialisations_are_not_the_identity_and_bad_shapes_are_refused(
 
 
 def _common(data_root, out: Path, name: str) -> list[str]:
-    return [f"--data.root={data_root}", "--data.dataset=digits", "--data.source=mnist_m", "--data.image_size=28",
-            "--model.name=small_cnn", "--data.batch_size=32", "--train.progress=false", "--train.validators=[]",
-            f"--experiment.output_dir={out}", f"--experiment.name={name}", "--optim.name=adam",
-            "--optim.weight_decay=0"]
+    return [
+        f"--data.root={data_root}",
+        "--data.dataset=digits",
+        "--data.source=mnist_m",
+        "--data.image_size=28",
+        "--model.name=small_cnn",
+        "--data.batch_size=32",
+        "--train.progress=false",
+        "--train.validators=[]",
+        f"--experiment.output_dir={out}",
+        f"--experiment.name={name}",
+        "--optim.name=adam",
+        "--optim.weight_decay=0",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +89,22 @@ def runs(data_root, tmp_path_factory):
     AdapterNet on the power camera through it (2 epochs), and the classifier's pure inference on the camera."""
     out = tmp_path_factory.mktemp("adapternet")
     trained = {}
-    cfg = build_config([], _common(data_root, out, "classifier") + [
-        "--data.target=mnist_m", "--data.limit=1000", "--train.epochs=3", "--optim.lr=0.002"])
+    cfg = build_config(
+        [],
+        _common(data_root, out, "classifier")
+        + ["--data.target=mnist_m", "--data.limit=1000", "--train.epochs=3", "--optim.lr=0.002"],
+    )
     trained["classifier"] = Trainer(cfg).fit()
     weights = out / "classifier" / "checkpoints" / "best.pt"
     camera = [f"--data.target={CAMERA}", "--data.limit=600", f"--model.weights={weights}"]
     cfg = build_config([], _common(data_root, out, "inference") + camera + ["--train.epochs=0"])
     trained["inference"] = Trainer(cfg).fit()
-    cfg = build_config([], _common(data_root, out, "adapter") + camera + [
-        "--method.name=adapternet", "--train.epochs=2", "--optim.lr=0.01"])
+    cfg = build_config(
+        [],
+        _common(data_root, out, "adapter")
+        + camera
+        + ["--method.name=adapternet", "--train.epochs=2", "--optim.lr=0.01"],
+    )
     trained["adapter"] = Trainer(cfg).fit()
     return out, trained
 
@@ -113,7 +131,9 @@ def test_adapter_recovers_accuracy_on_the_power_camera(runs):
     inference = trained["inference"]["target_acc"]
     adapted = trained["adapter"]
     # the same 600 camera test images for both (the official test set, evenly spaced)
-    assert adapted["splits"]["target_eval"]["fingerprint"] == trained["inference"]["splits"]["target_eval"]["fingerprint"]
+    assert (
+        adapted["splits"]["target_eval"]["fingerprint"] == trained["inference"]["splits"]["target_eval"]["fingerprint"]
+    )
     assert adapted["selection"] == "target_val" and adapted["reads_target_labels"]
     assert clean > 0.75 and inference < clean - 0.15  # the camera hurts the fixed classifier
     assert adapted["target_acc"] > inference + 0.15, (inference, adapted["target_acc"], clean)
@@ -137,8 +157,21 @@ def test_adapter_file_holds_the_selected_adapter_alone(runs):
 @pytest.mark.slow
 def test_adapt_images_writes_images_and_a_grid(runs, data_root, tmp_path, capsys):
     out, _ = runs
-    code = main(["adapt-images", "--adapter", str(out / "adapter"), "--images", CAMERA, "--out",
-                 str(tmp_path / "domain"), "--limit", "5", "--root", str(data_root)])
+    code = main(
+        [
+            "adapt-images",
+            "--adapter",
+            str(out / "adapter"),
+            "--images",
+            CAMERA,
+            "--out",
+            str(tmp_path / "domain"),
+            "--limit",
+            "5",
+            "--root",
+            str(data_root),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     adapted = sorted((tmp_path / "domain" / "adapted").glob("*.png"))
     assert len(adapted) == 5
@@ -154,24 +187,64 @@ def test_adapt_images_writes_images_and_a_grid(runs, data_root, tmp_path, capsys
     folder.mkdir(parents=True)
     for i in range(3):
         Image.fromarray(np.full((10, 12, 3), 40 * i, np.uint8)).save(folder / f"img{i}.png")
-    assert main(["adapt-images", "--adapter", str(out / "adapter" / "adapter.pt"), "--images",
-                 str(tmp_path / "mine"), "--out", str(tmp_path / "folder_out")]) == 0
-    assert sorted(p.name for p in (tmp_path / "folder_out" / "adapted" / "sub").iterdir()) == \
-        ["img0.png", "img1.png", "img2.png"]
+    assert (
+        main(
+            [
+                "adapt-images",
+                "--adapter",
+                str(out / "adapter" / "adapter.pt"),
+                "--images",
+                str(tmp_path / "mine"),
+                "--out",
+                str(tmp_path / "folder_out"),
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in (tmp_path / "folder_out" / "adapted" / "sub").iterdir()) == [
+        "img0.png",
+        "img1.png",
+        "img2.png",
+    ]
     assert Image.open(tmp_path / "folder_out" / "grid.png").height == 2 * (96 + 2) + 2
 
     # errors name the bad path or value
     capsys.readouterr()
     assert main(["adapt-images", "--adapter", str(tmp_path / "nope"), "--images", CAMERA, "--out", str(tmp_path)]) == 2
     assert f"--adapter {tmp_path / 'nope'}: no such run folder" in capsys.readouterr().err
-    assert main(["adapt-images", "--adapter", str(out / "adapter"), "--images", str(tmp_path / "missing" / "x"),
-                 "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "adapt-images",
+                "--adapter",
+                str(out / "adapter"),
+                "--images",
+                str(tmp_path / "missing" / "x"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "missing/x: no such folder" in capsys.readouterr().err
-    assert main(["adapt-images", "--adapter", str(out / "adapter"), "--images", "mnist_m@colour_rotatoin(3)",
-                 "--out", str(tmp_path), "--root", str(data_root)]) == 2
+    assert (
+        main(
+            [
+                "adapt-images",
+                "--adapter",
+                str(out / "adapter"),
+                "--images",
+                "mnist_m@colour_rotatoin(3)",
+                "--out",
+                str(tmp_path),
+                "--root",
+                str(data_root),
+            ]
+        )
+        == 2
+    )
     assert "unknown shift 'colour_rotatoin'" in capsys.readouterr().err
-    assert main(["adapt-images", "--adapter", str(out / "classifier"), "--images", CAMERA,
-                 "--out", str(tmp_path)]) == 2
+    assert main(["adapt-images", "--adapter", str(out / "classifier"), "--images", CAMERA, "--out", str(tmp_path)]) == 2
     assert "holds no adapter (method 'source_only')" in capsys.readouterr().err
 
 
@@ -182,18 +255,39 @@ def test_adapt_images_writes_images_and_a_grid(runs, data_root, tmp_path, capsys
 def test_finetune_from_checkpoint_with_early_stopping_on_target_val(runs, data_root):
     out, _ = runs
     weights = out / "classifier" / "checkpoints" / "best.pt"
-    cfg = build_config([], _common(data_root, out, "finetune") + [
-        f"--data.target={CAMERA}", "--data.limit=200", f"--model.weights={weights}", "--method.name=finetune",
-        "--method.layers=1", "--train.epochs=2", "--train.early_stopping_patience=1"])
+    cfg = build_config(
+        [],
+        _common(data_root, out, "finetune")
+        + [
+            f"--data.target={CAMERA}",
+            "--data.limit=200",
+            f"--model.weights={weights}",
+            "--method.name=finetune",
+            "--method.layers=1",
+            "--train.epochs=2",
+            "--train.early_stopping_patience=1",
+        ],
+    )
     trainer = Trainer(cfg)
     stoppers = [c for c in trainer.callbacks if isinstance(c, EarlyStopping)]
     assert len(stoppers) == 1 and stoppers[0].monitor == "target_val_acc" and stoppers[0].patience == 1
     summary = trainer.fit()
     assert summary["selection"] == "target_val" and "target_val_acc" in summary["selections"]["target_val"]
     with pytest.raises(ConfigError, match="train.selection=last has none"):
-        Trainer(build_config([], _common(data_root, out, "ft_last") + [
-            f"--data.target={CAMERA}", "--data.limit=50", f"--model.weights={weights}", "--method.name=finetune",
-            "--train.selection=last", "--train.early_stopping_patience=2"]))
+        Trainer(
+            build_config(
+                [],
+                _common(data_root, out, "ft_last")
+                + [
+                    f"--data.target={CAMERA}",
+                    "--data.limit=50",
+                    f"--model.weights={weights}",
+                    "--method.name=finetune",
+                    "--train.selection=last",
+                    "--train.early_stopping_patience=2",
+                ],
+            )
+        )
 
 
 def test_early_stopping_replays_the_history_on_resume():
@@ -214,21 +308,25 @@ def test_early_stopping_replays_the_history_on_resume():
 def test_target_train_limit_applies_to_the_labelled_target_training_part_only(data_root):
     from shiftlab.data.registry import get_dataset
 
-    small = build_domain_pair("digits", data_root, "mnist_m", CAMERA, image_size=28, target_labels=True,
-                              target_train_limit=50)
+    small = build_domain_pair(
+        "digits", data_root, "mnist_m", CAMERA, image_size=28, target_labels=True, target_train_limit=50
+    )
     assert len(small.target_train) == 50 and len(small.target_adapt_images) == 50
     # deterministic, whatever the seed: evenly spaced over the labelled training part (MNIST-M's 90% train)
     train = get_dataset("digits", data_root).dataset(data_root, "mnist_m", "train")
     full_keys = keys_of(train)
     assert small.splits["target_train"]["size_before_limit"] == len(full_keys)
-    assert keys_of(small.target_train) == [full_keys[i] for i in np.linspace(0, len(full_keys) - 1, 50).round().astype(int)]
+    assert keys_of(small.target_train) == [
+        full_keys[i] for i in np.linspace(0, len(full_keys) - 1, 50).round().astype(int)
+    ]
     labels = [y for _, y in small.target_train]
     assert len(set(labels)) >= 8  # evenly spaced over the split: most classes present
     for part in ("target_val", "target_eval", "source_train", "source_val"):  # untouched
         assert "size_before_limit" not in small.splits[part], part
     assert small.splits["target_eval"]["size"] == 9001
-    unlabelled = build_domain_pair("digits", data_root, "mnist_m", CAMERA, image_size=28, limit=100,
-                                   target_train_limit=50)
+    unlabelled = build_domain_pair(
+        "digits", data_root, "mnist_m", CAMERA, image_size=28, limit=100, target_train_limit=50
+    )
     assert len(unlabelled.target_train) == 100  # read by labelled methods only
     cfg = build_config([], ["--data.target_train_limit=200"])
     assert cfg.data.target_train_limit == 200
@@ -249,7 +347,9 @@ def test_sweep_files_expand_with_a_method_section_per_grid_value():
     name = "method.name=finetune,method.layers=2,data.target=mnist_m@power(0.2,0.3,0.4),experiment.seed=1"
     assert by_name[name].config["method"] == {"name": "finetune", "layers": 2, "count": "layer"}  # parametrised layers
     assert by_name[name].config["train"]["early_stopping_patience"] == 5
-    assert str(by_name[name].config["model"]["weights"]).endswith("runs/adapternet/digits/classifier/checkpoints/best.pt")
+    assert str(by_name[name].config["model"]["weights"]).endswith(
+        "runs/adapternet/digits/classifier/checkpoints/best.pt"
+    )
     for other in ("inference", "samples", "angles", "init"):
         assert expand(load_sweep(repo / "sweeps" / f"adapternet_digits_{other}.yaml"))
     assert len(expand(load_sweep(repo / "sweeps" / "adapternet_pacs.yaml"))) == 36

@@ -2,6 +2,7 @@
 minimisation. Fast tests check each loss on small tensors against a value computed by hand or by a direct
 formula, the strong augmentation, and that a method with its weight at 0 trains exactly as source-only does;
 slow tests run each method short on USPS -> MNIST against source-only (measurements beside them)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,7 +57,10 @@ def _gauss(a, b, width):
 
 def test_mmd_estimators_against_their_sums():
     gen = torch.Generator().manual_seed(1)
-    s, t = torch.randn(6, 3, generator=gen, dtype=torch.double), torch.randn(6, 3, generator=gen, dtype=torch.double) + 1
+    s, t = (
+        torch.randn(6, 3, generator=gen, dtype=torch.double),
+        torch.randn(6, 3, generator=gen, dtype=torch.double) + 1,
+    )
     z = torch.cat([s, t]).tolist()
     pairs = [(i, j) for i in range(12) for j in range(12) if i != j]
     base = sum(sum((x - y) ** 2 for x, y in zip(z[i], z[j])) for i, j in pairs) / len(pairs)
@@ -64,6 +68,7 @@ def test_mmd_estimators_against_their_sums():
 
     def k(i, j):  # the multi-kernel: the mean of the Gaussians of widths m * base
         return sum(_gauss(z[i], z[j], m * base) for m in mults) / len(mults)
+
     kernel = gaussian_kernel(torch.cat([s, t]), mults)
     assert kernel[2, 9].item() == pytest.approx(k(2, 9), rel=1e-6)
     ss = sum(k(i, j) for i in range(6) for j in range(6) if i != j) / 30
@@ -78,7 +83,8 @@ def test_mmd_estimators_against_their_sums():
     d2 = torch.cdist(torch.cat([s, t]), torch.cat([s, t])).pow(2)
     median = d2[~torch.eye(12, dtype=torch.bool)].median().item()
     assert gaussian_kernel(torch.cat([s, t]), (1.0,), base="median")[0, 7].item() == pytest.approx(
-        _gauss(z[0], z[7], median), rel=1e-6)
+        _gauss(z[0], z[7], median), rel=1e-6
+    )
 
 
 def test_joint_mmd_is_the_mmd_of_the_product_kernel():
@@ -89,7 +95,7 @@ def test_joint_mmd_is_the_mmd_of_the_product_kernel():
     product = gaussian_kernel(torch.cat([fs, ft]), (0.5, 1.0)) * gaussian_kernel(torch.cat([ps, pt]), sigma=0.92)
     assert joint_mmd([fs, ps], [ft, pt], kernels).item() == pytest.approx(mmd(product, 8).item(), rel=1e-6)
     fixed = gaussian_kernel(torch.cat([ps, pt]), sigma=0.92)
-    assert fixed[1, 9].item() == pytest.approx(math.exp(-(ps[1] - pt[1]).pow(2).sum().item() / (2 * 0.92 ** 2)), rel=1e-6)
+    assert fixed[1, 9].item() == pytest.approx(math.exp(-(ps[1] - pt[1]).pow(2).sum().item() / (2 * 0.92**2)), rel=1e-6)
     assert joint_mmd([fs], [ft], kernels[:1]).item() == pytest.approx(mk_mmd(fs, ft, (0.5, 1.0)).item(), rel=1e-6)
 
 
@@ -103,7 +109,9 @@ def test_entropy_and_diversity_by_hand():
     split = torch.tensor([[30.0, 0.0], [0.0, 30.0]])  # certain, and spread: IM's optimum, -log 2
     assert (mean_entropy(split) + diversity(split)).item() == pytest.approx(-math.log(2), abs=1e-6)
     p = torch.tensor([[0.7, 0.2, 0.1]])
-    assert mean_entropy(p.log()).item() == pytest.approx(-(0.7 * math.log(0.7) + 0.2 * math.log(0.2) + 0.1 * math.log(0.1)))
+    assert mean_entropy(p.log()).item() == pytest.approx(
+        -(0.7 * math.log(0.7) + 0.2 * math.log(0.2) + 0.1 * math.log(0.1))
+    )
 
 
 def test_thresholded_pseudo_label_loss_by_hand():
@@ -179,15 +187,24 @@ def test_bad_layers_are_one_line_config_errors():
 
 def _digits_batches(seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return (Batch(torch.rand(8, 3, 28, 28, generator=gen), torch.randint(0, 10, (8,), generator=gen)),
-            Batch(torch.rand(8, 3, 28, 28, generator=gen)))
+    return (
+        Batch(torch.rand(8, 3, 28, 28, generator=gen), torch.randint(0, 10, (8,), generator=gen)),
+        Batch(torch.rand(8, 3, 28, 28, generator=gen)),
+    )
 
 
-@pytest.mark.parametrize("name, params, term", [
-    ("coral", {"weight": 0.7}, "coral"), ("coral", {"weight": 0.7, "layers": ["features", "logits"]}, "coral"),
-    ("dan", {"weight": 0.7}, "mmd"), ("dan", {"weight": 0.7, "joint": True}, "mmd"),
-    ("dan", {"weight": 0.7, "estimator": "linear"}, "mmd"),
-    ("entropy_min", {"weight": 0.7}, "entropy"), ("self_training", {"weight": 0.7, "threshold": 0.0}, "pseudo")])
+@pytest.mark.parametrize(
+    "name, params, term",
+    [
+        ("coral", {"weight": 0.7}, "coral"),
+        ("coral", {"weight": 0.7, "layers": ["features", "logits"]}, "coral"),
+        ("dan", {"weight": 0.7}, "mmd"),
+        ("dan", {"weight": 0.7, "joint": True}, "mmd"),
+        ("dan", {"weight": 0.7, "estimator": "linear"}, "mmd"),
+        ("entropy_min", {"weight": 0.7}, "entropy"),
+        ("self_training", {"weight": 0.7, "threshold": 0.0}, "pseudo"),
+    ],
+)
 def test_a_step_is_ce_plus_weight_times_the_term_and_reaches_the_features(name, params, term):
     torch.manual_seed(0)
     method = build_method(name, build_backbone("dann_digits", 10, head_layers=3), params)
@@ -228,14 +245,23 @@ SHORT = ["--data.limit=2000", "--train.eval_every=100", "--train.validators=[]",
 
 def _config(out, data_root, name, method, extra=()):
     tree = read_yaml(REPO / "configs" / "dann" / "usps_to_mnist.yaml")
-    return build_config([], [f"--experiment.output_dir={out}", f"--data.root={data_root}", *SHORT,
-                             f"--experiment.name={name}", *extra], start={**tree, "method": method})
+    return build_config(
+        [],
+        [f"--experiment.output_dir={out}", f"--data.root={data_root}", *SHORT, f"--experiment.name={name}", *extra],
+        start={**tree, "method": method},
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, params", [("coral", {"weight": 0.0}), ("dan", {"weight": 0.0}),
-                                          ("entropy_min", {"weight": 0.0}),
-                                          ("self_training", {"weight": 0.0})])
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("coral", {"weight": 0.0}),
+        ("dan", {"weight": 0.0}),
+        ("entropy_min", {"weight": 0.0}),
+        ("self_training", {"weight": 0.0}),
+    ],
+)
 def test_weight_zero_trains_exactly_as_source_only(tmp_path, data_root, name, params):
     """Same network, data, optimiser and seed: with its weight at 0 a method's steps are source-only's, to the
     bit (so the slow tests' gains vanish at weight 0: at their full budget the accuracies are equal too)."""
@@ -291,8 +317,10 @@ def _check_gain(source_only, method, name, margin):
     assert source_only["final_source_val_acc"] > 0.9
     assert source_only["splits"]["target_eval"]["fingerprint"] == method["splits"]["target_eval"]["fingerprint"]
     gain = method["target_acc"] - source_only["target_acc"]
-    assert gain >= margin, (f"{name} {method['target_acc']:.4f} vs source-only {source_only['target_acc']:.4f} on "
-                            f"the target: gain {gain:.4f} < {margin}")
+    assert gain >= margin, (
+        f"{name} {method['target_acc']:.4f} vs source-only {source_only['target_acc']:.4f} on "
+        f"the target: gain {gain:.4f} < {margin}"
+    )
 
 
 @pytest.mark.slow
@@ -335,6 +363,7 @@ SHOT_MARGIN = 0.06
 @pytest.mark.slow
 def test_shot_beats_its_source_model_without_reading_a_source_image(source_only_run, data_root, monkeypatch):
     from shiftlab.engine import loop
+
     out, source_cfg, source_only, weights = source_only_run
     forbidden = []
 
@@ -342,11 +371,20 @@ def test_shot_beats_its_source_model_without_reading_a_source_image(source_only_
         pair = real_build_pair(cfg, method_cls)
         forbidden.append(_Forbidden(len(pair.source_train)))
         return dataclasses.replace(pair, source_train=forbidden[-1])
+
     real_build_pair = loop.build_pair
     monkeypatch.setattr(loop, "build_pair", build_pair)
-    cfg = build_config([REPO / "configs" / "shot" / "usps_to_mnist.yaml"], [  # its own lr, 0.002
-        f"--experiment.output_dir={out}", f"--data.root={data_root}", *SHORT, *BUDGET, "--experiment.name=shot",
-        f"--model.weights={weights}"])
+    cfg = build_config(
+        [REPO / "configs" / "shot" / "usps_to_mnist.yaml"],
+        [  # its own lr, 0.002
+            f"--experiment.output_dir={out}",
+            f"--data.root={data_root}",
+            *SHORT,
+            *BUDGET,
+            "--experiment.name=shot",
+            f"--model.weights={weights}",
+        ],
+    )
     assert (cfg.data, cfg.model.name, cfg.optim.lr) == (source_cfg.data, source_cfg.model.name, 0.002)
     trainer = Trainer(cfg, overwrite=True)
     assert trainer.loaders.source is None and trainer.loaders.batches(0, 0) is None
@@ -354,6 +392,11 @@ def test_shot_beats_its_source_model_without_reading_a_source_image(source_only_
     assert forbidden[0].reads == 0 and summary["steps"] > 0
     _check_gain(source_only, summary, "shot", SHOT_MARGIN)
 
-    still = _config(out, data_root, "shot_weight_0", {"name": "shot", "beta": 0.0, "im_weight": 0.0},
-                    ["--train.epochs=1", "--train.steps_per_epoch=5", f"--model.weights={weights}"])
+    still = _config(
+        out,
+        data_root,
+        "shot_weight_0",
+        {"name": "shot", "beta": 0.0, "im_weight": 0.0},
+        ["--train.epochs=1", "--train.steps_per_epoch=5", f"--model.weights={weights}"],
+    )
     assert Trainer(still, overwrite=True).fit()["target_acc"] == source_only["target_acc"]

@@ -2,6 +2,7 @@
 and BNM. Their losses on synthetic tensors against values worked out by hand or by a direct formula, the
 pieces they are built on, weight 0 equal to source-only, and short USPS -> MNIST runs where each beats
 source-only (slow)."""
+
 from __future__ import annotations
 
 import csv
@@ -39,8 +40,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 def _batches(classes: int = 10, seed: int = 0) -> tuple[Batch, Batch]:
     gen = torch.Generator().manual_seed(seed)
-    return (Batch(torch.rand(8, 3, 28, 28, generator=gen), torch.randint(0, classes, (8,), generator=gen)),
-            Batch(torch.rand(8, 3, 28, 28, generator=gen)))
+    return (
+        Batch(torch.rand(8, 3, 28, 28, generator=gen), torch.randint(0, classes, (8,), generator=gen)),
+        Batch(torch.rand(8, 3, 28, 28, generator=gen)),
+    )
 
 
 # ------------------------------------------------------------------ the losses, by hand and by direct formulas
@@ -90,8 +93,8 @@ def test_mdd_loss_by_hand():
     # f predicts class 0 on the source image and class 1 on the target image
     f_source, f_target = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 3.0]])
     adv_source, adv_target = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
-    p_source = math.exp(1) / (math.exp(1) + 1)   # f' gives f's source label this probability
-    p_target = math.exp(1) / (math.exp(1) + 1)   # ... and f's target label this one
+    p_source = math.exp(1) / (math.exp(1) + 1)  # f' gives f's source label this probability
+    p_target = math.exp(1) / (math.exp(1) + 1)  # ... and f's target label this one
     expected = 4 * -math.log(p_source) + -math.log(1 - p_target)  # gamma * CE(f', f) - log(1 - softmax)
     assert margin_disparity_loss(f_source, f_target, adv_source, adv_target, margin=4).item() == pytest.approx(expected)
     # three classes, against log(1 - softmax) written directly; the labels come from f, never its gradient
@@ -114,7 +117,7 @@ def test_cdan_domain_loss_against_a_direct_formula():
     adversary = ConditionalAdversary(5, 3, "multilinear", hidden=[7], dropout=0.0, lambda_=1.0, entropy=True)
     probs = logits.softmax(1)
     d = adversary.discriminator(torch.einsum("bc,bd->bcd", probs, features).flatten(1)).squeeze(1)
-    w = 1 + torch.exp((probs * probs.log()).sum(1))        # CDAN+E, Eq. 9: 1 + exp(-H(g))
+    w = 1 + torch.exp((probs * probs.log()).sum(1))  # CDAN+E, Eq. 9: 1 + exp(-H(g))
     bce = F.binary_cross_entropy_with_logits(d, torch.ones(6), reduction="none")
     expected = (w * bce).sum() / w.sum()
     got = adversary.domain_loss(features, logits, TARGET, progress=1.0)
@@ -123,7 +126,8 @@ def test_cdan_domain_loss_against_a_direct_formula():
     torch.testing.assert_close(multilinear_map(features, probs), torch.einsum("bc,bd->bcd", probs, features).flatten(1))
     plain = ConditionalAdversary(5, 3, "features", hidden=[7], dropout=0.0)
     assert plain.domain_loss(features, logits, SOURCE, 1.0).item() == pytest.approx(
-        F.binary_cross_entropy_with_logits(plain.discriminator(features).squeeze(1), torch.zeros(6)).item())
+        F.binary_cross_entropy_with_logits(plain.discriminator(features).squeeze(1), torch.zeros(6)).item()
+    )
 
 
 # ------------------------------------------------------------------ the methods on their pieces
@@ -132,7 +136,7 @@ def test_cdan_domain_loss_against_a_direct_formula():
 def test_cdan_picks_the_randomized_map_above_4096_and_reverses_the_gradient():
     assert cdan_condition(768, 10) == "randomized" and cdan_condition(100, 10) == "multilinear"  # 7,680 vs 1,000
     assert cdan_condition(768, 10, randomized=False) == "multilinear" and cdan_condition(10, 3, True) == "randomized"
-    digits = build_backbone("dann_digits", 10, head_layers=3)      # G_f: 768 conv features
+    digits = build_backbone("dann_digits", 10, head_layers=3)  # G_f: 768 conv features
     cdan = build_method("cdan", digits, {"randomized_dim": 64, "hidden": [16]})
     assert isinstance(cdan.adversary.randomized, RandomizedMultilinearMap)
     assert cdan.adversary.discriminator[0].in_features == 64
@@ -148,7 +152,9 @@ def test_cdan_picks_the_randomized_map_above_4096_and_reverses_the_gradient():
 
 
 def test_mcc_composes_with_dann_and_cdan():
-    digits = lambda: build_backbone("dann_digits", 10, head_layers=3)
+    def digits():
+        return build_backbone("dann_digits", 10, head_layers=3)
+
     alone = build_method("mcc", digits(), {})
     assert alone.adversary is None and (alone.params.mu, alone.params.temperature) == (1.0, 2.5)
     losses = alone.training_step(*_batches(), progress=0.5)
@@ -159,8 +165,9 @@ def test_mcc_composes_with_dann_and_cdan():
     cdan = build_method("mcc", digits(), {"base": "cdan", "entropy": True, "mu": 0.5, "weight": 0.3})
     assert cdan.adversary.condition == "randomized" and cdan.adversary.entropy
     losses = cdan.training_step(*_batches(), progress=0.5)
-    torch.testing.assert_close(losses["loss"], losses["ce"] + 0.5 * losses["mcc"]
-                               + 0.3 * (losses["d_source"] + losses["d_target"]) / 2)
+    torch.testing.assert_close(
+        losses["loss"], losses["ce"] + 0.5 * losses["mcc"] + 0.3 * (losses["d_source"] + losses["d_target"]) / 2
+    )
 
 
 def test_mdd_auxiliary_head_is_a_fresh_copy_behind_reversal():
@@ -184,9 +191,16 @@ def test_mdd_auxiliary_head_is_a_fresh_copy_behind_reversal():
     assert all(p.grad is None for p in head.parameters())  # f is trained by the source cross-entropy only
 
 
-@pytest.mark.parametrize("name, zero", [("cdan", {"weight": 0.0}), ("mdd", {"weight": 0.0}),
-                                        ("mcc", {"mu": 0.0}), ("mcc", {"mu": 0.0, "base": "cdan", "weight": 0.0}),
-                                        ("bnm", {"weight": 0.0})])
+@pytest.mark.parametrize(
+    "name, zero",
+    [
+        ("cdan", {"weight": 0.0}),
+        ("mdd", {"weight": 0.0}),
+        ("mcc", {"mu": 0.0}),
+        ("mcc", {"mu": 0.0, "base": "cdan", "weight": 0.0}),
+        ("bnm", {"weight": 0.0}),
+    ],
+)
 def test_weight_zero_gives_source_onlys_gradients(name, zero):
     source, target = _batches()
     torch.manual_seed(0)
@@ -221,15 +235,30 @@ def test_weight_zero_gives_source_onlys_gradients(name, zero):
 # Test times on 2 shared cores under other agents' load (5-8), each with its weight-0 run: source-only 30-90 s,
 # CDAN 168 s, MCC 83 s, MDD 78 s, BNM 184 s (at load 8); 6 min for the four tests at load 5-7. Unloaded,
 # source-only takes 12.5 s, so about a sixth of that.
-SHORT_DIGITS = ["--data.limit=2000", "--train.epochs=20", "--train.eval_every=20", "--train.validators=[]",
-                "--train.progress=false", "--experiment.seed=0"]
+SHORT_DIGITS = [
+    "--data.limit=2000",
+    "--train.epochs=20",
+    "--train.eval_every=20",
+    "--train.validators=[]",
+    "--train.progress=false",
+    "--experiment.seed=0",
+]
 MARGINS = {"cdan": 0.08, "mcc": 0.14, "bnm": 0.14}  # least gains required (fractions): about half the least measured
 ZERO = {"cdan": "weight", "mcc": "mu", "bnm": "weight", "mdd": "weight"}
 
 
 def _train(out, data_root, tree: dict, name: str, *extra: str):
-    cfg = build_config([], [f"--experiment.output_dir={out}", f"--data.root={data_root}", *SHORT_DIGITS,
-                            f"--experiment.name={name}", *extra], start=tree)
+    cfg = build_config(
+        [],
+        [
+            f"--experiment.output_dir={out}",
+            f"--data.root={data_root}",
+            *SHORT_DIGITS,
+            f"--experiment.name={name}",
+            *extra,
+        ],
+        start=tree,
+    )
     before = torch.get_num_threads()  # module scope: the function-scoped one_thread fixture cannot serve here
     torch.set_num_threads(1)
     try:
@@ -266,8 +295,10 @@ def test_a_short_digits_run_beats_source_only_and_not_at_weight_zero(method, sho
     assert adapted["method"] == method and not adapted["reads_target_labels"]
     assert adapted["final_source_val_acc"] > 0.9  # still a real classifier
     gain = adapted["target_acc"] - source_only["target_acc"]
-    assert gain >= MARGINS[method], (f"{method} {adapted['target_acc']:.4f} vs source-only "
-                                     f"{source_only['target_acc']:.4f} on the target: gain {gain:.4f} < {MARGINS[method]}")
+    assert gain >= MARGINS[method], (
+        f"{method} {adapted['target_acc']:.4f} vs source-only "
+        f"{source_only['target_acc']:.4f} on the target: gain {gain:.4f} < {MARGINS[method]}"
+    )
     _, off = _train(out, data_root, _tree(method), f"{method}_zero", f"--method.{ZERO[method]}=0")
     assert off["target_acc"] == source_only["target_acc"]  # the gain is the method's term, nothing else
 

@@ -1,4 +1,5 @@
 """Simulated cameras (AdapterNet, Hazan et al. 2018, Sec. 4): colour rotation in CIELAB and per-channel powers."""
+
 from __future__ import annotations
 
 import json
@@ -92,7 +93,7 @@ def test_power_values_and_range():
     assert lifted[0, 0].tolist() == [0, 0, 0] and lifted[-1, -1].tolist() == [255, 255, 255]  # ends fixed
     flat = lifted.reshape(-1, 3)
     assert (np.diff(flat.astype(int), axis=0) >= 0).all()  # monotone in every channel
-    assert (flat >= levels.reshape(-1, 3)).all()           # a power below 1 brightens
+    assert (flat >= levels.reshape(-1, 3)).all()  # a power below 1 brightens
     assert np.array_equal(power(levels, 1.0, 1.0, 1.0), levels)
 
 
@@ -107,7 +108,9 @@ def test_power_leaves_fewer_distinct_levels():
 def test_power_rejects_non_positive_exponents():
     with pytest.raises(DataError, match=r"every exponent must be positive, got \(0.0, 0.3, 0.4\)"):
         power(random_image(), 0.0, 0.3, 0.4)
-    with pytest.raises(DataError, match=r"takes 3 argument\(s\), got 1; expected power\(r: float, g: float, b: float\)"):
+    with pytest.raises(
+        DataError, match=r"takes 3 argument\(s\), got 1; expected power\(r: float, g: float, b: float\)"
+    ):
         parse_domain("mnist_m@power(0.2)")
 
 
@@ -115,10 +118,24 @@ def test_power_rejects_non_positive_exponents():
 
 
 def test_camera_domain_end_to_end_through_shiftlab_train(data_root, tmp_path, capsys):
-    code = main(["train", f"--data.root={data_root}", "--data.dataset=digits", "--data.source=mnist_m",
-                 "--data.target=mnist_m@power(0.2,0.3,0.4)", "--model.name=small_cnn", "--data.image_size=28",
-                 "--data.limit=64", "--data.batch_size=32", "--train.epochs=1", "--train.progress=false",
-                 "--train.validators=[]", f"--experiment.output_dir={tmp_path}", "--experiment.name=camera"])
+    code = main(
+        [
+            "train",
+            f"--data.root={data_root}",
+            "--data.dataset=digits",
+            "--data.source=mnist_m",
+            "--data.target=mnist_m@power(0.2,0.3,0.4)",
+            "--model.name=small_cnn",
+            "--data.image_size=28",
+            "--data.limit=64",
+            "--data.batch_size=32",
+            "--train.epochs=1",
+            "--train.progress=false",
+            "--train.validators=[]",
+            f"--experiment.output_dir={tmp_path}",
+            "--experiment.name=camera",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "camera" / "summary.json").read_text())
     assert summary["target"] == "mnist_m@power(0.2,0.3,0.4)"

@@ -2,6 +2,7 @@
 
 The dataset is the one of the report that motivated this: three domains, one of which lacks a class.
 """
+
 from __future__ import annotations
 
 import logging
@@ -61,8 +62,9 @@ def test_target_lacking_a_source_class_trains_with_a_warning(cams, caplog, label
 def test_strict_classes_refuses_a_target_lacking_a_class(cams):
     with pytest.raises(DataError) as err:
         build_domain_pair("folder:Cams", cams, "a", "c", strict_classes=True)
-    assert "target 'c' has no images of 1 of the 3 classes of source 'a': cat (data.strict_classes=true)" \
-        in str(err.value)
+    assert "target 'c' has no images of 1 of the 3 classes of source 'a': cat (data.strict_classes=true)" in str(
+        err.value
+    )
 
 
 def test_target_class_that_the_source_lacks_is_an_error(cams):
@@ -114,8 +116,9 @@ def test_unreadable_file_stops_with_its_name_by_default(broken):
 def test_skip_unreadable_leaves_them_out_and_lists_them(broken, caplog, labelled):
     root, bad = broken
     with caplog.at_level(logging.WARNING, logger="shiftlab.data.pair"):
-        pair = build_domain_pair("folder:Cams", root, "a", "b", image_size=16, skip_unreadable=True,
-                                 target_labels=labelled)
+        pair = build_domain_pair(
+            "folder:Cams", root, "a", "b", image_size=16, skip_unreadable=True, target_labels=labelled
+        )
     assert pair.skipped_files == sorted(map(str, bad))
     assert "skipping 2 unreadable image file(s)" in caplog.text
     for name in ("target_train", "target_val", "target_eval", "target_holdout", "target_adapt_images"):

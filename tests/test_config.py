@@ -1,4 +1,5 @@
 """Typed config: defaults, YAML, base files, dotted overrides, and errors that name the key."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,11 +26,20 @@ def test_yaml_then_overrides_compose_in_order(tmp_path):
     base.write_text("data:\n  batch_size: 128\n  dataset: pacs\ntrain:\n  epochs: 30\n")
     child = tmp_path / "child.yaml"
     child.write_text("base: base.yaml\ndata:\n  target: sketch\ntrain:\n  epochs: 5\n")
-    cfg = build_config([child], ["--train.epochs=2", "--data.root", "/some/where", "--optim.lr=1e-3",
-                                 "--model.weights=null", "--data.augment=false"])
-    assert cfg.data.batch_size == 128          # from base.yaml
-    assert cfg.data.target == "sketch"         # from child.yaml
-    assert cfg.train.epochs == 2               # command line wins
+    cfg = build_config(
+        [child],
+        [
+            "--train.epochs=2",
+            "--data.root",
+            "/some/where",
+            "--optim.lr=1e-3",
+            "--model.weights=null",
+            "--data.augment=false",
+        ],
+    )
+    assert cfg.data.batch_size == 128  # from base.yaml
+    assert cfg.data.target == "sketch"  # from child.yaml
+    assert cfg.train.epochs == 2  # command line wins
     assert cfg.data.root == Path("/some/where")
     assert cfg.optim.lr == pytest.approx(1e-3) and cfg.data.augment is False and cfg.model.weights is None
 
@@ -59,15 +69,25 @@ def test_method_keys_are_kept_for_the_method_to_validate():
 
 def test_method_keys_are_resolved_with_their_defaults_into_config_yaml():
     cfg = build_config([], ["--method.name=dann", "--method.lambda_=0.3"])
-    assert cfg.method.params() == {"weight": 1.0, "lambda_": 0.3, "lambda_gamma": 10.0, "hidden": [1024, 1024],
-                                   "dropout": 0.5, "form": "joint", "discriminator": "auto"}
+    assert cfg.method.params() == {
+        "weight": 1.0,
+        "lambda_": 0.3,
+        "lambda_gamma": 10.0,
+        "hidden": [1024, 1024],
+        "dropout": 0.5,
+        "form": "joint",
+        "discriminator": "auto",
+    }
     saved = yaml.safe_load(cfg.to_yaml())["method"]
     assert saved == {"name": "dann", **cfg.method.params()}  # the resolved config: defaults included
 
 
 def test_an_unknown_method_key_is_named_with_the_valid_keys():
-    with pytest.raises(ConfigError, match=r"method 'dann': unknown key method\.lamda \(did you mean method\.lambda_\?\)"
-                                          r".*Valid keys: method\.weight, method\.lambda_, "):
+    with pytest.raises(
+        ConfigError,
+        match=r"method 'dann': unknown key method\.lamda \(did you mean method\.lambda_\?\)"
+        r".*Valid keys: method\.weight, method\.lambda_, ",
+    ):
         build_config([], ["--method.name=dann", "--method.lamda=0.3"])
 
 
@@ -80,16 +100,28 @@ def test_a_wrong_typed_method_key_is_named_with_its_value():
 
 def test_a_bad_method_key_fails_before_any_data_is_read(capsys, tmp_path):
     missing = tmp_path / "no_data_here"  # reading it would fail with another message
-    assert main(["train", "--data.dataset=pacs", f"--data.root={missing}", "--method.name=dann",
-                 "--method.lamda=1", f"--experiment.output_dir={tmp_path / 'runs'}"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data.dataset=pacs",
+                f"--data.root={missing}",
+                "--method.name=dann",
+                "--method.lamda=1",
+                f"--experiment.output_dir={tmp_path / 'runs'}",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "unknown key method.lamda" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists() and not missing.exists()
 
 
 def test_a_plugin_method_is_resolved_after_its_module_is_imported():
-    cfg = build_config([], ["--experiment.plugins=[toy_methods]", "--method.name=toy_two_player",
-                            "--method.adversarial=0.5"])
+    cfg = build_config(
+        [], ["--experiment.plugins=[toy_methods]", "--method.name=toy_two_player", "--method.adversarial=0.5"]
+    )
     assert cfg.method.params() == {"steps": "both", "adversarial": 0.5}
     with pytest.raises(ConfigError, match="unknown key method.stepz"):
         build_config([], ["--experiment.plugins=[toy_methods]", "--method.name=toy_two_player", "--method.stepz=disc"])
@@ -170,8 +202,11 @@ def test_a_resumed_run_keeps_its_method_keys_when_the_same_command_is_given_agai
     assert again.method.params() == first.method.params()
     # a method key alone is typed against the saved run's method, not the default one
     changed = build_config([], ["--method.dropout=0.25", *run], resume=True)
-    assert (changed.method.name, changed.method.params()["lambda_"], changed.method.params()["dropout"]) == \
-        ("dann", 0.5, 0.25)
+    assert (changed.method.name, changed.method.params()["lambda_"], changed.method.params()["dropout"]) == (
+        "dann",
+        0.5,
+        0.25,
+    )
 
 
 def test_a_nameless_method_section_of_a_config_file_merges_under_a_named_override(tmp_path):

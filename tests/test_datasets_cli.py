@@ -1,4 +1,5 @@
 """``shiftlab datasets``: the report on the real PACS copy and on broken copies built in ``tmp_path``."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ from shiftlab.cli import main
 from shiftlab.data.registry import register_folder_dataset
 
 PACS_IMAGES = {"art_painting": 2048, "cartoon": 2344, "photo": 1670, "sketch": 3929}
-
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -188,7 +188,7 @@ def test_folder_prefix_verify_and_errors(capsys, tmp_path, data_root):
 def test_lists_the_shifts(capsys, tmp_path):
     code, out, _ = run(capsys, "--root", str(tmp_path), "--dataset", "demo")
     assert code == 0
-    shifts = out[out.index("shifts (derive a domain"):]
+    shifts = out[out.index("shifts (derive a domain") :]
     assert re.search(r"^  brightness\(delta: float\)\s+adds delta", shifts, re.M)
     assert re.search(r"^  greyscale\(\)\s+grey image", shifts, re.M)
 

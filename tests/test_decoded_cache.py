@@ -1,5 +1,6 @@
 """The decoded cache and its tensor-batch loader (issue 19): same images and order as the file path,
 augmentations as defined, a cache that follows the data, exact resume."""
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,16 @@ from torchvision import transforms as T
 from shiftlab.config import build_config
 from shiftlab.data import decoded
 from shiftlab.data.base import load_rgb
-from shiftlab.data.decoded import (BatchAugment, TensorBatchLoader, decode_split, flip_mask, random_resized_crop_boxes,
-                                   resized_crops, split_identity, stored_size)
+from shiftlab.data.decoded import (
+    BatchAugment,
+    TensorBatchLoader,
+    decode_split,
+    flip_mask,
+    random_resized_crop_boxes,
+    resized_crops,
+    split_identity,
+    stored_size,
+)
 from shiftlab.data.pair import build_domain_pair, make_loader
 from shiftlab.data.splits import per_sample
 from shiftlab.engine.loop import Trainer
@@ -44,9 +53,17 @@ def _cached(ds, batch_size, *, train, family, image_size=None, augment=True, gen
     size = stored_size(family, image_size, False, False)
     stored = stored_size(family, image_size, augment, train)
     split = decode_split(ds.base, stored)
-    return TensorBatchLoader(split, batch_size, shuffle=train, device=CPU, size=size, generator=generator,
-                             augment=BatchAugment(size) if stored != size else None,
-                             with_labels=ds.with_labels, label_map=ds.label_map)
+    return TensorBatchLoader(
+        split,
+        batch_size,
+        shuffle=train,
+        device=CPU,
+        size=size,
+        generator=generator,
+        augment=BatchAugment(size) if stored != size else None,
+        with_labels=ds.with_labels,
+        label_map=ds.label_map,
+    )
 
 
 def test_digits_batches_are_the_file_path_s_bit_for_bit(data_root):
@@ -83,8 +100,18 @@ def test_pacs_decoded_content_is_the_file_path_s_before_augmentation(data_root):
         want = np.asarray(T.Resize((stored, stored))(load_rgb(paths[i])))
         assert np.array_equal(split.images[i].permute(1, 2, 0).numpy(), want)
     # augmented batches: training size, [0, 1], labels as the file path's
-    x, y = next(iter(_cached(pair.source_train, 4, train=True, family="photo", image_size=64,
-                             generator=torch.Generator().manual_seed(0))))
+    x, y = next(
+        iter(
+            _cached(
+                pair.source_train,
+                4,
+                train=True,
+                family="photo",
+                image_size=64,
+                generator=torch.Generator().manual_seed(0),
+            )
+        )
+    )
     assert x.shape == (4, 3, 64, 64) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
     assert set(y.tolist()) <= set(range(7))
 
@@ -107,12 +134,17 @@ def test_random_resized_crop_matches_torchvision_in_distribution(scale, height, 
     # torchvision's own draws, from the same definition: the same distribution of area, ratio, position
     torch.manual_seed(0)
     image = torch.zeros(3, height, width)
-    ref = torch.tensor([T.RandomResizedCrop.get_params(image, list(scale), list(ratio)) for _ in range(4000)],
-                       dtype=torch.float64)
+    ref = torch.tensor(
+        [T.RandomResizedCrop.get_params(image, list(scale), list(ratio)) for _ in range(4000)], dtype=torch.float64
+    )
     ref_share = ref[:, 2] * ref[:, 3] / (height * width)
     ref_log_r = torch.log(ref[:, 3] / ref[:, 2])
-    for ours, theirs in ((share, ref_share), (log_r, ref_log_r), (top / height, ref[:, 0] / height),
-                         (left / width, ref[:, 1] / width)):
+    for ours, theirs in (
+        (share, ref_share),
+        (log_r, ref_log_r),
+        (top / height, ref[:, 0] / height),
+        (left / width, ref[:, 1] / width),
+    ):
         for q in (0.1, 0.5, 0.9):
             assert abs(torch.quantile(ours, q) - torch.quantile(theirs, q)) < 0.03
         assert abs(ours.mean() - theirs.mean()) < 0.02
@@ -188,11 +220,24 @@ def test_the_cache_is_rebuilt_when_the_data_changes(tmp_path, data_root):
 
 
 def _cfg(tmp_path, root, name, *extra):
-    return build_config([], [f"--experiment.output_dir={tmp_path / 'runs'}", f"--experiment.name={name}",
-                             "--data.dataset=folder:Toy", f"--data.root={root}", "--data.source=real",
-                             "--data.target=drawn", "--data.image_size=32", "--data.batch_size=4",
-                             "--model.name=small_cnn", "--train.progress=false", "--optim.lr=0.02",
-                             "--train.validators=[entropy]", *extra])
+    return build_config(
+        [],
+        [
+            f"--experiment.output_dir={tmp_path / 'runs'}",
+            f"--experiment.name={name}",
+            "--data.dataset=folder:Toy",
+            f"--data.root={root}",
+            "--data.source=real",
+            "--data.target=drawn",
+            "--data.image_size=32",
+            "--data.batch_size=4",
+            "--model.name=small_cnn",
+            "--train.progress=false",
+            "--optim.lr=0.02",
+            "--train.validators=[entropy]",
+            *extra,
+        ],
+    )
 
 
 def _rows(trainer):

@@ -1,24 +1,21 @@
 """The digits loaders (MNIST, USPS, MNIST-M) on the real data in $SHIFTLAB_DATA (default ../shared/data)."""
+
 from __future__ import annotations
 
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(REPO))
-
 from shiftlab.data import digits
 from shiftlab.data.registry import get_dataset
 from shiftlab.errors import DataError
 
+REPO = Path(__file__).resolve().parent.parent
 ROOT = Path(os.environ.get("SHIFTLAB_DATA", REPO.parent / "shared" / "data"))
 
 MNIST_TEST_FIRST = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # the well-known first t10k labels
@@ -86,6 +83,7 @@ def mnist_m(root_listing):
 
 # --------------------------------------------------------------------------------------------- MNIST
 
+
 def test_mnist_splits(mnist):
     train, val, test = mnist["train"], mnist["val"], mnist["test"]
     assert len(train) + len(val) == 60_000
@@ -145,6 +143,7 @@ def test_mnist_missing_files(monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- USPS
 
+
 def test_usps_counts(usps):
     assert len(usps["test"]) == 2_007
     assert _counts(usps["test"].targets) == USPS_TEST_COUNTS
@@ -202,6 +201,7 @@ def test_usps_missing_lists_files(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- MNIST-M
+
 
 def test_mnist_m_counts(mnist_m):
     assert len(mnist_m["test"]) == 9_001
@@ -261,6 +261,7 @@ def test_mnist_m_missing_label_file_and_folder(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ registry/check
+
 
 def test_unknown_domain_names_valid_ones():
     with pytest.raises(DataError) as err:

@@ -1,4 +1,5 @@
 """Downloads, checksums and safe extraction, against a server on 127.0.0.1 only."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -189,8 +190,7 @@ def test_extract_good_archive_downloaded(tmp_path):
     served.mkdir()
     archive = make_zip(served / "set.zip", FILES)
     with serve_directory(served) as base:
-        got = download_file(base + "set.zip", tmp_path / "dl" / "set.zip", sha256=file_sha256(archive),
-                            progress=False)
+        got = download_file(base + "set.zip", tmp_path / "dl" / "set.zip", sha256=file_sha256(archive), progress=False)
     extract_archive(got, tmp_path / "data")
     assert everything(tmp_path / "data") == ["set", "set/a.txt", "set/c.txt", "set/sub", "set/sub/b.bin"]
 
@@ -216,15 +216,18 @@ BAD_ARCHIVES = {
     # zipfile would strip the leading "/" (or keep "C:" as a folder name) and unpack a renamed file
     "zip-absolute": (lambda p: make_zip(p / "evil.zip", {"good/first.txt": b"ok", "/evil.txt": b"x"}), "/evil.txt"),
     "zip-drive": (lambda p: make_zip(p / "evil.zip", {"C:/evil.txt": b"x"}), "C:/evil.txt"),
-    "tar-dotdot": (lambda p: make_tar(p / "evil.tar.gz", {"good/first.txt": b"ok", "../evil.txt": b"x"}),
-                   "../evil.txt"),
+    "tar-dotdot": (
+        lambda p: make_tar(p / "evil.tar.gz", {"good/first.txt": b"ok", "../evil.txt": b"x"}),
+        "../evil.txt",
+    ),
     # the member is the absolute path of <src>/evil.txt: the test fills it in
-    "tar-absolute": (lambda p: make_tar(p / "evil.tar.gz", {"good/first.txt": b"ok", str(p / "evil.txt"): b"x"}),
-                     None),
+    "tar-absolute": (lambda p: make_tar(p / "evil.tar.gz", {"good/first.txt": b"ok", str(p / "evil.txt"): b"x"}), None),
     "tar-symlink-out": (lambda p: _bad_tar(p / "evil.tar.gz", link("good/escape", "../../evil.txt")), "good/escape"),
     "tar-symlink-abs": (lambda p: _bad_tar(p / "evil.tar.gz", link("good/passwd", "/etc/passwd")), "good/passwd"),
-    "tar-hardlink-out": (lambda p: _bad_tar(p / "evil.tar.gz", link("good/h", "../evil.txt", tarfile.LNKTYPE)),
-                         "good/h"),
+    "tar-hardlink-out": (
+        lambda p: _bad_tar(p / "evil.tar.gz", link("good/h", "../evil.txt", tarfile.LNKTYPE)),
+        "good/h",
+    ),
     "tar-fifo": (lambda p: _bad_tar(p / "evil.tar.gz", link("good/pipe", "", tarfile.FIFOTYPE)), "good/pipe"),
     "tar-chardev": (lambda p: _bad_tar(p / "evil.tar.gz", link("good/dev", "", tarfile.CHRTYPE)), "good/dev"),
 }
@@ -305,16 +308,27 @@ def fake_source(tmp_path, monkeypatch):
     served = tmp_path / "www"
     served.mkdir()
     (served / "labels.txt").write_bytes(b"0 1 2\n")
-    make_zip(served / "images.zip", {"upstream_top/dom1/cls/x.png": b"png1", "upstream_top/dom2/cls/y.png": b"png2",
-                                     "README": b"ignored"})
+    make_zip(
+        served / "images.zip",
+        {"upstream_top/dom1/cls/x.png": b"png1", "upstream_top/dom2/cls/y.png": b"png2", "README": b"ignored"},
+    )
     root = tmp_path / "root"
 
     def register(base, **overrides):
         resources = [
-            Resource(url=base + "labels.txt", filename="labels.txt", sha256=file_sha256(served / "labels.txt"),
-                     folder="Fake/raw"),
-            Resource(url=base + "images.zip", filename="images.zip", sha256=file_sha256(served / "images.zip"),
-                     extract_to="Fake", moves=(("upstream_top/dom1", "dom1"), ("upstream_top/dom2", "dom2"))),
+            Resource(
+                url=base + "labels.txt",
+                filename="labels.txt",
+                sha256=file_sha256(served / "labels.txt"),
+                folder="Fake/raw",
+            ),
+            Resource(
+                url=base + "images.zip",
+                filename="images.zip",
+                sha256=file_sha256(served / "images.zip"),
+                extract_to="Fake",
+                moves=(("upstream_top/dom1", "dom1"), ("upstream_top/dom2", "dom2")),
+            ),
         ]
         resources = [dataclasses.replace(r, **overrides.get(r.filename, {})) for r in resources]
         monkeypatch.setitem(dl.SOURCES, "fake", resources)
@@ -367,6 +381,7 @@ def test_download_dataset_layout_marker_and_idempotence(fake_source, monkeypatch
 
         # A missing domain folder is restored from a fresh download.
         import shutil
+
         shutil.rmtree(root / "Fake/dom2")
         download_dataset("fake", root, keep_archives=True, progress=False)
         assert (root / "Fake/dom2/cls/y.png").is_file() and base.hits["images.zip"] == 2
@@ -465,8 +480,9 @@ def test_mirrors_are_tried_in_order(tmp_path, monkeypatch):
     served.mkdir()
     (served / "f.gz").write_bytes(b"payload")
     with serve_directory(served) as base:
-        res = Resource(url=base + "gone/f.gz", mirrors=(base + "f.gz",), filename="f.gz", sha256=sha256(b"payload"),
-                       folder="M/raw")
+        res = Resource(
+            url=base + "gone/f.gz", mirrors=(base + "f.gz",), filename="f.gz", sha256=sha256(b"payload"), folder="M/raw"
+        )
         monkeypatch.setitem(dl.SOURCES, "mirrored", [res])
         download_dataset("mirrored", tmp_path / "root", progress=False)
         assert base.hits["gone/f.gz"] == 1 and base.hits["f.gz"] == 1
@@ -488,8 +504,14 @@ def test_unknown_dataset_lists_downloadable_names(tmp_path):
 
 def test_manual_resource_asks_for_the_file_then_uses_it(tmp_path, monkeypatch):
     archive = make_zip(tmp_path / "Hand.zip", {"top/d/c/i.png": b"i"})
-    res = Resource(url="https://drive.google.com/uc?id=XYZ", filename="Hand.zip", sha256=file_sha256(archive),
-                   extract_to="", moves=(("top", "Hand"),), manual="Google Drive needs a browser")
+    res = Resource(
+        url="https://drive.google.com/uc?id=XYZ",
+        filename="Hand.zip",
+        sha256=file_sha256(archive),
+        extract_to="",
+        moves=(("top", "Hand"),),
+        manual="Google Drive needs a browser",
+    )
     monkeypatch.setitem(dl.SOURCES, "hand", [res])
     root = tmp_path / "root"
     with pytest.raises(DownloadError) as info:
@@ -554,8 +576,11 @@ def test_digits_note_mentions_mnist_m(tmp_path, monkeypatch, caplog):
     served.mkdir()
     (served / "x.gz").write_bytes(b"x")
     with serve_directory(served) as base:
-        monkeypatch.setitem(dl.SOURCES, "digits", [Resource(url=base + "x.gz", filename="x.gz",
-                                                            sha256=sha256(b"x"), folder="MNIST/raw")])
+        monkeypatch.setitem(
+            dl.SOURCES,
+            "digits",
+            [Resource(url=base + "x.gz", filename="x.gz", sha256=sha256(b"x"), folder="MNIST/raw")],
+        )
         with caplog.at_level(logging.WARNING, logger="shiftlab.data.download"):
             download_dataset("digits", tmp_path / "root", progress=False)
     assert "MNIST-M" in caplog.text and "by hand" in caplog.text
@@ -569,8 +594,11 @@ def test_office31_entry_produces_loader_layout(tmp_path, monkeypatch):
     archive = make_tar(served / "office31.tar.gz", files)
     with serve_directory(served) as base:
         (real,) = dl.SOURCES["office31"]
-        monkeypatch.setitem(dl.SOURCES, "office31", [dataclasses.replace(
-            real, url=base + "office31.tar.gz", md5=None, sha256=file_sha256(archive))])
+        monkeypatch.setitem(
+            dl.SOURCES,
+            "office31",
+            [dataclasses.replace(real, url=base + "office31.tar.gz", md5=None, sha256=file_sha256(archive))],
+        )
         download_dataset("office31", tmp_path / "root", progress=False)
     root = tmp_path / "root"
     for d in ("amazon", "dslr", "webcam"):
@@ -591,9 +619,12 @@ def test_pacs_entry_produces_loader_layout(tmp_path, monkeypatch):
         fake_splits.append((r, body))
     root = tmp_path / "root"
     with serve_directory(served) as base:
-        monkeypatch.setitem(dl.SOURCES, "pacs", [dataclasses.replace(images, md5=None, sha256=file_sha256(archive))]
-                            + [dataclasses.replace(r, url=base + r.filename, sha256=sha256(body))
-                               for r, body in fake_splits])
+        monkeypatch.setitem(
+            dl.SOURCES,
+            "pacs",
+            [dataclasses.replace(images, md5=None, sha256=file_sha256(archive))]
+            + [dataclasses.replace(r, url=base + r.filename, sha256=sha256(body)) for r, body in fake_splits],
+        )
         with pytest.raises(DownloadError, match="by hand"):
             download_dataset("pacs", root, progress=False)
         assert sum(base.hits.values()) == 0  # the missing zip is reported before anything is fetched

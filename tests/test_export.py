@@ -1,5 +1,6 @@
 """shiftlab export (issue 29): ONNX (run by onnxruntime) and TorchScript graphs give shiftlab's own predictions
 on 256 target images of the run, logits within 1e-4, with metadata; what cannot be exported is one line."""
+
 from __future__ import annotations
 
 import subprocess
@@ -7,8 +8,8 @@ import sys
 
 import pytest
 import torch
-
 from inference_runs import METHODS, REPO, demo_runs
+
 from shiftlab import load_run
 from shiftlab.cli import main
 from shiftlab.errors import ExportError
@@ -53,14 +54,33 @@ def test_exported_graph_predicts_as_shiftlab_does(runs, tmp_path, method, fmt):
     assert _run_exported(out, fmt, images[:1]).shape == (1, 10)
     saved = read_metadata(out)
     assert saved["classes"] == model.classes and saved["input_size"] == "32" and saved["input"] == "uint8"
-    assert saved["config_sha256"] == model.config_hash == meta["config_sha256"] and saved["method"] == model.config.method.name
+    assert (
+        saved["config_sha256"] == model.config_hash == meta["config_sha256"]
+        and saved["method"] == model.config.method.name
+    )
 
 
 @pytest.mark.slow
 def test_float_input_and_last_checkpoint(runs, tmp_path):
     out = tmp_path / "adabn.pt"
-    assert main(["export", "--run", str(runs / "adabn"), "--checkpoint", "last", "--format", "torchscript",
-                 "--input", "float", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--run",
+                str(runs / "adabn"),
+                "--checkpoint",
+                "last",
+                "--format",
+                "torchscript",
+                "--input",
+                "float",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     model = load_run(runs / "adabn", "last")
     x = torch.stack([model.domain_images()[0][i][0] for i in range(40)])
     assert (torch.jit.load(str(out))(x) - model.logits(x)).abs().max().item() <= 1e-4
@@ -73,8 +93,10 @@ def test_random_predictions_are_refused_in_one_line(runs, tmp_path, capsys):
     with pytest.raises(ExportError, match=r"predicts differently on two passes .*method.maps=random"):
         export_run(runs / "activation_shaping_random", out, format="torchscript")
     assert not out.exists()
-    assert main(["export", "--run", str(runs / "activation_shaping_random"), "--format", "torchscript",
-                 "--out", str(out)]) == 2
+    assert (
+        main(["export", "--run", str(runs / "activation_shaping_random"), "--format", "torchscript", "--out", str(out)])
+        == 2
+    )
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
@@ -85,7 +107,8 @@ def test_onnx_without_its_packages_says_what_to_install(tmp_path, monkeypatch, c
 
 
 def test_export_help_explains_every_option():
-    text = subprocess.run([sys.executable, "-m", "shiftlab.cli", "export", "--help"], capture_output=True, text=True,
-                          check=True, cwd=REPO).stdout
+    text = subprocess.run(
+        [sys.executable, "-m", "shiftlab.cli", "export", "--help"], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
     for option in ("--run", "--checkpoint", "--format", "--out", "--input", "--data-root", "onnx", "torchscript"):
         assert option in text, option

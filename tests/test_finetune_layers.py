@@ -1,6 +1,7 @@
 """Fine-tuning "the last k layers" counts parametrised layers from the output (AdapterNet, Hazan et al. 2018:
 VGG16's fc8, fc7, fc6), for every backbone; the expected module names are written out here, from the
 torchvision / shiftlab architectures, not computed by the code under test. Also LeNet's layer shapes."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,7 +12,7 @@ from shiftlab.models import build_backbone
 
 EXPECTED = {  # model, head_layers -> names of the last 4 parametrised layers, output first
     ("resnet18", 1): ["head", "features.layer4.1.bn2", "features.layer4.1.conv2", "features.layer4.1.bn1"],
-    ("vgg16", 3): ["head.6", "head.3", "head.0", "features.features.28"],         # fc8, fc7, fc6, conv5_3
+    ("vgg16", 3): ["head.6", "head.3", "head.0", "features.features.28"],  # fc8, fc7, fc6, conv5_3
     ("vgg16", 1): ["head", "features.classifier.3", "features.classifier.0", "features.features.28"],
     ("dann_digits", 3): ["head.fc3", "head.fc2", "head.fc1", "features.features.conv2"],
     ("small_cnn", 1): ["head", "features.bn3", "features.fc", "features.bn2"],
@@ -38,7 +39,9 @@ def test_last_k_parametrised_layers(model, head_layers):
         assert all(f"{m}.weight" in want for m in expected[:k])
         assert trainable == want, (k, sorted(trainable ^ want))
         method.train()
-        frozen_bn = [m for n, m in backbone.named_modules() if isinstance(m, torch.nn.BatchNorm2d) and n not in expected[:k]]
+        frozen_bn = [
+            m for n, m in backbone.named_modules() if isinstance(m, torch.nn.BatchNorm2d) and n not in expected[:k]
+        ]
         assert all(not m.training for m in frozen_bn)  # frozen BatchNorm keeps its statistics
 
 
@@ -51,6 +54,7 @@ def test_unit_count_keeps_whole_stages():
 
 def test_too_many_layers_names_them():
     from shiftlab.errors import ConfigError
+
     with pytest.raises(ConfigError, match="head.fc3"):
         FineTune(build_backbone("dann_digits", 10, head_layers=3), FineTune.Params(layers=99))
 
@@ -65,9 +69,13 @@ def test_lenet_layer_shapes():
     model = build_backbone("lenet", 10).eval()
     f = model.features.features
     shapes = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape)))
-             for n, m in f.named_children()]
-    hooks.append(model.features.classifier.fc3.register_forward_hook(lambda m, i, o: shapes.__setitem__("fc3", tuple(o.shape))))
+    hooks = [
+        m.register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape)))
+        for n, m in f.named_children()
+    ]
+    hooks.append(
+        model.features.classifier.fc3.register_forward_hook(lambda m, i, o: shapes.__setitem__("fc3", tuple(o.shape)))
+    )
     out = model(torch.rand(2, 3, 28, 28))
     for h in hooks:
         h.remove()

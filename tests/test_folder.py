@@ -2,6 +2,7 @@
 
 Images are symlinks to a few real PACS jpgs (the data root stays untouched).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,6 @@ DOMAINS = ("real", "sketchy")
 CLASSES = ("cat", "dog", "fox")
 PER_CLASS = 8
 NAMES = [f"img_{i:02d}.jpg" for i in range(PER_CLASS)]
-
 
 
 @pytest.fixture(scope="module")
@@ -196,8 +196,13 @@ def test_unregistered_classes_are_the_union_of_the_domains(tmp_path, sources, ch
     assert ds.classes == list(union)
     for path, label in ds.samples:
         assert union[label] == path.parent.name
-    assert len(ds) == (16 if change == "missing" and load_domain == "sketchy" else
-                       25 if change == "extra" and load_domain == "sketchy" else 24)
+    assert len(ds) == (
+        16
+        if change == "missing" and load_domain == "sketchy"
+        else 25
+        if change == "extra" and load_domain == "sketchy"
+        else 24
+    )
 
 
 def test_empty_class_folder(tmp_path, sources):
@@ -292,8 +297,10 @@ def test_discovery_pair_labelled_target(toy):
     holdout = expected_holdout("real")
     assert set(keys_of(pair.target_eval)) == holdout
     assert set(keys_of(pair.target_val)) == expected_val("real") - holdout
-    assert set(keys_of(pair.target_train)) == {f"real/{c}/{n}" for c in CLASSES for n in NAMES} - expected_val(
-        "real") - holdout
+    assert (
+        set(keys_of(pair.target_train))
+        == {f"real/{c}/{n}" for c in CLASSES for n in NAMES} - expected_val("real") - holdout
+    )
     assert pair.target_holdout is None  # it is target_eval
     assert pair.target_eval_split == "test:holdout"
     x, y = pair.target_train[0]

@@ -1,4 +1,5 @@
 """ForwardHooks: the one place hooks are registered and removed; named_module: names resolved with the valid list."""
+
 from __future__ import annotations
 
 import pytest

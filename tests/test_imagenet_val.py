@@ -2,6 +2,7 @@
 1-40,000 train, 40,001-45,000 validation, 45,001-50,000 test), on a tiny synthetic copy of the layout: a
 devkit ``meta.mat`` (1,000 leaf synsets in a shuffled ILSVRC2012_ID order, plus a non-leaf), the 50,000-line
 ground truth, and a handful of JPEG files."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,19 +26,20 @@ def root(tmp_path):
     base = tmp_path / "ImageNet"
     devkit = base / "ILSVRC2012_devkit_t12" / "data"
     devkit.mkdir(parents=True)
-    wnids = [f"n{10_000_000 + 7 * k:08d}" for k in range(1000)]      # sorted order = class index
-    ids = rng.permutation(1000) + 1                                   # the devkit's ID of class k
+    wnids = [f"n{10_000_000 + 7 * k:08d}" for k in range(1000)]  # sorted order = class index
+    ids = rng.permutation(1000) + 1  # the devkit's ID of class k
     rows = [(int(ids[k]), wnids[k], f"w{k}", "g", 0) for k in range(1000)] + [(1001, "n00000001", "root", "g", 5)]
     dtype = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("gloss", "O"), ("num_children", "O")]
     scipy.io.savemat(str(devkit / "meta.mat"), {"synsets": np.array(rows, dtype=dtype)})
-    classes = rng.integers(0, 1000, size=50_000)                      # class index of each image ID
+    classes = rng.integers(0, 1000, size=50_000)  # class index of each image ID
     for n, i in enumerate(IDS):  # the few present images: classes 5, 6, 7, so the train IDs have every one
         classes[i - 1] = 5 + n % 3
     (devkit / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{ids[c]}\n" for c in classes))
     (base / "ILSVRC2012_img_val").mkdir()
     for i in IDS:
         Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(
-            base / "ILSVRC2012_img_val" / f"ILSVRC2012_val_{i:08d}.JPEG")
+            base / "ILSVRC2012_img_val" / f"ILSVRC2012_val_{i:08d}.JPEG"
+        )
     (base / "ILSVRC2012_img_val" / "README.txt").write_text("not an image")
     imagenet._labels.cache_clear()
     yield tmp_path, classes
@@ -61,8 +63,9 @@ def test_id_split_and_labels(root):
 
 def test_camera_pair_for_labelled_methods(root):
     path, _ = root
-    pair = build_domain_pair("imagenet_val", path, "imagenet", "imagenet@power(0.2,0.3,0.4)", target_labels=True,
-                             image_size=32)
+    pair = build_domain_pair(
+        "imagenet_val", path, "imagenet", "imagenet@power(0.2,0.3,0.4)", target_labels=True, image_size=32
+    )
     ids = lambda ds: sorted(int(k[-13:-5]) for k in keys_of(ds))  # noqa: E731
     assert ids(pair.target_train) == [1, 2, 40_000] and ids(pair.target_val) == [40_001, 45_000]
     assert ids(pair.target_eval) == [45_001, 50_000] and pair.target_eval_split == "test"

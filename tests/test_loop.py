@@ -1,4 +1,5 @@
 """The shared training loop: run folder contents, selection, overwrite protection, resume after a kill."""
+
 from __future__ import annotations
 
 import csv
@@ -10,13 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from processes import checkpointed, kill_when
 
-from shiftlab.config import build_config
 from shiftlab.checkpoints import load_checkpoint
+from shiftlab.config import build_config
 from shiftlab.engine.loop import Trainer
 from shiftlab.errors import RunExistsError
-
-from processes import checkpointed, kill_when
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
@@ -26,8 +26,18 @@ TIMING = ("epoch_time_s", "images_per_s")
 
 
 def _cli(out: Path, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "shiftlab.cli", "train", "--config", str(DEMO), *FAST,
-            f"--experiment.output_dir={out}", f"--experiment.name={name}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "shiftlab.cli",
+        "train",
+        "--config",
+        str(DEMO),
+        *FAST,
+        f"--experiment.output_dir={out}",
+        f"--experiment.name={name}",
+        *extra,
+    ]
 
 
 def _rows(run: Path) -> list[dict]:
@@ -66,15 +76,16 @@ def test_run_folder_holds_every_file_of_the_contract(full_run):
 @pytest.mark.slow
 def test_embedded_demo_beats_chance(full_run):
     summary = json.loads((full_run / "summary.json").read_text())
-    assert summary["final_source_val_acc"] > 0.9   # the source task is learnt
-    assert summary["final_target_acc"] > 0.3       # 10 classes: chance is 0.1
+    assert summary["final_source_val_acc"] > 0.9  # the source task is learnt
+    assert summary["final_target_acc"] > 0.3  # 10 classes: chance is 0.1
 
 
 @pytest.mark.slow
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(full_run, tmp_path):
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(tmp_path, "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        _cli(tmp_path, "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     kill_when(proc, checkpointed(run, 2))  # as soon as two epochs are checkpointed
     assert not (run / "summary.json").exists(), "the run finished before the kill"
     epoch_at_kill = load_checkpoint(run / "checkpoints" / "last.pt")["epoch"]
@@ -104,8 +115,10 @@ def test_resume_without_checkpoint_is_an_error(tmp_path):
 
 
 def _train(tmp_path, name, *overrides):
-    cfg = build_config([DEMO], [f"--experiment.output_dir={tmp_path}", f"--experiment.name={name}",
-                                "--train.progress=false", *overrides])
+    cfg = build_config(
+        [DEMO],
+        [f"--experiment.output_dir={tmp_path}", f"--experiment.name={name}", "--train.progress=false", *overrides],
+    )
     return Trainer(cfg, overwrite=True).fit()
 
 
@@ -132,8 +145,9 @@ def test_oracle_trains_on_target_labels_and_is_evaluated_on_held_out_target(tmp_
 @pytest.mark.slow
 def test_finetune_trains_only_the_last_layers(full_run, tmp_path):
     weights = full_run / "checkpoints" / "last.pt"
-    _train(tmp_path, "ft", "--train.epochs=1", "--method.name=finetune", "--method.layers=1",
-           f"--model.weights={weights}")
+    _train(
+        tmp_path, "ft", "--train.epochs=1", "--method.name=finetune", "--method.layers=1", f"--model.weights={weights}"
+    )
     start = load_checkpoint(weights)["model"]
     end = load_checkpoint(tmp_path / "ft" / "checkpoints" / "last.pt")["model"]
     changed = sorted(k for k in start if not torch.equal(start[k], end[k]))
@@ -151,6 +165,10 @@ def test_schedules():
     steps = 30 * 15  # the study: 30 epochs, x0.1 from epoch 24 on (StepLR(step_size=24))
     assert lr_factor("step", (24 * 15 - 1) / steps) == 1.0
     assert lr_factor("step", 24 * 15 / steps) == pytest.approx(0.1)
-    assert lr_factor("cosine", 0) == 1 and lr_factor("cosine", 1) == pytest.approx(0) and lr_factor("cosine", 0.5) == pytest.approx(0.5)
-    assert lr_factor("inverse", 1) == pytest.approx(11 ** -0.75)  # Ganin & Lempitsky: (1 + 10 p)^-0.75
+    assert (
+        lr_factor("cosine", 0) == 1
+        and lr_factor("cosine", 1) == pytest.approx(0)
+        and lr_factor("cosine", 0.5) == pytest.approx(0.5)
+    )
+    assert lr_factor("inverse", 1) == pytest.approx(11**-0.75)  # Ganin & Lempitsky: (1 + 10 p)^-0.75
     assert lr_factor("constant", 0.7) == 1.0

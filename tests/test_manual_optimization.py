@@ -1,4 +1,5 @@
 """Methods that own their optimisation: named optimisers, alternating steps, exact resume after a kill."""
+
 from __future__ import annotations
 
 import csv
@@ -9,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from shiftlab.config import build_config
-from shiftlab.checkpoints import load_checkpoint
-from shiftlab.engine.loop import Trainer
-
 from processes import checkpointed, kill_when
+
+from shiftlab.checkpoints import load_checkpoint
+from shiftlab.config import build_config
+from shiftlab.engine.loop import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -28,8 +28,17 @@ def _plugin_importable(monkeypatch):
 
 
 def _trainer(tmp_path, name, *overrides) -> Trainer:
-    cfg = build_config([DEMO], [f"--experiment.output_dir={tmp_path}", f"--experiment.name={name}", PLUGIN,
-                                "--train.progress=false", "--data.limit=256", *overrides])
+    cfg = build_config(
+        [DEMO],
+        [
+            f"--experiment.output_dir={tmp_path}",
+            f"--experiment.name={name}",
+            PLUGIN,
+            "--train.progress=false",
+            "--data.limit=256",
+            *overrides,
+        ],
+    )
     return Trainer(cfg, overwrite=True)
 
 
@@ -37,11 +46,18 @@ def _params(module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.named_parameters()}
 
 
-@pytest.mark.parametrize("steps, moved, still", [("disc", "discriminator", "backbone"),
-                                                  ("main", "backbone", "discriminator")])
+@pytest.mark.parametrize(
+    "steps, moved, still", [("disc", "discriminator", "backbone"), ("main", "backbone", "discriminator")]
+)
 def test_a_step_of_one_optimizer_leaves_the_others_parameters_untouched(tmp_path, steps, moved, still):
-    trainer = _trainer(tmp_path, steps, "--method.name=toy_two_player", f"--method.steps={steps}",
-                       "--train.epochs=1", "--train.steps_per_epoch=3")
+    trainer = _trainer(
+        tmp_path,
+        steps,
+        "--method.name=toy_two_player",
+        f"--method.steps={steps}",
+        "--train.epochs=1",
+        "--train.steps_per_epoch=3",
+    )
     assert set(trainer.optimizers) == {"main", "disc"}
     assert isinstance(trainer.optimizers["disc"], torch.optim.Adam)
     assert isinstance(trainer.optimizers["main"], torch.optim.SGD)
@@ -70,8 +86,10 @@ def test_a_manual_method_must_not_claim_a_parameter_twice(tmp_path):
     from toy_methods import ToyTwoPlayer
 
     original = ToyTwoPlayer.configure_optimizers
-    ToyTwoPlayer.configure_optimizers = lambda self, lr: {"main": self.param_groups(lr),  # includes the disc
-                                                          "disc": [{"params": list(self.discriminator.parameters())}]}
+    ToyTwoPlayer.configure_optimizers = lambda self, lr: {
+        "main": self.param_groups(lr),  # includes the disc
+        "disc": [{"params": list(self.discriminator.parameters())}],
+    }
     try:
         with pytest.raises(ValueError, match="both optimizer 'main' and 'disc'"):
             _trainer(tmp_path, "twice", "--method.name=toy_two_player")
@@ -80,9 +98,23 @@ def test_a_manual_method_must_not_claim_a_parameter_twice(tmp_path):
 
 
 def _cli(out: Path, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "shiftlab.cli", "train", "--config", str(DEMO), PLUGIN,
-            "--method.name=toy_two_player", "--train.epochs=4", "--data.batch_size=16", "--train.progress=false",
-            "--optim.lr=0.02", f"--experiment.output_dir={out}", f"--experiment.name={name}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "shiftlab.cli",
+        "train",
+        "--config",
+        str(DEMO),
+        PLUGIN,
+        "--method.name=toy_two_player",
+        "--train.epochs=4",
+        "--data.batch_size=16",
+        "--train.progress=false",
+        "--optim.lr=0.02",
+        f"--experiment.output_dir={out}",
+        f"--experiment.name={name}",
+        *extra,
+    ]
 
 
 def _rows(run: Path) -> list[dict]:
@@ -95,8 +127,9 @@ def test_two_optimizer_method_resumes_bit_exactly_after_sigkill(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     subprocess.run(_cli(tmp_path, "full"), check=True, capture_output=True, timeout=600, env=env)
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(tmp_path, "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env=env)
+    proc = subprocess.Popen(
+        _cli(tmp_path, "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env
+    )
     ckpt = run / "checkpoints" / "last.pt"
     kill_when(proc, checkpointed(run, 2))
     assert not (run / "summary.json").exists() and 2 <= load_checkpoint(ckpt)["epoch"] < 4
@@ -110,6 +143,7 @@ def test_two_optimizer_method_resumes_bit_exactly_after_sigkill(tmp_path):
     for name in ("main", "disc"):  # Adam's moments and SGD's momentum buffers resume too
         for pid, state in reference["optimizers"][name]["state"].items():
             for key, value in state.items():
-                assert torch.equal(torch.as_tensor(resumed["optimizers"][name]["state"][pid][key]),
-                                   torch.as_tensor(value)), (name, pid, key)
+                assert torch.equal(
+                    torch.as_tensor(resumed["optimizers"][name]["state"][pid][key]), torch.as_tensor(value)
+                ), (name, pid, key)
         assert resumed["schedulers"][name] == reference["schedulers"][name]

@@ -1,4 +1,5 @@
 """A new method is one small class: the README's example trains through the shared loop unchanged."""
+
 from __future__ import annotations
 
 import csv
@@ -41,13 +42,22 @@ def registered():
 
 @pytest.mark.slow
 def test_a_new_method_trains_with_its_own_params_and_losses(registered, tmp_path):
-    cfg = build_config([REPO / "configs" / "demo.yaml"], [
-        f"--experiment.output_dir={tmp_path}", "--experiment.name=em", "--method.name=entropy_min_test",
-        "--method.weight=0.5", "--train.epochs=2", "--data.limit=256", "--train.progress=false"])
+    cfg = build_config(
+        [REPO / "configs" / "demo.yaml"],
+        [
+            f"--experiment.output_dir={tmp_path}",
+            "--experiment.name=em",
+            "--method.name=entropy_min_test",
+            "--method.weight=0.5",
+            "--train.epochs=2",
+            "--data.limit=256",
+            "--train.progress=false",
+        ],
+    )
     trainer = Trainer(cfg)
     assert trainer.method.params.weight == 0.5
     trainer.fit()
-    assert SEEN["target_labels"] == {True}          # the unlabelled stream carries no labels
+    assert SEEN["target_labels"] == {True}  # the unlabelled stream carries no labels
     assert SEEN["progress"][0] == 0 and 0 < SEEN["progress"][-1] < 1
     with open(tmp_path / "em" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

@@ -1,4 +1,5 @@
 """Backbones split into features / bottleneck / head; weights from torchvision's API or a local file."""
+
 from __future__ import annotations
 
 import copy
@@ -20,12 +21,22 @@ from shiftlab.models.weights import download_state_dict  # noqa: E402
 # The smallest model of each torchvision family that has a split, the path of its classifier in
 # torchvision's module tree (written out here, not found by the code under test), and an input size.
 FAMILIES = [
-    ("resnet18", "fc", 64), ("alexnet", "classifier.6", 64), ("vgg11", "classifier.6", 32),
-    ("densenet121", "classifier", 64), ("mobilenet_v3_small", "classifier.3", 64),
-    ("efficientnet_b0", "classifier.1", 64), ("regnet_y_400mf", "fc", 64), ("convnext_tiny", "classifier.2", 64),
-    ("swin_t", "head", 64), ("swin_v2_t", "head", 64), ("vit_b_16", "heads.head", 224),
-    ("maxvit_t", "classifier.5", 224), ("shufflenet_v2_x0_5", "fc", 64), ("mnasnet0_5", "classifier.1", 64),
-    ("googlenet", "fc", 64), ("inception_v3", "fc", 80),
+    ("resnet18", "fc", 64),
+    ("alexnet", "classifier.6", 64),
+    ("vgg11", "classifier.6", 32),
+    ("densenet121", "classifier", 64),
+    ("mobilenet_v3_small", "classifier.3", 64),
+    ("efficientnet_b0", "classifier.1", 64),
+    ("regnet_y_400mf", "fc", 64),
+    ("convnext_tiny", "classifier.2", 64),
+    ("swin_t", "head", 64),
+    ("swin_v2_t", "head", 64),
+    ("vit_b_16", "heads.head", 224),
+    ("maxvit_t", "classifier.5", 224),
+    ("shufflenet_v2_x0_5", "fc", 64),
+    ("mnasnet0_5", "classifier.1", 64),
+    ("googlenet", "fc", 64),
+    ("inception_v3", "fc", 80),
 ]
 KWARGS = {"googlenet": {"init_weights": True}, "inception_v3": {"init_weights": True}}  # silence init warnings
 
@@ -35,8 +46,9 @@ def _torchvision_model(name: str, seed: int = 0) -> torch.nn.Module:
     return torchvision.models.get_model(name, **KWARGS.get(name, {})).eval()
 
 
-@pytest.mark.parametrize("name,size,dim", [("resnet18", 64, 512), ("resnet50", 64, 2048),
-                                           ("alexnet", 64, 4096), ("small_cnn", 32, 128)])
+@pytest.mark.parametrize(
+    "name,size,dim", [("resnet18", 64, 512), ("resnet50", 64, 2048), ("alexnet", 64, 4096), ("small_cnn", 32, 128)]
+)
 def test_backbones_expose_features_and_head(name, size, dim):
     model = build_backbone(name, 7, bottleneck_dim=0).eval()
     x = torch.randn(2, 3, size, size)
@@ -245,8 +257,13 @@ def test_shiftlab_checkpoints_are_told_from_torchvision_state_dicts(tmp_path):
     torch.manual_seed(1)  # mobilenet_v3_small: features.* and classifier.* keys like AlexNet's, two Linears, small
     source = build_backbone("mobilenet_v3_small", 7, head_layers=2, mean=[0.5] * 3, std=[0.5] * 3)
     torch.save(source.state_dict(), tmp_path / "backbone.pt")  # a bare Backbone state dict
-    torch.save({"model": {f"backbone.{k}": v for k, v in source.state_dict().items()}
-                | {"discriminator.0.weight": torch.zeros(2)}}, tmp_path / "last.pt")  # a method's checkpoint
+    torch.save(
+        {
+            "model": {f"backbone.{k}": v for k, v in source.state_dict().items()}
+            | {"discriminator.0.weight": torch.zeros(2)}
+        },
+        tmp_path / "last.pt",
+    )  # a method's checkpoint
     for path in (tmp_path / "backbone.pt", tmp_path / "last.pt"):
         loaded = build_backbone("mobilenet_v3_small", 7, head_layers=2, weights=path)
         for k, v in source.state_dict().items():
@@ -266,8 +283,13 @@ def test_auxiliary_classifiers_are_dropped():
 
 
 def test_units_hold_every_parameter_once():
-    for name, kwargs in (("resnet18", {}), ("alexnet", {"head_layers": 3}), ("efficientnet_b0", {"bottleneck_dim": 8}),
-                         ("densenet121", {}), ("small_cnn", {})):
+    for name, kwargs in (
+        ("resnet18", {}),
+        ("alexnet", {"head_layers": 3}),
+        ("efficientnet_b0", {"bottleneck_dim": 8}),
+        ("densenet121", {}),
+        ("small_cnn", {}),
+    ):
         model = build_backbone(name, 4, **kwargs)
         in_units = [id(p) for _, m in model.units() for p in m.parameters()]
         assert sorted(in_units) == sorted(id(p) for p in model.parameters()), name

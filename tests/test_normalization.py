@@ -1,5 +1,6 @@
 """Normalisation is the backbone's first module: same outputs as the old data-side normalisation, saved in
 checkpoints, and a checkpoint without it is refused."""
+
 from __future__ import annotations
 
 import numpy as np

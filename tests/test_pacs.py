@@ -4,6 +4,7 @@ Expected numbers come from ``/work/shared/data/README.md`` (PACS section), not f
 The data root is read-only: every modified copy lives in ``tmp_path`` (split lists copied,
 domain folders symlinked to the real images).
 """
+
 from __future__ import annotations
 
 import logging
@@ -206,15 +207,18 @@ def test_missing_listed_file(tmp_path, data_root, spec):
     assert len(spec.dataset(root, "cartoon", "val")) == 237
 
 
-@pytest.mark.parametrize("bad", [
-    "photo/dog/056_0001.jpg",            # no label
-    "photo/dog/056_0001.jpg one",        # label not a number
-    "photo/dog/056_0001.jpg 1 extra",    # three fields
-    "photo/dog/056 0001.jpg 1",          # space inside the path
-    "photo/dog/056_0001.jpg 1.0",        # not an integer
-    "photo/dog/056_0001.jpg --1",        # was a raw ValueError from int(), naming neither file nor line
-    "photo/dog/056_0001.jpg \u00b2",     # superscript two: str.isdigit() but not int()
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "photo/dog/056_0001.jpg",  # no label
+        "photo/dog/056_0001.jpg one",  # label not a number
+        "photo/dog/056_0001.jpg 1 extra",  # three fields
+        "photo/dog/056 0001.jpg 1",  # space inside the path
+        "photo/dog/056_0001.jpg 1.0",  # not an integer
+        "photo/dog/056_0001.jpg --1",  # was a raw ValueError from int(), naming neither file nor line
+        "photo/dog/056_0001.jpg \u00b2",  # superscript two: str.isdigit() but not int()
+    ],
+)
 def test_malformed_line(tmp_path, data_root, spec, bad):
     root = pacs_copy(tmp_path, data_root)
     lst = list_path(root, "photo", "val")

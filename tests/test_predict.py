@@ -1,5 +1,6 @@
 """load_run and shiftlab predict (issue 29): the model a run evaluated, with its preprocessing and the method's
 inference state, gives back the run's own numbers; inputs of every kind are preprocessed alike; errors are one line."""
+
 from __future__ import annotations
 
 import csv
@@ -12,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from inference_runs import METHODS, REPO, demo_runs, summary
 from PIL import Image
 
-from inference_runs import DEMO, METHODS, REPO, demo_runs, summary
 from shiftlab import load_run
 from shiftlab.cli import main
 from shiftlab.config import build_config
@@ -139,23 +140,53 @@ def test_adabn_without_its_data_is_one_line_and_checkpoint_only_methods_need_non
     data = tmp_path / "data"
     _folder_dataset(data)
     for method in ("adabn", "source_only"):
-        Trainer(build_config([], [f"--data.root={data}", "--data.dataset=folder:Tiny", "--data.source=a",
-                                  "--data.target=b", "--data.image_size=32", "--model.name=small_cnn",
-                                  "--data.batch_size=16", "--train.epochs=1", "--train.progress=false",
-                                  "--train.validators=[]", f"--experiment.output_dir={tmp_path / 'runs'}",
-                                  f"--experiment.name={method}", f"--method.name={method}"])).fit()
+        Trainer(
+            build_config(
+                [],
+                [
+                    f"--data.root={data}",
+                    "--data.dataset=folder:Tiny",
+                    "--data.source=a",
+                    "--data.target=b",
+                    "--data.image_size=32",
+                    "--model.name=small_cnn",
+                    "--data.batch_size=16",
+                    "--train.epochs=1",
+                    "--train.progress=false",
+                    "--train.validators=[]",
+                    f"--experiment.output_dir={tmp_path / 'runs'}",
+                    f"--experiment.name={method}",
+                    f"--method.name={method}",
+                ],
+            )
+        ).fit()
     expected = summary(tmp_path / "runs" / "adabn")["target_acc"]
     assert load_run(tmp_path / "runs" / "adabn").evaluate()[2] == expected
     moved = tmp_path / "moved"
     shutil.move(data, moved)
     model = load_run(tmp_path / "runs" / "source_only")  # classes and input size come from the checkpoint
     assert model.classes == ["x", "y"] and model.image_size == 32
-    with pytest.raises(InferenceDataError, match=r"method 'adabn' computes its inference state from the run's target "
-                                                 r"images .*data.root=.*data.*data_root="):
+    with pytest.raises(
+        InferenceDataError,
+        match=r"method 'adabn' computes its inference state from the run's target "
+        r"images .*data.root=.*data.*data_root=",
+    ):
         load_run(tmp_path / "runs" / "adabn")
     assert load_run(tmp_path / "runs" / "adabn", data_root=moved).evaluate()[2] == expected
-    assert main(["predict", "--run", str(tmp_path / "runs" / "adabn"), "--images", "target",
-                 "--out", str(tmp_path / "p.csv")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--run",
+                str(tmp_path / "runs" / "adabn"),
+                "--images",
+                "target",
+                "--out",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 2
+    )
 
 
 # ------------------------------------------------------------------------------------------ the command
@@ -164,22 +195,65 @@ def test_adabn_without_its_data_is_one_line_and_checkpoint_only_methods_need_non
 @pytest.mark.slow
 def test_predict_command_on_the_runs_target_writes_rows_and_the_accuracy(runs, tmp_path, capsys):
     out = tmp_path / "preds" / "adabn.csv"
-    assert main(["predict", "--run", str(runs / "adabn"), "--checkpoint", "last", "--images", "target",
-                 "--out", str(out), "--top-k", "3", "--batch-size", "50", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--run",
+                str(runs / "adabn"),
+                "--checkpoint",
+                "last",
+                "--images",
+                "target",
+                "--out",
+                str(out),
+                "--top-k",
+                "3",
+                "--batch-size",
+                "50",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     with open(out) as f:
         rows = list(csv.DictReader(f))
     s = summary(runs / "adabn")
     assert len(rows) == s["splits"]["target_eval"]["size"]
-    assert list(rows[0]) == ["path", "predicted", "probability", "label", "correct", "top1", "top1_prob", "top2",
-                             "top2_prob", "top3", "top3_prob"]
+    assert list(rows[0]) == [
+        "path",
+        "predicted",
+        "probability",
+        "label",
+        "correct",
+        "top1",
+        "top1_prob",
+        "top2",
+        "top2_prob",
+        "top3",
+        "top3_prob",
+    ]
     assert all(r["predicted"] == r["top1"] and float(r["top2_prob"]) <= float(r["probability"]) for r in rows)
     assert sum(int(r["correct"]) for r in rows) / len(rows) == s["final_target_acc"]
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["accuracy"] == record["run_reported_accuracy"] == s["final_target_acc"]
     assert f"accuracy {s['final_target_acc']:.4f}" in capsys.readouterr().out
     # another domain of the run's dataset: its evaluation split under the run's data settings
-    assert main(["predict", "--run", str(runs / "adabn"), "--images", "digits", "--out", str(tmp_path / "d.csv"),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--run",
+                str(runs / "adabn"),
+                "--images",
+                "digits",
+                "--out",
+                str(tmp_path / "d.csv"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "d.json").read_text())["run_reported_accuracy"] is None
     assert main(["predict", "--run", str(runs / "adabn"), "--images", "cartoon", "--out", str(tmp_path / "c.csv")]) == 2
     assert "not a domain of the run's dataset 'demo'" in capsys.readouterr().err
@@ -202,7 +276,9 @@ def test_predict_command_on_a_folder_lists_unreadable_files(runs, tmp_path, caps
     assert main(args + ["--skip-unreadable", "--top-k", "20"]) == 0
     with open(out) as f:
         rows = list(csv.DictReader(f))
-    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in [images / "grey.bmp", *sorted((images / "sub").iterdir())])
+    assert sorted(r["path"] for r in rows) == sorted(
+        str(p) for p in [images / "grey.bmp", *sorted((images / "sub").iterdir())]
+    )
     assert "top10" in rows[0] and "top11" not in rows[0]  # at most the number of classes
     assert (tmp_path / "p.unreadable.txt").read_text().strip() == str(images / "broken.png")
     model = load_run(runs / "source_only")
@@ -211,9 +287,24 @@ def test_predict_command_on_a_folder_lists_unreadable_files(runs, tmp_path, caps
 
 
 def test_predict_help_explains_every_option():
-    text = subprocess.run([sys.executable, "-m", "shiftlab.cli", "predict", "--help"], capture_output=True, text=True,
-                          check=True, cwd=REPO).stdout
-    for option in ("--run", "--checkpoint", "--images", "--out", "--top-k", "--batch-size", "--skip-unreadable",
-                   "--device", "--data-root", "--no-progress"):
+    text = subprocess.run(
+        [sys.executable, "-m", "shiftlab.cli", "predict", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
+    for option in (
+        "--run",
+        "--checkpoint",
+        "--images",
+        "--out",
+        "--top-k",
+        "--batch-size",
+        "--skip-unreadable",
+        "--device",
+        "--data-root",
+        "--no-progress",
+    ):
         assert option in text, option
     assert "best" in text and "last" in text and "accuracy" in text

@@ -1,5 +1,6 @@
 """``shiftlab report``: tables checked by hand on run folders written here, published numbers with their
 setting differences, plots written and non-empty, unfinished runs listed, user errors, a real run."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,21 +21,38 @@ REPO = Path(__file__).resolve().parents[1]
 SOURCE = "art_painting"
 # Target accuracy at the last (= every rule's) epoch, per method, learning rate and seed; cartoon's are
 # the hand-checked ones, sketch's are 10 points lower. Source validation accuracy picks lr 0.01.
-HAND = {("source_only", 0.01): {"val": (0.90, 0.80, 0.85), "acc": (0.40, 0.45, 0.50)},
-        ("source_only", 0.1): {"val": (0.70, 0.75, 0.80), "acc": (0.60, 0.62, 0.64)},
-        ("adabn", 0.01): {"val": (0.90, 0.90), "acc": (0.50, 0.60)}}
+HAND = {
+    ("source_only", 0.01): {"val": (0.90, 0.80, 0.85), "acc": (0.40, 0.45, 0.50)},
+    ("source_only", 0.1): {"val": (0.70, 0.75, 0.80), "acc": (0.60, 0.62, 0.64)},
+    ("adabn", 0.01): {"val": (0.90, 0.90), "acc": (0.50, 0.60)},
+}
 TARGET_SHIFT = {"cartoon": 0.0, "sketch": -0.1}
 
 
 def write_run(folder: Path, flat_config: dict, val: float, acc: float, epochs: int = 3) -> Path:
     """A finished run folder as the trainer writes it; every rule picks the last epoch, the best one."""
-    rows = [{"epoch": e, "step": 10 * e, "train_loss": 1.0 / e, "source_val_acc": val - 0.1 * (epochs - e),
-             "target_acc": acc - 0.05 * (epochs - e), "target_holdout_acc": "", "lr": 0.1} for e in range(1, epochs + 1)]
+    rows = [
+        {
+            "epoch": e,
+            "step": 10 * e,
+            "train_loss": 1.0 / e,
+            "source_val_acc": val - 0.1 * (epochs - e),
+            "target_acc": acc - 0.05 * (epochs - e),
+            "target_holdout_acc": "",
+            "lr": 0.1,
+        }
+        for e in range(1, epochs + 1)
+    ]
     last = {"epoch": epochs, "source_val_acc": val, "target_acc": acc}
-    summary = {"method": flat_config["method.name"], "source": flat_config["data.source"],
-               "target": flat_config["data.target"], "seed": flat_config["experiment.seed"],
-               "selection": "source_val", "reads_target_labels": False,
-               "selections": {rule: dict(last, rule=rule) for rule in ("source_val", "last", "target_oracle")}}
+    summary = {
+        "method": flat_config["method.name"],
+        "source": flat_config["data.source"],
+        "target": flat_config["data.target"],
+        "seed": flat_config["experiment.seed"],
+        "selection": "source_val",
+        "reads_target_labels": False,
+        "selections": {rule: dict(last, rule=rule) for rule in ("source_val", "last", "target_oracle")},
+    }
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(nest_dotted(flat_config)))
     (folder / "summary.json").write_text(json.dumps(summary))
@@ -46,9 +64,17 @@ def write_run(folder: Path, flat_config: dict, val: float, acc: float, epochs: i
 
 
 def hand_config(method: str, target: str, lr: float, seed: int) -> dict:
-    return {"experiment.name": f"{method}/{target}/lr{lr}/s{seed}", "experiment.seed": seed,
-            "data.dataset": "pacs", "data.source": SOURCE, "data.target": target, "data.root": f"/data/{seed}",
-            "method.name": method, "optim.lr": lr, "train.epochs": 3}
+    return {
+        "experiment.name": f"{method}/{target}/lr{lr}/s{seed}",
+        "experiment.seed": seed,
+        "data.dataset": "pacs",
+        "data.source": SOURCE,
+        "data.target": target,
+        "data.root": f"/data/{seed}",
+        "method.name": method,
+        "optim.lr": lr,
+        "train.epochs": 3,
+    }
 
 
 @pytest.fixture
@@ -56,8 +82,12 @@ def runs_folder(tmp_path) -> Path:
     for (method, lr), numbers in HAND.items():
         for target, shift in TARGET_SHIFT.items():
             for seed, (val, acc) in enumerate(zip(numbers["val"], numbers["acc"])):
-                write_run(tmp_path / method / target / f"lr{lr}" / f"s{seed}", hand_config(method, target, lr, seed),
-                          val, acc + shift)
+                write_run(
+                    tmp_path / method / target / f"lr{lr}" / f"s{seed}",
+                    hand_config(method, target, lr, seed),
+                    val,
+                    acc + shift,
+                )
     unfinished = tmp_path / "source_only" / "cartoon" / "lr1.0" / "s0"
     unfinished.mkdir(parents=True)
     (unfinished / "config.yaml").write_text(yaml.safe_dump(nest_dotted(hand_config("source_only", "cartoon", 1.0, 0))))
@@ -95,8 +125,11 @@ def test_table_values_checked_by_hand(runs_folder, capsys):
     assert float(val["mean_pct"]) == pytest.approx(45.0) and float(val["std_pct"]) == pytest.approx(5.0)
     # the oracle picks lr 0.1: 60, 62, 64 -> 62.0 ± 2.0
     oracle = line(rows, rule="target_oracle", **{"method.name": "source_only", "data.target": "cartoon"})
-    assert (oracle["cell"], oracle["chosen.optim.lr"], oracle["rule_reads_target_labels"]) == \
-        ("62.0 ± 2.0 (n=3)", "0.1", "True")
+    assert (oracle["cell"], oracle["chosen.optim.lr"], oracle["rule_reads_target_labels"]) == (
+        "62.0 ± 2.0 (n=3)",
+        "0.1",
+        "True",
+    )
     # cross_domain for cartoon chooses on sketch (lr 0.1: 52 > 35 mean), then reports cartoon's 62.0 ± 2.0
     cross = line(rows, rule="cross_domain", **{"method.name": "source_only", "data.target": "cartoon"})
     assert (cross["cell"], cross["chosen.optim.lr"]) == ("62.0 ± 2.0 (n=3)", "0.1")
@@ -119,8 +152,10 @@ def test_holdout_metric_falls_back_to_target_acc_with_a_note(runs_folder):
     _, out = report(runs_folder, "--no-plots", "--rules", "source_val", "--metric", "target_holdout_acc")
     val = line(read_csv(out / "table.csv"), **{"method.name": "source_only", "data.target": "cartoon"})
     assert (val["cell"], val["metric"], val["metric_fallbacks"]) == ("45.0 ± 5.0 (n=3)", "target_holdout_acc", "3")
-    assert "`target_holdout_acc` was missing in some runs' selections, which report `target_acc` instead " \
-           "(reported runs, per rule: source_val: 10)" in (out / "report.md").read_text()
+    assert (
+        "`target_holdout_acc` was missing in some runs' selections, which report `target_acc` instead "
+        "(reported runs, per rule: source_val: 10)" in (out / "report.md").read_text()
+    )
 
 
 def test_unfinished_runs_are_counted_and_listed(runs_folder):
@@ -134,14 +169,29 @@ def test_unfinished_runs_are_counted_and_listed(runs_folder):
 
 def test_published_numbers_beside_ours_with_setting_differences(runs_folder, tmp_path):
     ref = tmp_path / "ref.yaml"
-    ref.write_text(yaml.safe_dump({
-        "source": "Some Paper, Table 2", "setting": {"train.epochs": 30, "data.dataset": "pacs"},
-        "results": [{"row": {"method.name": "source_only"}, "col": {"data.target": "cartoon"}, "value": 54.48},
-                    {"row": {"method.name": "adabn"}, "col": {"data.target": "sketch"}, "value": 50.0,
-                     "source": "Other Paper", "setting": {"train.epochs": 3}, "loss": 0.0125038},
-                    {"row": {"method.name": "dann"}, "col": {"data.target": "cartoon"}, "value": 60.0}]}))
-    _, out = report(runs_folder, "--no-plots", "--rules", "source_val", "--reference", str(ref),
-                    "--out", str(tmp_path / "rep"))
+    ref.write_text(
+        yaml.safe_dump(
+            {
+                "source": "Some Paper, Table 2",
+                "setting": {"train.epochs": 30, "data.dataset": "pacs"},
+                "results": [
+                    {"row": {"method.name": "source_only"}, "col": {"data.target": "cartoon"}, "value": 54.48},
+                    {
+                        "row": {"method.name": "adabn"},
+                        "col": {"data.target": "sketch"},
+                        "value": 50.0,
+                        "source": "Other Paper",
+                        "setting": {"train.epochs": 3},
+                        "loss": 0.0125038,
+                    },
+                    {"row": {"method.name": "dann"}, "col": {"data.target": "cartoon"}, "value": 60.0},
+                ],
+            }
+        )
+    )
+    _, out = report(
+        runs_folder, "--no-plots", "--rules", "source_val", "--reference", str(ref), "--out", str(tmp_path / "rep")
+    )
     markdown = (out / "report.md").read_text()
     assert "| source_only, published [1] | 54.48 †1 |  |" in markdown
     assert "| adabn, published [2] |  | 50 (loss 0.0125038) |" in markdown  # same setting: no mark; its loss
@@ -149,10 +199,15 @@ def test_published_numbers_beside_ours_with_setting_differences(runs_folder, tmp
     assert "- †1 our runs' setting differs from the published one: train.epochs: ours 3 vs published 30." in markdown
     assert "matching no cell of this table: 60 for method.name=dann" in markdown
     published = line(read_csv(out / "table.csv"), kind="published", **{"method.name": "source_only"})
-    assert (published["mean_pct"], published["source"], published["setting_differences"]) == \
-        ("54.48", "Some Paper, Table 2", "train.epochs: ours 3 vs published 30")
+    assert (published["mean_pct"], published["source"], published["setting_differences"]) == (
+        "54.48",
+        "Some Paper, Table 2",
+        "train.epochs: ours 3 vs published 30",
+    )
     assert published["published_loss"] == ""
-    assert line(read_csv(out / "table.csv"), kind="published", **{"method.name": "adabn"})["published_loss"] == "0.0125038"
+    assert (
+        line(read_csv(out / "table.csv"), kind="published", **{"method.name": "adabn"})["published_loss"] == "0.0125038"
+    )
 
 
 def test_the_ash_reference_file_loads():
@@ -198,13 +253,16 @@ def test_bars_give_no_legend_entry_to_a_row_without_cells_under_the_rule(runs_fo
     assert sorted(legend) == ["adabn", "source_only"]
 
 
-@pytest.mark.parametrize("options, message", [
-    (["--rows", "method.nme"], r"unknown row key 'method.nme'.*optim.lr"),
-    (["--rules", "snd"], r"'snd' is not supported.*source_val, last, cross_domain, target_oracle"),
-    (["--cols", "data.source"], r"'data.target' varies.*--rows or --cols"),
-    (["--x", "method.name"], r"already a row or column key"),
-    (["--x", "data.root"], r"must be a numeric config key"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--rows", "method.nme"], r"unknown row key 'method.nme'.*optim.lr"),
+        (["--rules", "snd"], r"'snd' is not supported.*source_val, last, cross_domain, target_oracle"),
+        (["--cols", "data.source"], r"'data.target' varies.*--rows or --cols"),
+        (["--x", "method.name"], r"already a row or column key"),
+        (["--x", "data.root"], r"must be a numeric config key"),
+    ],
+)
 def test_user_errors_name_what_to_do(runs_folder, options, message):
     with pytest.raises(ShiftlabError, match=message):
         report(runs_folder, *options)
@@ -228,17 +286,29 @@ def test_a_sweep_files_report_defaults_may_be_lists(runs_folder):
 def test_a_real_run_folder(tmp_path):
     from shiftlab.engine.loop import Trainer
 
-    cfg = build_config([REPO / "configs" / "demo.yaml"], [
-        "--train.epochs=2", "--data.limit=96", "--data.batch_size=32", "--train.progress=false",
-        f"--experiment.output_dir={tmp_path / 'runs'}", "--experiment.name=demo/s0"])
+    cfg = build_config(
+        [REPO / "configs" / "demo.yaml"],
+        [
+            "--train.epochs=2",
+            "--data.limit=96",
+            "--data.batch_size=32",
+            "--train.progress=false",
+            f"--experiment.output_dir={tmp_path / 'runs'}",
+            "--experiment.name=demo/s0",
+        ],
+    )
     summary = Trainer(cfg).fit()
     code, out = report(tmp_path / "runs")
     assert code == 0
     rows = read_csv(out / "table.csv")
     assert {r["rule"] for r in rows} == {"source_val", "last", "entropy", "im", "snd", "target_oracle"}
     val = line(rows, rule="source_val")
-    assert (val["method.name"], val["data.source"], val["data.target"], val["n"]) == \
-        ("source_only", "digits", "digits_photo", "1")
+    assert (val["method.name"], val["data.source"], val["data.target"], val["n"]) == (
+        "source_only",
+        "digits",
+        "digits_photo",
+        "1",
+    )
     assert float(val["mean_pct"]) == pytest.approx(100 * summary["selections"]["source_val"]["target_acc"], abs=1e-3)
     assert_png(out / "curves.png")
 
@@ -271,8 +341,9 @@ def test_a_malformed_sweep_file_is_one_line_naming_it(runs_folder, capsys):
     (runs_folder / "sweep.yaml").write_text("name: demo\nreport: {rows: [method.name\n")
     assert main(["report", str(runs_folder), "--no-plots"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"shiftlab report: error: cannot parse sweep file "
-                                               f"{runs_folder / 'sweep.yaml'}: ")
+    assert len(err) == 1 and err[0].startswith(
+        f"shiftlab report: error: cannot parse sweep file {runs_folder / 'sweep.yaml'}: "
+    )
 
 
 def test_a_selection_with_a_null_target_acc_shows_as_n_a_with_the_reason(runs_folder):
@@ -287,8 +358,10 @@ def test_a_selection_with_a_null_target_acc_shows_as_n_a_with_the_reason(runs_fo
     text = (out / "report.md").read_text()
     section = text.split("## Selection rule `source_val`")[1].split("## ")[0]
     assert "| source_only | n/a | n/a |" in section
-    assert "n/a: source_only / art_painting→cartoon: 6 run(s) have no target_acc (null) at the epoch of their " \
-           "'source_val' selection" in section
+    assert (
+        "n/a: source_only / art_painting→cartoon: 6 run(s) have no target_acc (null) at the epoch of their "
+        "'source_val' selection" in section
+    )
     assert {r["rule"] for r in read_csv(out / "table.csv")} == {"last", "cross_domain", "target_oracle"}
 
 
@@ -300,8 +373,9 @@ def test_a_null_target_acc_in_one_cell_leaves_the_others(runs_folder):
     code, out = report(runs_folder, "--no-plots")
     rows = read_csv(out / "table.csv")
     assert line(rows, rule="source_val", **{"method.name": "adabn", "data.target": "cartoon"})["n"] == "2"
-    assert not [r for r in rows if r["rule"] == "source_val" and r["method.name"] == "adabn"
-                and r["data.target"] == "sketch"]
+    assert not [
+        r for r in rows if r["rule"] == "source_val" and r["method.name"] == "adabn" and r["data.target"] == "sketch"
+    ]
     assert "n/a: adabn / art_painting→sketch: 1 run(s) have no target_acc (null)" in (out / "report.md").read_text()
 
 
@@ -326,11 +400,15 @@ def test_no_chosen_hyperparameters_heading_where_the_rule_chose_in_no_cell(tmp_p
     _two_lrs_one_target(tmp_path)
     for target in ("cartoon", "sketch"):
         for seed in (0, 1):
-            write_run(tmp_path / "photo" / target / f"s{seed}",
-                      {**hand_config("source_only", target, 0.01, seed), "data.source": "photo"}, 0.8, 0.5)
+            write_run(
+                tmp_path / "photo" / target / f"s{seed}",
+                {**hand_config("source_only", target, 0.01, seed), "data.source": "photo"},
+                0.8,
+                0.5,
+            )
     code, out = report(tmp_path, "--no-plots", "--rules", "source_val,cross_domain")
     markdown = (out / "report.md").read_text()
-    cross = markdown[markdown.index("## Selection rule `cross_domain`"):]
+    cross = markdown[markdown.index("## Selection rule `cross_domain`") :]
     assert code == 0 and "n/a: source_only / art_painting→cartoon" in cross
     assert "Chosen hyperparameters" not in cross
     assert markdown.count("Chosen hyperparameters") == 1  # source_val's
@@ -400,7 +478,9 @@ def test_a_single_seed_figure_claims_no_spread(tmp_path, monkeypatch):
     write_run(tmp_path / "a", hand_config("source_only", "cartoon", 0.01, 0), 0.9, 0.4)
     write_run(tmp_path / "b", hand_config("adabn", "cartoon", 0.01, 0), 0.9, 0.5)
     figures, save = {}, plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.__setitem__(Path(path).name, fig), save(fig, path))[1])
+    monkeypatch.setattr(
+        plots, "_save", lambda fig, path: (figures.__setitem__(Path(path).name, fig), save(fig, path))[1]
+    )
     report(tmp_path, "--rules", "source_val")
     for name in ("curves.png", "bars.png"):
         title = figures[name]._suptitle.get_text()
@@ -419,7 +499,9 @@ def test_the_majority_rate_is_drawn_only_where_a_curve_comes_near_it(runs_folder
     import shiftlab.report.plots as plots
 
     figures, save = {}, plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.__setitem__(Path(path).name, fig), save(fig, path))[1])
+    monkeypatch.setattr(
+        plots, "_save", lambda fig, path: (figures.__setitem__(Path(path).name, fig), save(fig, path))[1]
+    )
     monkeypatch.setattr(plots, "majority_rate", lambda config: 0.45 if config["data.target"] == "cartoon" else 0.05)
     report(runs_folder, "--rules", "source_val")
     labels = [line.get_label() for ax in figures["curves.png"].axes for line in ax.get_lines()]

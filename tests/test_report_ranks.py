@@ -1,5 +1,6 @@
 """``shiftlab report`` on a benchmark sweep: the rows' ranks under each rule (report.md, ranks.csv), the
 rules' rank correlations checked by hand, gap.png and rank_correlation.png, published numbers on many rows."""
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,12 @@ def write_method(root: Path, method: str, targets=("cartoon", "sketch")) -> None
     for lr, base in zip((0.01, 0.1), BASE[method]):
         for target in targets:
             for seed, noise in ((0, -0.01), (1, 0.01)):
-                write_run(root / method / target / f"lr{lr}" / f"s{seed}", hand_config(method, target, lr, seed),
-                          VAL[lr], base + SHIFT[lr, target] + noise)
+                write_run(
+                    root / method / target / f"lr{lr}" / f"s{seed}",
+                    hand_config(method, target, lr, seed),
+                    VAL[lr],
+                    base + SHIFT[lr, target] + noise,
+                )
 
 
 @pytest.fixture
@@ -43,8 +48,10 @@ def test_ranks_and_correlations_checked_by_hand(sweep):
     code, out = report(sweep, "--no-plots")
     assert code == 0
     ranks = read_csv(out / "ranks.csv")
-    expected = {"source_val": {"alpha": (55, 1), "beta": (45, 2), "gamma": (35, 3), "delta": (25, 4)},
-                "target_oracle": {"alpha": (59, 3), "beta": (52, 4), "gamma": (62, 2), "delta": (67, 1)}}
+    expected = {
+        "source_val": {"alpha": (55, 1), "beta": (45, 2), "gamma": (35, 3), "delta": (25, 4)},
+        "target_oracle": {"alpha": (59, 3), "beta": (52, 4), "gamma": (62, 2), "delta": (67, 1)},
+    }
     expected["last"], expected["cross_domain"] = expected["source_val"], expected["target_oracle"]
     assert {r["rule"] for r in ranks} == set(expected) and len(ranks) == 16
     for rule, methods in expected.items():
@@ -111,7 +118,9 @@ def test_gap_and_rank_correlation_plots(sweep, monkeypatch):
     import shiftlab.report.plots as plots
 
     figures, save = {}, plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.__setitem__(Path(path).name, fig), save(fig, path))[1])
+    monkeypatch.setattr(
+        plots, "_save", lambda fig, path: (figures.__setitem__(Path(path).name, fig), save(fig, path))[1]
+    )
     _, out = report(sweep)
     for name in ("gap.png", "rank_correlation.png"):
         assert_png(out / name)
@@ -156,8 +165,11 @@ def test_no_gap_plot_without_the_oracle(sweep):
 
 def test_published_numbers_on_many_rows_are_named_in_the_intro(sweep, tmp_path):
     ref = tmp_path / "ref.yaml"
-    results = [{"row": {"method.name": m}, "col": {"data.target": t}, "value": v}
-               for m, v in (("alpha", 61.5), ("gamma", 48.0), ("delta", 44.0)) for t in ("cartoon", "sketch")]
+    results = [
+        {"row": {"method.name": m}, "col": {"data.target": t}, "value": v}
+        for m, v in (("alpha", 61.5), ("gamma", 48.0), ("delta", 44.0))
+        for t in ("cartoon", "sketch")
+    ]
     ref.write_text(yaml.safe_dump({"source": "Paper A, Table 1", "setting": {"train.epochs": 3}, "results": results}))
     _, out = report(sweep, "--no-plots", "--rules", "source_val,target_oracle", "--reference", str(ref))
     markdown = (out / "report.md").read_text()

@@ -1,6 +1,7 @@
 """The run folder never loses a user's data: only folders shiftlab created as runs are emptied, one writer at a
 time (a lock), the checkpoint's history restores a lost metrics row, non-finite weights are never checkpointed,
 a resume that would change the run is refused, a damaged last.pt falls back on last.prev.pt."""
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,13 @@ from shiftlab.models.weights import load_local
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
-QUICK = ["--train.progress=false", "--data.limit=128", "--data.batch_size=32", "--train.epochs=1",
-         "--train.validators=[]"]
+QUICK = [
+    "--train.progress=false",
+    "--data.limit=128",
+    "--data.batch_size=32",
+    "--train.epochs=1",
+    "--train.validators=[]",
+]
 
 
 def _cfg(out: Path, *overrides: str, files=(DEMO,), resume: bool = False):
@@ -55,8 +61,9 @@ def test_a_run_named_like_the_parent_of_a_finished_run_deletes_nothing(tmp_path)
     with pytest.raises(RunFolderError, match="not a shiftlab run folder"):
         Trainer(build_config([], [f"--experiment.output_dir={tmp_path}", "--model.name=small_cnn", *QUICK]))
     with pytest.raises(RunFolderError, match="not a shiftlab run folder"):  # --overwrite does not change that
-        Trainer(build_config([], [f"--experiment.output_dir={tmp_path}", "--model.name=small_cnn", *QUICK]),
-                overwrite=True)
+        Trainer(
+            build_config([], [f"--experiment.output_dir={tmp_path}", "--model.name=small_cnn", *QUICK]), overwrite=True
+        )
     assert _tree(tmp_path) == before and notes.read_text() == "my notes\n"
     assert (finished / "summary.json").is_file()
 
@@ -128,10 +135,24 @@ def test_two_cli_trainings_into_one_folder_leave_one_consistent_run(tmp_path):
     """Started together: one trains, the other stops with the lock's error (exit 2); config, summary and
     checkpoint all belong to the one that ran."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    args = [sys.executable, "-m", "shiftlab.cli", "train", "--config", str(DEMO), f"--experiment.output_dir={tmp_path}",
-            "--experiment.name=r", *QUICK, "--train.epochs=2"]
-    procs = [subprocess.Popen([*args, f"--experiment.seed={s}"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for s in (0, 1)]
+    args = [
+        sys.executable,
+        "-m",
+        "shiftlab.cli",
+        "train",
+        "--config",
+        str(DEMO),
+        f"--experiment.output_dir={tmp_path}",
+        "--experiment.name=r",
+        *QUICK,
+        "--train.epochs=2",
+    ]
+    procs = [
+        subprocess.Popen(
+            [*args, f"--experiment.seed={s}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for s in (0, 1)
+    ]
     results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
     codes = sorted(rc for rc, _ in results)
     assert codes == [0, 2], results
@@ -196,8 +217,17 @@ def test_a_damaged_last_checkpoint_falls_back_on_the_previous_epoch(tmp_path, ca
 
 
 def test_a_diverged_run_stops_naming_the_epoch_and_never_checkpoints_nan(tmp_path, capsys):
-    args = ["train", "--config", str(DEMO), f"--experiment.output_dir={tmp_path}", "--experiment.name=nan", *QUICK,
-            "--optim.lr=1e30", "--train.steps_per_epoch=1", "--train.epochs=2"]
+    args = [
+        "train",
+        "--config",
+        str(DEMO),
+        f"--experiment.output_dir={tmp_path}",
+        "--experiment.name=nan",
+        *QUICK,
+        "--optim.lr=1e30",
+        "--train.steps_per_epoch=1",
+        "--train.epochs=2",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "epoch" in err and ("NaN" in err or "nan" in err or "inf" in err), err
@@ -225,15 +255,18 @@ def test_a_full_disk_for_the_run_folder_is_one_line_naming_the_folder(tmp_path, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(rf, "save_checkpoint", full)
-    with pytest.raises(RunFolderError, match=r"cannot write checkpoints/(best|last).pt in .*r: No space left on device"):
+    with pytest.raises(
+        RunFolderError, match=r"cannot write checkpoints/(best|last).pt in .*r: No space left on device"
+    ):
         Trainer(_cfg(tmp_path, "--experiment.name=r")).fit()
     assert not (tmp_path / "r" / LOCK).exists()  # the lock goes with the failed run
 
 
 def test_a_diverging_loss_is_a_shiftlab_error(tmp_path):
     with pytest.raises(TrainingDivergedError, match="at epoch 1"):
-        Trainer(_cfg(tmp_path, "--experiment.name=x", "--optim.lr=1e30", "--train.epochs=1",
-                     "--train.steps_per_epoch=3")).fit()
+        Trainer(
+            _cfg(tmp_path, "--experiment.name=x", "--optim.lr=1e30", "--train.epochs=1", "--train.steps_per_epoch=3")
+        ).fit()
     assert issubclass(TrainingDivergedError, FloatingPointError)
 
 

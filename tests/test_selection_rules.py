@@ -1,5 +1,6 @@
 """Selection rules across hyperparameters: no rule but the oracle reads the target labels of the task it
 chooses for (the leakage test), cross_domain reads the other targets', and a hand-checked example."""
+
 from __future__ import annotations
 
 import copy
@@ -8,8 +9,7 @@ import random
 import pytest
 
 from shiftlab.errors import SelectionError
-from shiftlab.selection.rules import (RULES, Layout, Run, choose, group_cells, plan_layout,
-                                      supported_rules)
+from shiftlab.selection.rules import RULES, Layout, Run, choose, group_cells, plan_layout, supported_rules
 
 SOURCE = "art_painting"
 TARGETS = ("cartoon", "sketch", "photo")
@@ -24,31 +24,59 @@ LAYOUT_KEYS = dict(rows=["method.name"], cols=["data.source", "data.target"])
 
 def epoch_rows(rng: random.Random, epochs: int = 4) -> list[dict]:
     """Random per-epoch metrics, as a run's metrics.csv would hold them."""
-    return [{"epoch": e, "source_val_acc": rng.uniform(0.5, 0.99), "target_acc": rng.uniform(0.2, 0.8),
-             "target_holdout_acc": rng.uniform(0.2, 0.8), "target_val_acc": rng.uniform(0.2, 0.8),
-             "unsup_entropy": -rng.uniform(0.1, 2.0), "unsup_im": rng.uniform(0.0, 2.0),
-             "unsup_snd": rng.uniform(3.0, 5.0)} for e in range(1, epochs + 1)]
+    return [
+        {
+            "epoch": e,
+            "source_val_acc": rng.uniform(0.5, 0.99),
+            "target_acc": rng.uniform(0.2, 0.8),
+            "target_holdout_acc": rng.uniform(0.2, 0.8),
+            "target_val_acc": rng.uniform(0.2, 0.8),
+            "unsup_entropy": -rng.uniform(0.1, 2.0),
+            "unsup_im": rng.uniform(0.0, 2.0),
+            "unsup_snd": rng.uniform(3.0, 5.0),
+        }
+        for e in range(1, epochs + 1)
+    ]
 
 
 def selections_from(rows: list[dict]) -> dict[str, dict]:
     """summary.json's ``selections`` as the trainer writes it: each rule's epoch and that epoch's metrics."""
+
     def best(key):
         return dict(max(rows, key=lambda r: r[key]))
-    return {"source_val": best("source_val_acc"), "last": dict(rows[-1]), "target_oracle": best("target_acc"),
-            "target_val": best("target_val_acc"), "entropy": best("unsup_entropy"), "im": best("unsup_im"),
-            "snd": best("unsup_snd")}
+
+    return {
+        "source_val": best("source_val_acc"),
+        "last": dict(rows[-1]),
+        "target_oracle": best("target_acc"),
+        "target_val": best("target_val_acc"),
+        "entropy": best("unsup_entropy"),
+        "im": best("unsup_im"),
+        "snd": best("unsup_snd"),
+    }
 
 
 def config(target: str, lr: float, seed: int, method: str = "dann") -> dict:
-    return {"method.name": method, "data.dataset": "pacs", "data.source": SOURCE, "data.target": target,
-            "optim.lr": lr, "experiment.seed": seed, "experiment.name": f"{method}/{target}/{lr}/{seed}"}
+    return {
+        "method.name": method,
+        "data.dataset": "pacs",
+        "data.source": SOURCE,
+        "data.target": target,
+        "optim.lr": lr,
+        "experiment.seed": seed,
+        "experiment.name": f"{method}/{target}/{lr}/{seed}",
+    }
 
 
 def synthetic_runs(seed: int = 0) -> list[Run]:
     """One source, three targets, three learning rates, two seeds, random per-epoch metrics."""
     rng = random.Random(seed)
-    return [Run(config(t, lr, s), selections_from(epoch_rows(rng)), f"{t}/{lr}/{s}")
-            for t in TARGETS for lr in LRS for s in SEEDS]
+    return [
+        Run(config(t, lr, s), selections_from(epoch_rows(rng)), f"{t}/{lr}/{s}")
+        for t in TARGETS
+        for lr in LRS
+        for s in SEEDS
+    ]
 
 
 def chosen(runs: list[Run], rule: str) -> dict[str, tuple]:
@@ -123,13 +151,20 @@ def test_cross_domain_scores_by_the_mean_over_the_other_targets():
     choice = choose("cross_domain", cells, layout)[(("dann",), (SOURCE, "photo"))]
 
     def last_acc(target, lr):
-        return sum(r.selections["last"]["target_acc"] for r in runs
-                   if r.config["data.target"] == target and r.config["optim.lr"] == lr) / len(SEEDS)
+        return sum(
+            r.selections["last"]["target_acc"]
+            for r in runs
+            if r.config["data.target"] == target and r.config["optim.lr"] == lr
+        ) / len(SEEDS)
+
     scores = {lr: (last_acc("cartoon", lr) + last_acc("sketch", lr)) / 2 for lr in LRS}
     assert choice.setting == (max(LRS, key=scores.get),)
     assert choice.score == pytest.approx(max(scores.values()))
-    reported = [r.selections["last"]["target_acc"] for r in runs
-                if r.config["data.target"] == "photo" and (r.config["optim.lr"],) == choice.setting]
+    reported = [
+        r.selections["last"]["target_acc"]
+        for r in runs
+        if r.config["data.target"] == "photo" and (r.config["optim.lr"],) == choice.setting
+    ]
     assert choice.values == pytest.approx(reported)
 
 
@@ -145,14 +180,21 @@ def test_cross_domain_without_another_target_is_a_clear_error():
 
 def _hand_runs() -> list[Run]:
     """2 learning rates x 3 seeds with round numbers (fractions; the table prints percent)."""
-    numbers = {0.01: {"source_val_acc": (0.90, 0.80, 0.85), "target_acc": (0.40, 0.45, 0.50)},
-               0.1: {"source_val_acc": (0.70, 0.75, 0.80), "target_acc": (0.60, 0.62, 0.64)}}
+    numbers = {
+        0.01: {"source_val_acc": (0.90, 0.80, 0.85), "target_acc": (0.40, 0.45, 0.50)},
+        0.1: {"source_val_acc": (0.70, 0.75, 0.80), "target_acc": (0.60, 0.62, 0.64)},
+    }
     runs = []
     for lr, values in numbers.items():
         for seed, (val, acc) in enumerate(zip(values["source_val_acc"], values["target_acc"])):
             entry = {"epoch": 3, "source_val_acc": val, "target_acc": acc}
-            runs.append(Run(config("cartoon", lr, seed, "source_only"),
-                            {"source_val": entry, "last": entry, "target_oracle": entry}, f"{lr}/{seed}"))
+            runs.append(
+                Run(
+                    config("cartoon", lr, seed, "source_only"),
+                    {"source_val": entry, "last": entry, "target_oracle": entry},
+                    f"{lr}/{seed}",
+                )
+            )
     return runs
 
 

@@ -1,4 +1,5 @@
 """Derived domains (``<domain>@<shift>(args)``): the shift registry, and pairs that share a base domain."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,20 +40,31 @@ def test_unknown_shift_lists_the_registered_ones():
         parse_domain("photo@grayscale")
     msg = str(err.value)
     assert "unknown shift 'grayscale' in domain 'photo@grayscale'" in msg
-    assert ("registered shifts: brightness(delta: float), colour_rotation(degrees: float), greyscale(), "
-            "power(r: float, g: float, b: float)") in msg
+    assert (
+        "registered shifts: brightness(delta: float), colour_rotation(degrees: float), greyscale(), "
+        "power(r: float, g: float, b: float)"
+    ) in msg
     assert "Did you mean 'greyscale'?" in msg
 
 
-@pytest.mark.parametrize("domain, expected", [
-    ("photo@brightness", "shift 'brightness' in domain 'photo@brightness' takes 1 argument(s), got 0; "
-                         "expected brightness(delta: float)"),
-    ("photo@brightness(1,2)", "takes 1 argument(s), got 2; expected brightness(delta: float)"),
-    ("photo@greyscale(3)", "shift 'greyscale' in domain 'photo@greyscale(3)' takes 0 argument(s), got 1"),
-    ("photo@brightness(bright)", "argument 'delta' of shift 'brightness' in domain 'photo@brightness(bright)' "
-                                 "must be float, got 'bright'; expected brightness(delta: float)"),
-    ("photo@brightness(3", "cannot read shift 'brightness(3' in domain 'photo@brightness(3'"),
-])
+@pytest.mark.parametrize(
+    "domain, expected",
+    [
+        (
+            "photo@brightness",
+            "shift 'brightness' in domain 'photo@brightness' takes 1 argument(s), got 0; "
+            "expected brightness(delta: float)",
+        ),
+        ("photo@brightness(1,2)", "takes 1 argument(s), got 2; expected brightness(delta: float)"),
+        ("photo@greyscale(3)", "shift 'greyscale' in domain 'photo@greyscale(3)' takes 0 argument(s), got 1"),
+        (
+            "photo@brightness(bright)",
+            "argument 'delta' of shift 'brightness' in domain 'photo@brightness(bright)' "
+            "must be float, got 'bright'; expected brightness(delta: float)",
+        ),
+        ("photo@brightness(3", "cannot read shift 'brightness(3' in domain 'photo@brightness(3'"),
+    ],
+)
 def test_bad_arguments_name_the_shift_and_its_signature(domain, expected):
     with pytest.raises(DataError) as err:
         parse_domain(domain)
@@ -61,6 +73,7 @@ def test_bad_arguments_name_the_shift_and_its_signature(domain, expected):
 
 def test_a_new_shift_is_one_registration():
     """The later issue's per-channel power, registered as a user would: one call, arguments typed."""
+
     def power(image: np.ndarray, r: float, g: float, b: float = 1.0) -> np.ndarray:
         """per-channel power law on [0, 1] values"""
         x = image / 255.0
@@ -142,8 +155,11 @@ def test_pacs_photo_to_photo_greyscale_never_trains_on_evaluated_images(data_roo
     assert evaluated and trained and evaluated.isdisjoint(trained)
     # by file, not only by key
     paths = lambda name: set(per_sample(getattr(pair, name), "paths"))  # noqa: E731
-    trained_paths = paths("source_train") | paths("source_val") | (
-        paths("target_train") | paths("target_val") if labelled else set())
+    trained_paths = (
+        paths("source_train")
+        | paths("source_val")
+        | (paths("target_train") | paths("target_val") if labelled else set())
+    )
     assert paths("target_eval").isdisjoint(trained_paths)
     assert pair.target_eval_split == "test:holdout"
     assert len(pair.target_eval) == 305  # photo's holdout: 18.3% of 1,670

@@ -4,6 +4,7 @@
 The split is recomputed here from its documented rule (sha1 of ``source_part/<key>``, first 4 bytes
 big-endian, below fraction x 2**32: the classifier's part), not taken from the code under test.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +14,7 @@ import pytest
 from shiftlab.config import build_config
 from shiftlab.data.pair import build_domain_pair
 from shiftlab.data.splits import keys_of
-from shiftlab.errors import DataError
+from shiftlab.errors import ConfigError, DataError
 
 CAMERA = "mnist_m@power(0.2,0.3,0.4)"
 
@@ -55,14 +56,16 @@ def test_classifier_and_adapter_learn_on_disjoint_parts(data_root):
 
 
 def test_fraction_and_other_domains(data_root):
-    clf = build_domain_pair("digits", data_root, "mnist_m", "mnist_m", source_part="classifier",
-                            source_part_fraction=0.8)
+    clf = build_domain_pair(
+        "digits", data_root, "mnist_m", "mnist_m", source_part="classifier", source_part_fraction=0.8
+    )
     n = len(clf.source_train) + len(clf.source_val)
     assert 2250 < n < 2550  # about 80% of 3,000
     assert all(classifier_part(k, 0.8) for k in keys(clf.source_train))
     # a target that is not a camera of the source is untouched; only the source is split
-    pair = build_domain_pair("digits", data_root, "mnist_m", "mnist", target_labels=True, source_part="adapter",
-                             limit=2000)
+    pair = build_domain_pair(
+        "digits", data_root, "mnist_m", "mnist", target_labels=True, source_part="adapter", limit=2000
+    )
     plain = build_domain_pair("digits", data_root, "mnist_m", "mnist", target_labels=True, limit=2000)
     assert keys(pair.target_train) == keys(plain.target_train)
     assert "source_part" not in pair.splits["target_train"]
@@ -72,7 +75,7 @@ def test_fraction_and_other_domains(data_root):
 def test_config_key_is_validated(tmp_path):
     cfg = build_config([], ["--data.source_part=adapter", "--data.source_part_fraction=0.25"])
     assert (cfg.data.source_part, cfg.data.source_part_fraction) == ("adapter", 0.25)
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigError, match="source_part"):
         build_config([], ["--data.source_part=half"])
     with pytest.raises(DataError):
         build_domain_pair("demo", None, "digits", "digits_photo", source_part="half")

@@ -1,6 +1,7 @@
 """SVHN, the digits dataset's optional domain (deep activation matching's SVHN -> MNIST pair), on a tiny
 synthetic copy of torchvision's files (``train_32x32.mat`` / ``test_32x32.mat``: X 32x32x3xN uint8, y Nx1
 with 10 for the digit 0), written with scipy.io.savemat; and its download entry (torchvision's URLs, md5)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,8 +50,9 @@ def test_missing_and_bad_files_name_the_path(tmp_path):
     with pytest.raises(DataError, match=r"SVHN.*train_32x32.mat.*shiftlab download svhn"):
         digits.load(tmp_path, "svhn", "train")
     (tmp_path / "SVHN").mkdir()
-    scipy.io.savemat(str(tmp_path / "SVHN" / "test_32x32.mat"), {"X": np.zeros((28, 28, 5), np.uint8),
-                                                                    "y": np.ones((5, 1))})
+    scipy.io.savemat(
+        str(tmp_path / "SVHN" / "test_32x32.mat"), {"X": np.zeros((28, 28, 5), np.uint8), "y": np.ones((5, 1))}
+    )
     with pytest.raises(DataError, match="32 x 32 x 3 x N"):
         digits.load(tmp_path, "svhn", "test")
     absent = digits.check(tmp_path / "nothing", "svhn")

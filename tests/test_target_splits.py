@@ -4,6 +4,7 @@ Expected sizes come from ``/work/shared/data/README.md``; the holdout is recompu
 documented rule (sha1 of ``holdout/<key>``, first 4 bytes big-endian, below fraction x 2**32), not
 taken from the code under test.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,9 @@ CARTOON_TRAIN, CARTOON_VAL, CARTOON_ALL = 2107, 237, 2344  # README: disjoint, t
 
 
 def documented_holdout(keys, fraction=0.2) -> set[str]:
-    return {k for k in keys if int.from_bytes(hashlib.sha1(f"holdout/{k}".encode()).digest()[:4], "big")
-            < fraction * 2**32}
+    return {
+        k for k in keys if int.from_bytes(hashlib.sha1(f"holdout/{k}".encode()).digest()[:4], "big") < fraction * 2**32
+    }
 
 
 def keys(ds) -> set[str]:
@@ -57,7 +59,11 @@ def test_mnist_to_mnist_m_unsupervised(data_root):
     assert {k.split("/")[0] for k in keys(pair.target_train)} == {"mnist_m_train"}
     assert (len(pair.source_train), len(pair.source_val)) == (53979, 6021)  # hashed 10% of MNIST's 60,000
     s = pair.splits
-    assert (s["target_train"]["split"], s["target_train"]["size"], s["target_train"]["labelled"]) == ("train+val", 3000, False)
+    assert (s["target_train"]["split"], s["target_train"]["size"], s["target_train"]["labelled"]) == (
+        "train+val",
+        3000,
+        False,
+    )
     assert (s["target_eval"]["split"], s["target_eval"]["size"]) == ("test", 9001)
     assert s["target_holdout"]["fingerprint"] == s["target_eval"]["fingerprint"]
     # unsupervised target streams carry no labels
@@ -91,8 +97,14 @@ def test_pacs_unsupervised_is_transductive_and_also_evaluated_on_the_holdout(dat
     assert keys(pair.target_holdout) == holdout
     assert len(holdout) == 437  # 18.6% of 2,344
     assert pair.splits["target_holdout"] == {
-        "domain": "cartoon", "split": "test", "subset": "holdout", "labelled": True, "size": 437,
-        "fingerprint": pair.splits["target_holdout"]["fingerprint"], "holdout_fraction": 0.2}
+        "domain": "cartoon",
+        "split": "test",
+        "subset": "holdout",
+        "labelled": True,
+        "size": 437,
+        "fingerprint": pair.splits["target_holdout"]["fingerprint"],
+        "holdout_fraction": 0.2,
+    }
     assert isinstance(pair.target_train[0], torch.Tensor)
 
 
@@ -123,8 +135,9 @@ def test_holdout_fraction_and_limit(data_root, cartoon_keys):
 
 
 def test_split_overrides(data_root):
-    pair = build_domain_pair("pacs", data_root, "art_painting", "cartoon", image_size=32,
-                             target_adapt_split="train", target_eval_split="val")
+    pair = build_domain_pair(
+        "pacs", data_root, "art_painting", "cartoon", image_size=32, target_adapt_split="train", target_eval_split="val"
+    )
     assert len(pair.target_train) == CARTOON_TRAIN
     assert len(pair.target_eval) == CARTOON_VAL
     assert pair.splits["target_train"]["split"] == "train"
@@ -152,7 +165,7 @@ def test_source_train_split_selects_the_whole_source_domain(data_root):
     assert len(default.source_train) == 1499 and keys(default.source_train) == set(listed(data_root, "photo_train"))
     assert len(whole.source_train) == 1670 and keys(whole.source_train) == set(listed(data_root, "photo_test"))
     assert whole.splits["source_train"]["split"] == "test"
-    assert keys(whole.source_val) <= keys(whole.source_train)   # said in the key's help: val is trained on then
+    assert keys(whole.source_val) <= keys(whole.source_train)  # said in the key's help: val is trained on then
     assert len(whole.target_eval) == len(whole.target_train) == 2048  # the whole Art domain, transductive
     with pytest.raises(DataError, match="data.source_train_split: 'all' is not a split"):
         build_domain_pair("pacs", data_root, "photo", "art_painting", source_train_split="all")

@@ -1,5 +1,6 @@
 """What sweeps need from a Trainer: best.pt kept, callbacks, early stop, no leaked process state,
 resolved paths, restart after an early kill, resume in the library, one-line user errors only."""
+
 from __future__ import annotations
 
 import random
@@ -9,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from shiftlab.checkpoints import load_checkpoint
 from shiftlab.cli import main
 from shiftlab.config import build_config
 from shiftlab.engine.callbacks import EarlyStopping
-from shiftlab.checkpoints import load_checkpoint
 from shiftlab.engine.loop import Trainer
 from shiftlab.errors import RunFolderError
 from shiftlab.methods import METHODS, register_method
@@ -24,8 +25,9 @@ QUICK = ["--train.progress=false", "--data.limit=256", "--data.batch_size=32"]
 
 
 def _cfg(tmp_path, name, *overrides, resume=False):
-    return build_config([DEMO], [f"--experiment.output_dir={tmp_path}", f"--experiment.name={name}", *QUICK,
-                                 *overrides], resume=resume)
+    return build_config(
+        [DEMO], [f"--experiment.output_dir={tmp_path}", f"--experiment.name={name}", *QUICK, *overrides], resume=resume
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +42,11 @@ def test_best_checkpoint_is_the_selected_epoch_and_evaluates_to_its_numbers(thre
     run, summary = three_epochs
     best = load_checkpoint(run / "checkpoints" / "best.pt")
     chosen = summary["selections"]["source_val"]
-    assert summary["best_checkpoint"] == {"path": "checkpoints/best.pt", "selection": "source_val",
-                                          "epoch": chosen["epoch"]}
+    assert summary["best_checkpoint"] == {
+        "path": "checkpoints/best.pt",
+        "selection": "source_val",
+        "epoch": chosen["epoch"],
+    }
     assert best["epoch"] == chosen["epoch"] and best["selection"] == "source_val"
     again = Trainer(_cfg(tmp_path, "eval", "--train.epochs=0", f"--model.weights={run / 'checkpoints/best.pt'}")).fit()
     assert again["final_target_acc"] == pytest.approx(chosen["target_acc"])
@@ -136,10 +141,11 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_without_overwrite(tmp
 @pytest.mark.slow
 def test_resume_takes_the_saved_config_and_the_command_line_still_wins(tmp_path):
     Trainer(_cfg(tmp_path, "r", "--train.epochs=1", "--optim.lr=0.03")).fit()
-    cfg = build_config([], [f"--experiment.output_dir={tmp_path}", "--experiment.name=r", "--train.epochs=2"],
-                       resume=True)
-    assert cfg.optim.lr == pytest.approx(0.03) and cfg.data.limit == 256   # from the saved config
-    assert cfg.train.epochs == 2                                          # from the command line
+    cfg = build_config(
+        [], [f"--experiment.output_dir={tmp_path}", "--experiment.name=r", "--train.epochs=2"], resume=True
+    )
+    assert cfg.optim.lr == pytest.approx(0.03) and cfg.data.limit == 256  # from the saved config
+    assert cfg.train.epochs == 2  # from the command line
     assert Trainer(cfg, resume=True).fit()["epochs"] == 2
 
 

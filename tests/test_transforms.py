@@ -1,5 +1,6 @@
 """The shared preprocessing: same size and 3 channels for every domain, float images in [0, 1] equal to
 torchvision's ``ToTensor`` (normalisation is the model's first step, see test_normalization.py)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """User errors that printed a traceback: each is now a one-line message naming the key, file or folder
 (issue 31, "One-line errors where a traceback is printed today"; issue 27 §3). Small synthetic files only."""
+
 from __future__ import annotations
 
 import json
@@ -95,11 +96,14 @@ def non_utf8_path(folder: Path) -> Path:
 
 def png_announcing(path: Path, width: int, height: int) -> Path:
     """A PNG of a few bytes whose header announces ``width`` x ``height`` pixels (a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 8))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 8)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -109,10 +113,24 @@ def cams(tmp_path) -> Path:
 
 
 def train_args(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--data.dataset=folder:Cams", f"--data.root={root}", "--data.source=a", "--data.target=b",
-            "--model.name=small_cnn", "--data.image_size=16", "--train.epochs=1", "--train.steps_per_epoch=1",
-            "--data.batch_size=4", "--train.progress=false", "--train.device=cpu", "--train.validators=[]",
-            f"--experiment.output_dir={out}", "--experiment.name=run", *extra]
+    return [
+        "train",
+        "--data.dataset=folder:Cams",
+        f"--data.root={root}",
+        "--data.source=a",
+        "--data.target=b",
+        "--model.name=small_cnn",
+        "--data.image_size=16",
+        "--train.epochs=1",
+        "--train.steps_per_epoch=1",
+        "--data.batch_size=4",
+        "--train.progress=false",
+        "--train.device=cpu",
+        "--train.validators=[]",
+        f"--experiment.output_dir={out}",
+        "--experiment.name=run",
+        *extra,
+    ]
 
 
 def test_a_non_utf8_file_name_is_read_like_any_other(cams):
@@ -188,15 +206,20 @@ def small_split(tmp_path, monkeypatch):
     decoded._MEMORY.clear()  # no split held in memory
 
 
-@pytest.mark.parametrize("failure", [
-    OSError(28, "No space left on device"),
-    RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0\nframe #0: c10::Error"),
-])
-def test_a_full_cache_disk_is_a_warning_and_the_split_is_decoded_in_memory(small_split, tmp_path, monkeypatch,
-                                                                          caplog, failure):
+@pytest.mark.parametrize(
+    "failure",
+    [
+        OSError(28, "No space left on device"),
+        RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0\nframe #0: c10::Error"),
+    ],
+)
+def test_a_full_cache_disk_is_a_warning_and_the_split_is_decoded_in_memory(
+    small_split, tmp_path, monkeypatch, caplog, failure
+):
     def full_disk(obj, path, *args, **kwargs):
         Path(path).write_bytes(b"partial")
         raise failure
+
     monkeypatch.setattr(decoded.torch, "save", full_disk)
     with caplog.at_level(logging.WARNING, logger="shiftlab.data.decoded"):
         split = decoded.decode_split(small_split, 8)
@@ -254,14 +277,18 @@ def test_a_malformed_sweep_file_is_one_line(tmp_path, capsys):
 # --- the command line's one place for user errors (7) ---------------------------------------------------
 
 
-@pytest.mark.parametrize("error", [
-    TrainingDivergedError("loss is nan at step 12 (epoch 1); lower optim.lr"),
-    FloatingPointError("loss is nan"),
-    ShiftlabError("a message\nquoting two lines"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        TrainingDivergedError("loss is nan at step 12 (epoch 1); lower optim.lr"),
+        FloatingPointError("loss is nan"),
+        ShiftlabError("a message\nquoting two lines"),
+    ],
+)
 def test_a_user_error_reaching_the_cli_is_one_line(monkeypatch, capsys, error):
     def fails(argv):
         raise error
+
     monkeypatch.setitem(cli.COMMANDS, "train", fails)
     assert cli.main(["train"]) == 2
     line = one_error_line(capsys, "train")
@@ -271,6 +298,7 @@ def test_a_user_error_reaching_the_cli_is_one_line(monkeypatch, capsys, error):
 def test_a_bug_keeps_its_traceback(monkeypatch):
     def fails(argv):
         raise KeyError("a bug")
+
     monkeypatch.setitem(cli.COMMANDS, "train", fails)
     with pytest.raises(KeyError):
         cli.main(["train"])

@@ -1,5 +1,6 @@
 """Unsupervised validators: known answers, and a trainer whose target labels are scrambled chooses the
 same epochs under every rule but the oracle."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,13 @@ from shiftlab.config import build_config
 from shiftlab.engine.loop import Trainer
 from shiftlab.errors import ConfigError
 from shiftlab.selection.epochs import EPOCH_RULES
-from shiftlab.selection.validators import (entropy_score, information_maximization, metric_name, score_all,
-                                           soft_neighborhood_density)
+from shiftlab.selection.validators import (
+    entropy_score,
+    information_maximization,
+    metric_name,
+    score_all,
+    soft_neighborhood_density,
+)
 
 
 def test_entropy_known_answers():
@@ -76,8 +82,13 @@ class ScrambledLabels:
 
 
 def _demo(tmp_path, name, **overrides):
-    args = [f"--experiment.output_dir={tmp_path}", f"--experiment.name={name}", "--train.epochs=4",
-            "--train.progress=false", "--optim.lr=0.02"] + [f"--{k}={v}" for k, v in overrides.items()]
+    args = [
+        f"--experiment.output_dir={tmp_path}",
+        f"--experiment.name={name}",
+        "--train.epochs=4",
+        "--train.progress=false",
+        "--optim.lr=0.02",
+    ] + [f"--{k}={v}" for k, v in overrides.items()]
     return build_config(["configs/demo.yaml"], args)
 
 
@@ -136,8 +147,7 @@ def test_the_validator_subset_is_a_fixed_sorted_choice():
 
 @pytest.mark.slow
 def test_validators_score_one_fixed_subset_across_epochs_methods_seeds_and_resumes(tmp_path):
-    common = {"train.validator_limit": 40, "train.epochs": 1, "data.target_adapt_split": "train",
-              "data.limit": 300}
+    common = {"train.validator_limit": 40, "train.epochs": 1, "data.target_adapt_split": "train", "data.limit": 300}
     a = Trainer(_demo(tmp_path, "a", **common))
     b = Trainer(_demo(tmp_path, "b", **{**common, "method.name": "adabn", "experiment.seed": 3}))
     assert a.loaders.validator_indices == b.loaders.validator_indices

@@ -4,6 +4,7 @@ They are deliberately small versions of what the adversarial and activation-matc
 a discriminator with its own optimiser updated in alternation (least-squares GAN losses), and the
 three-step DANN of the PACS assignment written both as one summed loss and as three backward passes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,15 +47,23 @@ class ToyTwoPlayer(Method):
         self.discriminator = _discriminator(backbone.out_dim)
 
     def configure_optimizers(self, base_lr):
-        return {"main": self.param_groups(base_lr, exclude=(self.discriminator,)),
-                "disc": {"groups": [{"params": list(self.discriminator.parameters())}],
-                         "name": "adam", "lr": 1e-3, "betas": (0.5, 0.999), "schedule": False}}
+        return {
+            "main": self.param_groups(base_lr, exclude=(self.discriminator,)),
+            "disc": {
+                "groups": [{"params": list(self.discriminator.parameters())}],
+                "name": "adam",
+                "lr": 1e-3,
+                "betas": (0.5, 0.999),
+                "schedule": False,
+            },
+        }
 
     def training_step(self, source, target, progress):
         fs, ft = self.backbone.forward_features(source.x), self.backbone.forward_features(target.x)
         disc, main = self.optimizer("disc"), self.optimizer("main")
-        d_loss = (F.mse_loss(self.discriminator(fs.detach()), fs.new_ones(len(fs), 1))
-                  + F.mse_loss(self.discriminator(ft.detach()), ft.new_zeros(len(ft), 1)))
+        d_loss = F.mse_loss(self.discriminator(fs.detach()), fs.new_ones(len(fs), 1)) + F.mse_loss(
+            self.discriminator(ft.detach()), ft.new_zeros(len(ft), 1)
+        )
         if self.params.steps in ("both", "disc"):
             disc.zero_grad()
             self.manual_backward(d_loss)
@@ -80,8 +89,11 @@ class _ToyDANN(Method):
         ce, _ = self.classification(self.backbone(source.x), source.y)
         d_source = self.domain_classifier(_Reverse.apply(self.backbone.forward_features(source.x)))
         d_target = self.domain_classifier(_Reverse.apply(self.backbone.forward_features(target.x)))
-        return (ce, F.binary_cross_entropy_with_logits(d_source, torch.zeros_like(d_source)),
-                F.binary_cross_entropy_with_logits(d_target, torch.ones_like(d_target)))
+        return (
+            ce,
+            F.binary_cross_entropy_with_logits(d_source, torch.zeros_like(d_source)),
+            F.binary_cross_entropy_with_logits(d_target, torch.ones_like(d_target)),
+        )
 
 
 @register_method

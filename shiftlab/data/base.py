@@ -3,12 +3,13 @@
 Every dataset in shiftlab yields ``(PIL.Image in RGB, int label)`` before its transform, so that any
 two domains can be paired once they share a transform (same size, 3 channels).
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -60,8 +61,10 @@ BOMB_HINT = "Replace or remove the file, or skip it with data.skip_unreadable=tr
 def _check_pixel_count(img: Image.Image, path: Path) -> None:
     limit = Image.MAX_IMAGE_PIXELS
     if limit and img.width * img.height > limit:
-        raise DataError(f"cannot decode image {path_text(path)}: it announces {img.width}x{img.height} pixels, more "
-                        f"than PIL's limit of {limit} (a decompression bomb?). {BOMB_HINT}")
+        raise DataError(
+            f"cannot decode image {path_text(path)}: it announces {img.width}x{img.height} pixels, more "
+            f"than PIL's limit of {limit} (a decompression bomb?). {BOMB_HINT}"
+        )
 
 
 class ImageListDataset(Dataset):
@@ -72,8 +75,13 @@ class ImageListDataset(Dataset):
     parts. Splits are compared and held out by these keys (see :mod:`shiftlab.data.splits`).
     """
 
-    def __init__(self, samples: Sequence[tuple[Path, int]], classes: Sequence[str],
-                 transform: Callable | None = None, key_root: Path | None = None):
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, int]],
+        classes: Sequence[str],
+        transform: Callable | None = None,
+        key_root: Path | None = None,
+    ):
         self.samples = list(samples)
         self.classes = list(classes)
         self.transform = transform
@@ -112,8 +120,14 @@ class ArrayDataset(Dataset):
     the position in ``images``, only suits a dataset with a single split.
     """
 
-    def __init__(self, images: np.ndarray, labels: Sequence[int], classes: Sequence[str],
-                 transform: Callable | None = None, keys: Sequence[str] | None = None):
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: Sequence[int],
+        classes: Sequence[str],
+        transform: Callable | None = None,
+        keys: Sequence[str] | None = None,
+    ):
         if images.dtype != np.uint8:
             raise TypeError(f"ArrayDataset wants uint8 images, got {images.dtype}")
         if len(images) != len(labels):
@@ -157,8 +171,10 @@ def scan_class_folders(domain_dir: Path) -> dict[str, list[Path]]:
     for name in classes:
         images = list_images(domain_dir / name)
         if not images:
-            raise DataError(f"class folder has no images: {domain_dir / name} "
-                            f"(extensions looked for: {', '.join(IMAGE_EXTENSIONS)})")
+            raise DataError(
+                f"class folder has no images: {domain_dir / name} "
+                f"(extensions looked for: {', '.join(IMAGE_EXTENSIONS)})"
+            )
         found[name] = images
     return found
 

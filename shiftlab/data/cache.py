@@ -1,4 +1,5 @@
 """Where shiftlab keeps files it derives from the data (never inside the data root, which may be read-only)."""
+
 from __future__ import annotations
 
 import os

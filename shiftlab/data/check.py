@@ -1,4 +1,5 @@
 """What ``shiftlab datasets`` reports: known datasets, their domains, and what is on disk under a root."""
+
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -50,8 +51,10 @@ def compare_classes(spec: DatasetSpec, domains: list[DomainReport]) -> int:
         if extra:
             d.problems.append(f"classes differ from the dataset's: {class_difference(expected, d.classes)}")
         elif missing and spec.union_classes:
-            d.notes.append(f"no images of {len(missing)} of the dataset's {len(expected)} classes: "
-                           f"{class_difference(expected, d.classes)}")
+            d.notes.append(
+                f"no images of {len(missing)} of the dataset's {len(expected)} classes: "
+                f"{class_difference(expected, d.classes)}"
+            )
         elif missing:
             d.problems.append(f"classes differ from the dataset's: {class_difference(expected, d.classes)}")
     return len(expected)
@@ -69,10 +72,18 @@ def check_datasets(root: Path, names: list[str] | None = None, *, verify: bool =
                 report.problems += _verify_domain(spec, root, domain)
             domains.append(report)
         num_classes = compare_classes(spec, domains)
-        reports.append({"dataset": spec.name, "description": spec.description, "embedded": spec.embedded,
-                        "num_classes": num_classes, "on_disk": any(d.present for d in domains),
-                        "target_adapt_split": spec.target_adapt_split, "target_eval_split": spec.target_eval_split,
-                        "domains": [asdict(d) for d in domains]})
+        reports.append(
+            {
+                "dataset": spec.name,
+                "description": spec.description,
+                "embedded": spec.embedded,
+                "num_classes": num_classes,
+                "on_disk": any(d.present for d in domains),
+                "target_adapt_split": spec.target_adapt_split,
+                "target_eval_split": spec.target_eval_split,
+                "domains": [asdict(d) for d in domains],
+            }
+        )
     return reports
 
 
@@ -89,17 +100,22 @@ def format_report(reports: list[dict], root: Path, named: bool = False) -> str:
         lines.append(f"\n{r['dataset']} ({classes} classes) - {r['description']}")
         if not r["on_disk"] and not named:
             first = r["domains"][0]["problems"][:1] if r["domains"] else []
-            lines.append(f"  not on disk: {', '.join(d['domain'] for d in r['domains'])}"
-                         + (f" ({first[0]})" if first else ""))
+            lines.append(
+                f"  not on disk: {', '.join(d['domain'] for d in r['domains'])}" + (f" ({first[0]})" if first else "")
+            )
             continue
-        lines.append(f"  (target protocol: adapt on '{r['target_adapt_split']}', evaluate on '{r['target_eval_split']}')")
+        lines.append(
+            f"  (target protocol: adapt on '{r['target_adapt_split']}', evaluate on '{r['target_eval_split']}')"
+        )
         for d in r["domains"]:
             if not d["present"]:
                 status = "MISSING"
             else:
-                status = f"{d['images']:>7} images" + ("" if not d["problems"] else f", {len(d['problems'])} problem(s)")
+                status = f"{d['images']:>7} images" + (
+                    "" if not d["problems"] else f", {len(d['problems'])} problem(s)"
+                )
             lines.append(f"  {d['domain']:<14} {status}")
-            for p in d["problems"][:20 if d["present"] else 1]:
+            for p in d["problems"][: 20 if d["present"] else 1]:
                 lines.append(f"      ! {p}")
             if len(d["problems"]) > 20:
                 lines.append(f"      ! ... {len(d['problems']) - 20} more")

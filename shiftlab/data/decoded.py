@@ -32,6 +32,7 @@ or, for images held in memory, a hash of the array; any subset's indices; any de
 names and arguments). A change of the data therefore leads to a new file, and the file is written
 atomically (temporary + rename), so a killed decode never leaves half a cache.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,10 +40,10 @@ import logging
 import math
 import os
 import weakref
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -117,8 +118,10 @@ def _identity(ds: Dataset, h) -> None:
     elif getattr(ds, "base", None) is not None and hasattr(ds, "transform"):  # a Transformed view
         _identity(ds.base, h)
     else:
-        raise Uncacheable(f"cannot cache {type(ds).__name__}: the decoded cache knows file lists, in-memory "
-                          f"arrays, subsets, unions and shifted domains; use data.loader=files")
+        raise Uncacheable(
+            f"cannot cache {type(ds).__name__}: the decoded cache knows file lists, in-memory "
+            f"arrays, subsets, unions and shifted domains; use data.loader=files"
+        )
 
 
 def split_identity(dataset: Dataset, size: int) -> str:
@@ -135,6 +138,7 @@ def split_identity(dataset: Dataset, size: int) -> str:
 @dataclass
 class DecodedSplit:
     """A split decoded once: ``images`` uint8 (N, 3, S, S), ``labels`` int64 (N,) as the dataset gives them."""
+
     images: torch.Tensor
     labels: torch.Tensor
     identity: str
@@ -167,15 +171,20 @@ def _decode_all(dataset: Dataset, size: int, progress: bool) -> tuple[np.ndarray
     # PIL releases the GIL while decoding and resizing: threads overlap the files' reads and decodes
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in tqdm(pool.map(one, range(len(dataset))), total=len(dataset), desc=f"decoding {size}px",
-                      disable=not progress, leave=False):
+        for _ in tqdm(
+            pool.map(one, range(len(dataset))),
+            total=len(dataset),
+            desc=f"decoding {size}px",
+            disable=not progress,
+            leave=False,
+        ):
             pass
     return out, labels
 
 
 # identity -> split while some loader holds it: a split read by two loaders of a run (the target's training
 # stream and its adaptation images) is read and copied to the device once, and freed with the last loader
-_MEMORY: "weakref.WeakValueDictionary[str, DecodedSplit]" = weakref.WeakValueDictionary()
+_MEMORY: weakref.WeakValueDictionary[str, DecodedSplit] = weakref.WeakValueDictionary()
 
 
 def decode_split(dataset: Dataset, size: int, *, progress: bool = False) -> DecodedSplit:
@@ -196,11 +205,13 @@ def decode_split(dataset: Dataset, size: int, *, progress: bool = False) -> Deco
             log.warning("decoded cache %s is unreadable (%s); decoding again", path, err)
     if split is None:
         images, labels = _decode_all(dataset, size, progress)
-        split = DecodedSplit(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels),
-                             identity)
+        split = DecodedSplit(
+            torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels), identity
+        )
         if path is not None:
-            _write_cache_file(path, {"version": PREPROCESS_VERSION, "images": split.images, "labels": split.labels,
-                                     "size": size})
+            _write_cache_file(
+                path, {"version": PREPROCESS_VERSION, "images": split.images, "labels": split.labels, "size": size}
+            )
     _MEMORY[identity] = split
     return split
 
@@ -210,8 +221,11 @@ def _cache_folder() -> Path | None:
     try:
         return cache_dir("decoded")
     except OSError as err:
-        log.warning("cannot create the decoded cache folder under $SHIFTLAB_CACHE (%s); decoding in memory "
-                    "without keeping a copy on disk", _os_error_text(err))
+        log.warning(
+            "cannot create the decoded cache folder under $SHIFTLAB_CACHE (%s); decoding in memory "
+            "without keeping a copy on disk",
+            _os_error_text(err),
+        )
         return None
 
 
@@ -222,9 +236,12 @@ def _write_cache_file(path: Path, state: dict) -> None:
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
     except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError (inline_container.cc)
-        log.warning("cannot write the decoded cache in %s (%s); the run goes on with the split decoded in memory "
-                    "(free space there or point $SHIFTLAB_CACHE at a writable folder to keep it)", path.parent,
-                    _os_error_text(err))
+        log.warning(
+            "cannot write the decoded cache in %s (%s); the run goes on with the split decoded in memory "
+            "(free space there or point $SHIFTLAB_CACHE at a writable folder to keep it)",
+            path.parent,
+            _os_error_text(err),
+        )
 
 
 def _os_error_text(err: BaseException) -> str:
@@ -237,9 +254,14 @@ def _os_error_text(err: BaseException) -> str:
 # batched augmentation (per sample), on any device
 
 
-def random_resized_crop_boxes(n: int, height: int, width: int, scale: Sequence[float] = CROP_SCALE,
-                              ratio: Sequence[float] = CROP_RATIO,
-                              generator: torch.Generator | None = None) -> torch.Tensor:
+def random_resized_crop_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: Sequence[float] = CROP_SCALE,
+    ratio: Sequence[float] = CROP_RATIO,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """(n, 4) float boxes ``(top, left, h, w)`` drawn as torchvision's ``RandomResizedCrop.get_params``
     draws one: up to 10 tries of ``area = U(scale) * H * W`` and ``log r = U(log ratio)``, ``w = round(sqrt(
     area r))``, ``h = round(sqrt(area / r))``, accepted when it fits, at a uniform position; a sample
@@ -302,6 +324,7 @@ def flip_mask(n: int, p: float = FLIP_P, generator: torch.Generator | None = Non
 @dataclass(frozen=True)
 class BatchAugment:
     """Random resized crop to ``size`` and horizontal flip, per sample, on a uint8 batch (N, 3, S, S)."""
+
     size: int
     scale: tuple[float, float] = CROP_SCALE
     ratio: tuple[float, float] = CROP_RATIO
@@ -326,9 +349,10 @@ class BatchAugment:
             return out.mul_(1 / 255).clamp_(0, 1)
         out = torch.empty(len(images), images.shape[1], self.size, self.size, dtype=torch.uint8)
         for i, (top, left, h, w) in enumerate(boxes.long().tolist()):
-            crop = images[i:i + 1, :, top:top + h, left:left + w]
-            out[i] = torch.nn.functional.interpolate(crop, size=(self.size, self.size), mode="bilinear",
-                                                     antialias=True, align_corners=False)[0]
+            crop = images[i : i + 1, :, top : top + h, left : left + w]
+            out[i] = torch.nn.functional.interpolate(
+                crop, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+            )[0]
         out = torch.where(flips[:, None, None, None], out.flip(-1), out)
         return out.float().mul_(1 / 255)
 
@@ -371,10 +395,22 @@ class TensorBatchLoader:
     the split (a rank's share of an evaluation set).
     """
 
-    def __init__(self, split: DecodedSplit, batch_size: int, *, shuffle: bool, device: torch.device,
-                 size: int, augment: BatchAugment | None = None, generator: torch.Generator | None = None,
-                 with_labels: bool = True, label_map: Sequence[int] | None = None, drop_last: bool | None = None,
-                 shard: tuple[int, int] = (0, 1), indices: Sequence[int] | None = None):
+    def __init__(
+        self,
+        split: DecodedSplit,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        device: torch.device,
+        size: int,
+        augment: BatchAugment | None = None,
+        generator: torch.Generator | None = None,
+        with_labels: bool = True,
+        label_map: Sequence[int] | None = None,
+        drop_last: bool | None = None,
+        shard: tuple[int, int] = (0, 1),
+        indices: Sequence[int] | None = None,
+    ):
         if len(split) == 0:
             raise DataError("a data split is empty; check data.limit and the split lists")
         self.device = torch.device(device)
@@ -385,16 +421,23 @@ class TensorBatchLoader:
         self.labels = labels
         self.size, self.augment, self.with_labels = size, augment, with_labels
         if augment is None and self.images.shape[-1] != size:
-            raise ValueError(f"split stored at {self.images.shape[-1]} px but batches of {size} px asked "
-                             f"without augmentation")
+            raise ValueError(
+                f"split stored at {self.images.shape[-1]} px but batches of {size} px asked without augmentation"
+            )
         self.rank, self.world = shard
         self.positions = None if indices is None else torch.as_tensor(list(indices), dtype=torch.long)
         n = len(self.positions) if self.positions is not None else len(split)
         drop_last = (shuffle and n > batch_size) if drop_last is None else drop_last
         self.batch_size = batch_size
         self.generator = generator
-        self.index_loader = DataLoader(_Positions(n), batch_size=batch_size, shuffle=shuffle, generator=generator,
-                                       drop_last=drop_last, collate_fn=_as_tensor)
+        self.index_loader = DataLoader(
+            _Positions(n),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            drop_last=drop_last,
+            collate_fn=_as_tensor,
+        )
         self.aug_generator = torch.Generator()
 
     def seed_augmentation(self, seed: int) -> None:
@@ -408,8 +451,9 @@ class TensorBatchLoader:
         for batch in self.index_loader:
             draws = None
             if self.augment is not None:
-                draws = self.augment.params(len(batch), self.images.shape[-2], self.images.shape[-1],
-                                            self.aug_generator)
+                draws = self.augment.params(
+                    len(batch), self.images.shape[-2], self.images.shape[-1], self.aug_generator
+                )
             if self.world > 1:
                 lo, hi = shard_bounds(len(batch), self.rank, self.world)
                 batch = batch[lo:hi]

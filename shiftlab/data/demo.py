@@ -9,6 +9,7 @@
 Splits are fixed by a hash of the image index: ``test`` is about 30% of the images, ``val`` about 10%
 of the rest, ``train`` the remainder, so source training never sees the target's test digits.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -50,7 +51,7 @@ def _blended() -> np.ndarray:
         photo = photos[rng.integers(len(photos))]
         y = rng.integers(photo.shape[0] - SIZE)
         x = rng.integers(photo.shape[1] - SIZE)
-        patch = photo[y:y + SIZE, x:x + SIZE].astype(np.int16)
+        patch = photo[y : y + SIZE, x : x + SIZE].astype(np.int16)
         out[i] = np.abs(patch - digit[..., None].astype(np.int16)).astype(np.uint8)
     return out
 
@@ -81,8 +82,15 @@ def check(root: Path, domain: str) -> DomainReport:
 # The target's ``test`` split (30%, disjoint from train/val) is adapted on and evaluated on, as in the
 # releases before target protocols existed, so that the demo's figures stay comparable.
 SPEC = DatasetSpec(
-    name="demo", domains=DOMAINS, classes=CLASSES, load=load, check=check, family="digits", embedded=True,
+    name="demo",
+    domains=DOMAINS,
+    classes=CLASSES,
+    load=load,
+    check=check,
+    family="digits",
+    embedded=True,
     description="embedded demo: scikit-learn digits -> the same digits on scikit-image photo patches",
     citation="Alpaydin & Kaynak, UCI Optical Recognition of Handwritten Digits, 1998",
-    target_adapt_split="test", target_eval_split="test",
+    target_adapt_split="test",
+    target_eval_split="test",
 )

@@ -31,6 +31,7 @@ The data root is only ever read: MNIST is unpacked into shiftlab's cache folder
 (:func:`~shiftlab.data.cache.cache_dir`), because torchvision's ``MNIST`` reads unpacked files and
 the data root may be read-only.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -45,8 +46,8 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..utils import atomic_path
 from ..errors import DataError
+from ..utils import atomic_path
 from .base import ArrayDataset, ImageListDataset, split_by_hash
 from .cache import cache_dir
 from .spec import DatasetSpec, DomainReport
@@ -56,8 +57,12 @@ log = logging.getLogger(__name__)
 DOMAINS = ("mnist", "usps", "mnist_m", "svhn")
 CLASSES = tuple("0123456789")
 
-MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 USPS_TV_FILES = {"train": "usps.bz2", "test": "usps.t.bz2"}  # names torchvision.datasets.USPS reads
 USPS_H5_FILE = "usps.h5"
 MNIST_M_DIR = "MNIST_M"
@@ -88,6 +93,7 @@ def _subset(domain: str, images: np.ndarray, labels, split: str) -> ArrayDataset
 
 # --------------------------------------------------------------------------------------------- MNIST
 
+
 def mnist_raw_dir(root: Path) -> Path:
     return root / "MNIST" / "raw"
 
@@ -97,10 +103,12 @@ def _missing_mnist(root: Path) -> list[Path]:
 
 
 def _mnist_missing_error(missing: list[Path], root: Path) -> DataError:
-    return DataError(f"MNIST file not found: {missing[0]}"
-                     + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-                     + f". Get it with `shiftlab download digits`, or copy the 4 original files "
-                       f"{', '.join(MNIST_FILES)} into {mnist_raw_dir(root)}")
+    return DataError(
+        f"MNIST file not found: {missing[0]}"
+        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        + f". Get it with `shiftlab download digits`, or copy the 4 original files "
+        f"{', '.join(MNIST_FILES)} into {mnist_raw_dir(root)}"
+    )
 
 
 def _gzip_size(path: Path) -> int:
@@ -151,12 +159,15 @@ def read_mnist(root: Path, official: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         tv = torchvision.datasets.MNIST(str(base), train=official == "train", download=False)
     except RuntimeError as err:  # torchvision's "Dataset not found" or a bad idx header
-        raise DataError(f"torchvision cannot read the unpacked MNIST files in {base / 'MNIST' / 'raw'} "
-                        f"(from {mnist_raw_dir(root)}): {err}") from err
+        raise DataError(
+            f"torchvision cannot read the unpacked MNIST files in {base / 'MNIST' / 'raw'} "
+            f"(from {mnist_raw_dir(root)}): {err}"
+        ) from err
     return tv.data.numpy(), tv.targets.numpy().astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------- USPS
+
 
 def usps_packaging(root: Path) -> str:
     """Which USPS packaging to read: ``"torchvision"`` if both bz2 files exist, else ``"h5"``.
@@ -171,11 +182,14 @@ def usps_packaging(root: Path) -> str:
         return "h5"
     looked = [folder / USPS_TV_FILES["train"], folder / USPS_TV_FILES["test"], folder / USPS_H5_FILE]
     present = [p.name for p in looked if p.is_file()]
-    raise DataError("USPS not found: looked for " + ", ".join(str(p) for p in looked)
-                    + f"; need both {USPS_TV_FILES['train']} and {USPS_TV_FILES['test']} "
-                      f"(torchvision/LIBSVM) or {USPS_H5_FILE}"
-                    + (f" (only {', '.join(present)} present)" if present else "")
-                    + ". Get them with `shiftlab download digits`.")
+    raise DataError(
+        "USPS not found: looked for "
+        + ", ".join(str(p) for p in looked)
+        + f"; need both {USPS_TV_FILES['train']} and {USPS_TV_FILES['test']} "
+        f"(torchvision/LIBSVM) or {USPS_H5_FILE}"
+        + (f" (only {', '.join(present)} present)" if present else "")
+        + ". Get them with `shiftlab download digits`."
+    )
 
 
 def read_usps(root: Path, official: str) -> tuple[np.ndarray, np.ndarray]:
@@ -185,11 +199,17 @@ def read_usps(root: Path, official: str) -> tuple[np.ndarray, np.ndarray]:
     if str(folder) not in _logged_usps:
         _logged_usps.add(str(folder))
         if packaging == "torchvision":
-            log.info("USPS: using the torchvision/LIBSVM packaging (%s, %s) for train and test",
-                     folder / USPS_TV_FILES["train"], folder / USPS_TV_FILES["test"])
+            log.info(
+                "USPS: using the torchvision/LIBSVM packaging (%s, %s) for train and test",
+                folder / USPS_TV_FILES["train"],
+                folder / USPS_TV_FILES["test"],
+            )
         else:
-            log.info("USPS: using the HDF5 packaging %s for train and test (torchvision needs both "
-                     "%s and %s)", folder / USPS_H5_FILE, *USPS_TV_FILES.values())
+            log.info(
+                "USPS: using the HDF5 packaging %s for train and test (torchvision needs both %s and %s)",
+                folder / USPS_H5_FILE,
+                *USPS_TV_FILES.values(),
+            )
     if packaging == "torchvision":
         import torchvision
 
@@ -209,13 +229,13 @@ def read_usps(root: Path, official: str) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, KeyError) as err:
         raise DataError(f"cannot read group '{official}' (data, target) of {path}: {err}") from err
     if data.ndim != 2 or data.shape[1] != 256 or len(data) != len(target):
-        raise DataError(f"{path}:/{official}: expected data N x 256 and N targets, "
-                        f"got {data.shape} and {target.shape}")
+        raise DataError(f"{path}:/{official}: expected data N x 256 and N targets, got {data.shape} and {target.shape}")
     images = np.round(np.clip(data, 0.0, 1.0) * 255).astype(np.uint8).reshape(-1, 16, 16)  # row-major 16x16
     return images, target
 
 
 # ------------------------------------------------------------------------------------------- MNIST-M
+
 
 def mnist_m_paths(root: Path, official: str) -> tuple[Path, Path]:
     """``(image folder, label file)`` of one official MNIST-M split."""
@@ -230,8 +250,10 @@ def read_mnist_m(root: Path, official: str, check_files: bool = True) -> list[tu
     """
     folder, labels = mnist_m_paths(root, official)
     if not folder.is_dir():
-        raise DataError(f"MNIST-M image folder not found: {folder} (expected "
-                        f"<root>/{MNIST_M_DIR}/mnist_m_{{train,test}}/ with the PNG files)")
+        raise DataError(
+            f"MNIST-M image folder not found: {folder} (expected "
+            f"<root>/{MNIST_M_DIR}/mnist_m_{{train,test}}/ with the PNG files)"
+        )
     if not labels.is_file():
         raise DataError(f"MNIST-M label file not found: {labels} (expected lines '<file> <digit>')")
     samples = []
@@ -252,6 +274,7 @@ def read_mnist_m(root: Path, official: str, check_files: bool = True) -> list[tu
 
 # ---------------------------------------------------------------------------------------------- SVHN
 
+
 def read_svhn(root: Path, official: str) -> tuple[np.ndarray, np.ndarray]:
     """Official SVHN ``train`` or ``test`` as uint8 (N, 32, 32, 3) images and int64 digits 0..9.
 
@@ -261,8 +284,10 @@ def read_svhn(root: Path, official: str) -> tuple[np.ndarray, np.ndarray]:
     """
     path = root / SVHN_DIR / SVHN_FILES[official]
     if not path.is_file():
-        raise DataError(f"SVHN file not found: {path}. Get it with `shiftlab download svhn` (torchvision's URLs "
-                        f"and md5) or copy torchvision's {', '.join(SVHN_FILES.values())} into {root / SVHN_DIR}")
+        raise DataError(
+            f"SVHN file not found: {path}. Get it with `shiftlab download svhn` (torchvision's URLs "
+            f"and md5) or copy torchvision's {', '.join(SVHN_FILES.values())} into {root / SVHN_DIR}"
+        )
     import scipy.io
 
     try:
@@ -279,6 +304,7 @@ def read_svhn(root: Path, official: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------- load / check
+
 
 def load(root: Path, domain: str, split: str) -> Dataset:
     """One split of one digits domain, yielding ``(PIL RGB image at native size, digit)``."""
@@ -328,8 +354,9 @@ def _usps_counts(root: Path) -> tuple[int, set[int]]:
                     raise DataError(f"{folder / USPS_H5_FILE}: missing group '{group}' with data and target")
                 target = np.asarray(fh[group]["target"]).reshape(-1)
                 if len(target) != len(fh[group]["data"]):
-                    raise DataError(f"{folder / USPS_H5_FILE}:/{group}: {len(fh[group]['data'])} images "
-                                    f"but {len(target)} targets")
+                    raise DataError(
+                        f"{folder / USPS_H5_FILE}:/{group}: {len(fh[group]['data'])} images but {len(target)} targets"
+                    )
                 total += len(target)
                 found |= set(target.tolist())
         return total, found
@@ -371,8 +398,10 @@ def check(root: Path, domain: str) -> DomainReport:
         elif domain == "svhn":
             report.present = any((root / SVHN_DIR / f).is_file() for f in SVHN_FILES.values())
             if not report.present:  # optional domain: its absence is no problem of the digits copy
-                report.notes.append(f"optional, not on disk: {root / SVHN_DIR} ({', '.join(SVHN_FILES.values())}); "
-                                    f"`shiftlab download svhn`")
+                report.notes.append(
+                    f"optional, not on disk: {root / SVHN_DIR} ({', '.join(SVHN_FILES.values())}); "
+                    f"`shiftlab download svhn`"
+                )
                 return report
             for official in ("train", "test"):
                 try:
@@ -404,13 +433,19 @@ def check(root: Path, domain: str) -> DomainReport:
 # method adapts on the target's official training images, all of them (train+val: the val part only
 # serves methods that read target labels), and is evaluated on the official test set.
 SPEC = DatasetSpec(
-    name="digits", domains=DOMAINS, classes=CLASSES, load=load, check=check, family="digits",
+    name="digits",
+    domains=DOMAINS,
+    classes=CLASSES,
+    load=load,
+    check=check,
+    family="digits",
     description="Digits: MNIST (28 px grey), USPS (16 px grey), MNIST-M (32 px colour), SVHN (32 px colour, "
-                "optional); 10 classes; "
-                "val = hashed 10% of the official train set, test = official test set",
+    "optional); 10 classes; "
+    "val = hashed 10% of the official train set, test = official test set",
     citation="LeCun et al., Gradient-based learning applied to document recognition, Proc. IEEE 1998; "
-             "Hull, A database for handwritten text recognition research, TPAMI 1994; "
-             "Ganin & Lempitsky, Unsupervised Domain Adaptation by Backpropagation, ICML 2015; "
-             "Netzer et al., Reading Digits in Natural Images with Unsupervised Feature Learning, NIPS-W 2011",
-    target_adapt_split="train+val", target_eval_split="test",
+    "Hull, A database for handwritten text recognition research, TPAMI 1994; "
+    "Ganin & Lempitsky, Unsupervised Domain Adaptation by Backpropagation, ICML 2015; "
+    "Netzer et al., Reading Digits in Natural Images with Unsupervised Feature Learning, NIPS-W 2011",
+    target_adapt_split="train+val",
+    target_eval_split="test",
 )

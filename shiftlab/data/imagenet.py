@@ -21,6 +21,7 @@ no relabelling); the class names are torchvision's (``torchvision.models._meta._
 prefixed with the index. Keys are ``ILSVRC2012_img_val/<file>``. A copy with fewer than the 50,000 images
 (a subset) is read with a warning; an image whose ID the ground truth lacks is an error.
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,8 +63,10 @@ def wnid_order(meta_path: Path) -> dict[int, int]:
     import scipy.io
 
     if not meta_path.is_file():
-        raise DataError(f"ImageNet devkit file not found: {meta_path} (unpack ILSVRC2012_devkit_t12.tar.gz into "
-                        f"{meta_path.parents[2]})")
+        raise DataError(
+            f"ImageNet devkit file not found: {meta_path} (unpack ILSVRC2012_devkit_t12.tar.gz into "
+            f"{meta_path.parents[2]})"
+        )
     try:
         synsets = scipy.io.loadmat(str(meta_path), squeeze_me=True)["synsets"]
         rows = [(int(s["ILSVRC2012_ID"]), str(s["WNID"]), int(s["num_children"])) for s in synsets]
@@ -100,8 +103,10 @@ def _labels(root: Path) -> tuple[int, ...]:
 def _images(root: Path) -> dict[int, Path]:
     folder = root / FOLDER / IMAGES
     if not folder.is_dir():
-        raise DataError(f"ImageNet validation images not found: {folder} (ILSVRC2012_val_00000001.JPEG ...; "
-                        f"unpack ILSVRC2012_img_val.tar there)")
+        raise DataError(
+            f"ImageNet validation images not found: {folder} (ILSVRC2012_val_00000001.JPEG ...; "
+            f"unpack ILSVRC2012_img_val.tar there)"
+        )
     found = {}
     for p in folder.iterdir():
         m = FILE_RE.match(p.name)
@@ -117,8 +122,7 @@ def load(root: Path, domain: str, split: str) -> Dataset:
     root = Path(root)
     labels, images = _labels(root), _images(root)
     if len(images) < TOTAL:
-        log.warning("ImageNet validation: %d of %d images in %s (a subset)", len(images), TOTAL,
-                    root / FOLDER / IMAGES)
+        log.warning("ImageNet validation: %d of %d images in %s (a subset)", len(images), TOTAL, root / FOLDER / IMAGES)
     lo, hi = ID_SPLITS[split]
     samples = [(images[i], labels[i - 1]) for i in sorted(images) if lo <= i <= hi]
     ds = ImageListDataset(samples, CLASSES, key_root=root / FOLDER)
@@ -140,10 +144,16 @@ def check(root: Path, domain: str) -> DomainReport:
 
 
 SPEC = DatasetSpec(
-    name="imagenet_val", domains=("imagenet",), classes=CLASSES, load=load, check=check, family="photo",
+    name="imagenet_val",
+    domains=("imagenet",),
+    classes=CLASSES,
+    load=load,
+    check=check,
+    family="photo",
     description="ILSVRC2012 validation set (official layout + devkit ground truth), split by image ID as "
-                "AdapterNet: train 1-40,000, val 40,001-45,000, test 45,001-50,000; 1,000 classes",
+    "AdapterNet: train 1-40,000, val 40,001-45,000, test 45,001-50,000; 1,000 classes",
     citation="Russakovsky et al., ImageNet Large Scale Visual Recognition Challenge, IJCV 2015; split: Hazan et "
-             "al., AdapterNet - learning input transformation for domain adaptation, 2018, section 4",
-    target_adapt_split="train", target_eval_split="test",
+    "al., AdapterNet - learning input transformation for domain adaptation, 2018, section 4",
+    target_adapt_split="train",
+    target_eval_split="test",
 )

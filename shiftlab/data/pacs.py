@@ -12,6 +12,7 @@ the first line of ``art_painting_crossval_kfold.txt`` says label 0 for a dog ima
 decides: the label is taken from the path, and a mismatch is logged as a warning), and the same file lists
 ``dog/pic_248.jpg`` twice (the duplicate is kept so that counts match the official 208).
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,10 @@ def read_split(list_file: Path, image_root: Path) -> list[tuple[Path, int]]:
     against it, because upstream lists contain a label 0 that contradicts its folder.
     """
     if not list_file.is_file():
-        raise DataError(f"PACS split list not found: {list_file} "
-                        f"(expected <root>/PACS/splits/<domain>_{{train,crossval,test}}_kfold.txt)")
+        raise DataError(
+            f"PACS split list not found: {list_file} "
+            f"(expected <root>/PACS/splits/<domain>_{{train,crossval,test}}_kfold.txt)"
+        )
     samples = []
     for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
         if not line.strip():
@@ -55,12 +58,21 @@ def read_split(list_file: Path, image_root: Path) -> list[tuple[Path, int]]:
             raise DataError(f"{list_file}:{lineno}: listed image does not exist: {path}")
         class_name = Path(rel).parent.name
         if class_name not in CLASSES:
-            raise DataError(f"{list_file}:{lineno}: class folder '{class_name}' is not a PACS class; "
-                            f"valid classes: {', '.join(CLASSES)}")
+            raise DataError(
+                f"{list_file}:{lineno}: class folder '{class_name}' is not a PACS class; "
+                f"valid classes: {', '.join(CLASSES)}"
+            )
         label = CLASSES.index(class_name)
         if listed != label + 1:
-            log.warning("%s:%d lists label %d for %s; using %d from its class folder '%s'",
-                        list_file, lineno, listed, rel, label + 1, class_name)
+            log.warning(
+                "%s:%d lists label %d for %s; using %d from its class folder '%s'",
+                list_file,
+                lineno,
+                listed,
+                rel,
+                label + 1,
+                class_name,
+            )
         samples.append((path, label))
     if not samples:
         raise DataError(f"PACS split list is empty: {list_file}")
@@ -88,8 +100,14 @@ def check(root: Path, domain: str) -> DomainReport:
 # Transductive, as in the PACS paper and the DA work evaluated on it: the whole target domain (``test``)
 # is both adapted on (without labels) and evaluated on.
 SPEC = DatasetSpec(
-    name="pacs", domains=DOMAINS, classes=CLASSES, load=load, check=check, family="photo",
+    name="pacs",
+    domains=DOMAINS,
+    classes=CLASSES,
+    load=load,
+    check=check,
+    family="photo",
     description="PACS: photo, art painting, cartoon, sketch; 7 classes, official k-fold splits",
     citation="Li et al., Deeper, Broader and Artier Domain Generalization, ICCV 2017",
-    target_adapt_split="test", target_eval_split="test",
+    target_adapt_split="test",
+    target_eval_split="test",
 )

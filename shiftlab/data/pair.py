@@ -32,6 +32,7 @@ part a run learns or selects on (source train/val, target train/val/adapt images
 domain's images, only those of that part; a camera of the source domain (``mnist_m@power(...)``) has the
 same keys, so its images follow the same split. Evaluated parts are never changed.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,18 @@ from .base import SPLITS, held_out, path_text
 from .cache import data_root
 from .registry import get_dataset
 from .spec import DatasetSpec
-from .splits import (ReadabilityCheck, classes_of, evenly_spaced, fingerprint, holdout_part, keys_of, select,
-                     targets_of, union, without)
+from .splits import (
+    ReadabilityCheck,
+    classes_of,
+    evenly_spaced,
+    fingerprint,
+    holdout_part,
+    keys_of,
+    select,
+    targets_of,
+    union,
+    without,
+)
 from .transforms import build_transforms
 
 log = logging.getLogger(__name__)
@@ -97,6 +108,7 @@ class DomainPair:
     * ``missing_target_classes``: source classes the target has no image of (accuracy is then over
       the classes it has); ``skipped_files``: unreadable files left out (``data.skip_unreadable``).
     """
+
     spec: DatasetSpec
     source: str
     target: str
@@ -121,6 +133,7 @@ class DomainPair:
 @dataclass
 class Part:
     """One untransformed part of a pair, with where it comes from (recorded in summary.json)."""
+
     domain: str
     split: str
     subset: str  # "all", "holdout", "without holdout"
@@ -138,8 +151,10 @@ class _SplitLoader:
     def __call__(self, domain: str, expression: str, key: str = "split") -> Dataset:
         names = expression.split("+")
         if any(n not in SPLITS for n in names) or len(set(names)) != len(names):
-            raise DataError(f"{key}: '{expression}' is not a split; valid: {', '.join(SPLITS)}, or a union of "
-                            f"them such as train+val")
+            raise DataError(
+                f"{key}: '{expression}' is not a split; valid: {', '.join(SPLITS)}, or a union of "
+                f"them such as train+val"
+            )
         return union([self._one(domain, n) for n in names])
 
     def _one(self, domain: str, split: str) -> Dataset:
@@ -148,13 +163,26 @@ class _SplitLoader:
         return self._cache[domain, split]
 
 
-def build_domain_pair(dataset: str, root: Path | None, source: str, target: str, *, image_size: int | None = None,
-                      augment: bool = True, limit: int | None = None, target_labels: bool = False,
-                      target_adapt_split: str | None = None, target_eval_split: str | None = None,
-                      holdout_fraction: float = 0.2, strict_classes: bool = False,
-                      skip_unreadable: bool = False, target_train_limit: int | None = None,
-                      source_train_split: str = "train", source_part: str = "all",
-                      source_part_fraction: float = 0.5) -> DomainPair:
+def build_domain_pair(
+    dataset: str,
+    root: Path | None,
+    source: str,
+    target: str,
+    *,
+    image_size: int | None = None,
+    augment: bool = True,
+    limit: int | None = None,
+    target_labels: bool = False,
+    target_adapt_split: str | None = None,
+    target_eval_split: str | None = None,
+    holdout_fraction: float = 0.2,
+    strict_classes: bool = False,
+    skip_unreadable: bool = False,
+    target_train_limit: int | None = None,
+    source_train_split: str = "train",
+    source_part: str = "all",
+    source_part_fraction: float = 0.5,
+) -> DomainPair:
     """The datasets of one run (see the module docstring for which target images go where).
 
     ``target_labels``: the method trains on target labels. ``target_adapt_split``/``target_eval_split``:
@@ -178,8 +206,9 @@ def build_domain_pair(dataset: str, root: Path | None, source: str, target: str,
     load = _SplitLoader(spec, root)
     adapt_split = target_adapt_split or spec.target_adapt_split
     eval_split = target_eval_split or spec.target_eval_split
-    parts = plan_parts(load, source, target, adapt_split, eval_split, holdout_fraction, target_labels,
-                       source_train_split)
+    parts = plan_parts(
+        load, source, target, adapt_split, eval_split, holdout_fraction, target_labels, source_train_split
+    )
     restrict_to_source_part(parts, source_part, source_part_fraction)
     check_disjoint(parts, target_labels)
     classes, label_map, missing = match_classes(parts, source, target, strict_classes)
@@ -195,9 +224,12 @@ def build_domain_pair(dataset: str, root: Path | None, source: str, target: str,
     skipped = _skip_unreadable(parts) if skip_unreadable else []
     for name, p in parts.items():
         if len(p.data) == 0:
-            raise DataError(f"{name} is empty: split '{p.split}' ({p.subset}) of domain '{p.domain}' of dataset "
-                            f"'{spec.name}' has no images" + (" left after skipping unreadable files" if skipped else "")
-                            + "; check the domain's files, data.limit and data.target_holdout_fraction")
+            raise DataError(
+                f"{name} is empty: split '{p.split}' ({p.subset}) of domain '{p.domain}' of dataset "
+                f"'{spec.name}' has no images"
+                + (" left after skipping unreadable files" if skipped else "")
+                + "; check the domain's files, data.limit and data.target_holdout_fraction"
+            )
 
     train_tf, eval_tf = build_transforms(spec.family, image_size, augment)
 
@@ -205,7 +237,10 @@ def build_domain_pair(dataset: str, root: Path | None, source: str, target: str,
         return Transformed(parts[name].data, transform, with_labels, label_map) if name in parts else None
 
     return DomainPair(
-        spec=spec, source=source, target=target, classes=classes,
+        spec=spec,
+        source=source,
+        target=target,
+        classes=classes,
         source_train=wrap("source_train", train_tf),
         source_val=wrap("source_val", eval_tf),
         target_train=wrap("target_train", train_tf, with_labels=target_labels),
@@ -220,8 +255,16 @@ def build_domain_pair(dataset: str, root: Path | None, source: str, target: str,
     )
 
 
-def plan_parts(load: _SplitLoader, source: str, target: str, adapt_split: str, eval_split: str,
-               holdout_fraction: float, target_labels: bool, source_train_split: str = "train") -> dict[str, Part]:
+def plan_parts(
+    load: _SplitLoader,
+    source: str,
+    target: str,
+    adapt_split: str,
+    eval_split: str,
+    holdout_fraction: float,
+    target_labels: bool,
+    source_train_split: str = "train",
+) -> dict[str, Part]:
     """The untransformed parts of a pair, chosen by key as the module docstring describes.
 
     The holdout and the source are chosen the same way whether or not the method reads target labels,
@@ -244,14 +287,21 @@ def plan_parts(load: _SplitLoader, source: str, target: str, adapt_split: str, e
         kept = without(data, holdout_keys)
         return Part(domain, split, "all" if kept is data else "without holdout", kept)
 
-    parts = {"source_train": minus_holdout(source, source_train_split, source_train),
-             "source_val": minus_holdout(source, "val", source_val)}
+    parts = {
+        "source_train": minus_holdout(source, source_train_split, source_train),
+        "source_val": minus_holdout(source, "val", source_val),
+    }
     if target_labels:
         parts["target_train"] = minus_holdout(target, "train", target_train)
         parts["target_val"] = minus_holdout(target, "val", target_val)
         parts["target_eval"] = holdout
-        parts["target_adapt_images"] = Part(target, parts["target_train"].split, parts["target_train"].subset,
-                                            parts["target_train"].data, labelled=False)
+        parts["target_adapt_images"] = Part(
+            target,
+            parts["target_train"].split,
+            parts["target_train"].subset,
+            parts["target_train"].data,
+            labelled=False,
+        )
     else:
         adapt = Part(target, adapt_split, "all", load(target, adapt_split, "data.target_adapt_split"), labelled=False)
         parts["target_train"] = adapt
@@ -298,17 +348,20 @@ def check_disjoint(parts: dict[str, Part], target_labels: bool) -> None:
     for name in trained:
         shared = evaluated.intersection(keys_of(parts[name].data))
         if shared:
-            raise DataError(f"{len(shared)} evaluated image(s) of '{parts['target_eval'].domain}' are also in "
-                            f"{name} (domain '{parts[name].domain}', split '{parts[name].split}'), e.g. "
-                            f"{sorted(shared)[0]}; choose other data.target_eval_split / data.target_adapt_split")
+            raise DataError(
+                f"{len(shared)} evaluated image(s) of '{parts['target_eval'].domain}' are also in "
+                f"{name} (domain '{parts[name].domain}', split '{parts[name].split}'), e.g. "
+                f"{sorted(shared)[0]}; choose other data.target_eval_split / data.target_adapt_split"
+            )
     if target_labels:
         shared = set(keys_of(parts["target_train"].data)).intersection(keys_of(parts["target_val"].data))
         if shared:
             raise DataError(f"target train and val parts share {len(shared)} image(s), e.g. {sorted(shared)[0]}")
 
 
-def match_classes(parts: dict[str, Part], source: str, target: str,
-                  strict: bool) -> tuple[list[str], tuple[int, ...] | None, list[str]]:
+def match_classes(
+    parts: dict[str, Part], source: str, target: str, strict: bool
+) -> tuple[list[str], tuple[int, ...] | None, list[str]]:
     """The pair's classes (the source's, in the dataset's order), the label renumbering into them (None when
     the source has every class of the dataset), and the source classes the target lacks.
 
@@ -323,17 +376,22 @@ def match_classes(parts: dict[str, Part], source: str, target: str,
     target_present = {y for n, p in parts.items() if n.startswith("target") for y in targets_of(p.data)}
     extra = sorted(target_present - source_present)
     if extra:
-        raise DataError(f"target '{target}' has images of class(es) that source '{source}' has none of: "
-                        f"{', '.join(names[i] for i in extra)}; a model trained on '{source}' cannot predict them. "
-                        f"Choose another source, or remove these class folders from the target")
+        raise DataError(
+            f"target '{target}' has images of class(es) that source '{source}' has none of: "
+            f"{', '.join(names[i] for i in extra)}; a model trained on '{source}' cannot predict them. "
+            f"Choose another source, or remove these class folders from the target"
+        )
     missing = [names[i] for i in sorted(source_present - target_present)]
     if missing:
-        text = (f"target '{target}' has no images of {len(missing)} of the {len(source_present)} classes of "
-                f"source '{source}': {', '.join(missing)}")
+        text = (
+            f"target '{target}' has no images of {len(missing)} of the {len(source_present)} classes of "
+            f"source '{source}': {', '.join(missing)}"
+        )
         if strict:
             raise DataError(f"{text} (data.strict_classes=true)")
-        log.warning("%s; target accuracy is computed on the classes it has (data.strict_classes=true makes "
-                    "this an error)", text)
+        log.warning(
+            "%s; target accuracy is computed on the classes it has (data.strict_classes=true makes this an error)", text
+        )
     kept = sorted(source_present)
     if len(kept) == len(names):
         return list(names), None, missing
@@ -347,8 +405,11 @@ def _skip_unreadable(parts: dict[str, Part]) -> list[str]:
     for p in parts.values():
         p.data = check.readable(p.data)
     if check.errors:
-        log.warning("skipping %d unreadable image file(s) (data.skip_unreadable=true): %s", len(check.errors),
-                    "; ".join(list(check.errors.values())[:5]) + (" ..." if len(check.errors) > 5 else ""))
+        log.warning(
+            "skipping %d unreadable image file(s) (data.skip_unreadable=true): %s",
+            len(check.errors),
+            "; ".join(list(check.errors.values())[:5]) + (" ..." if len(check.errors) > 5 else ""),
+        )
     return sorted(path_text(p) for p in check.errors)  # written to skipped_files.txt: text UTF-8 accepts
 
 
@@ -357,20 +418,30 @@ def _split_name(part: Part) -> str:
     return part.split if part.subset == "all" else f"{part.split}:{part.subset.replace(' ', '-')}"
 
 
-def _record(parts: dict[str, Part], sizes: dict[str, dict[str, int]], fraction: float,
-            source_part_fraction: float = 0.5) -> dict[str, dict]:
+def _record(
+    parts: dict[str, Part], sizes: dict[str, dict[str, int]], fraction: float, source_part_fraction: float = 0.5
+) -> dict[str, dict]:
     """What summary.json says about each part: where it comes from, its size and a fingerprint of its keys
     (equal fingerprints: the same images), and how many images data.limit and unreadable files removed."""
     out = {}
     for name, p in parts.items():
-        row = {"domain": p.domain, "split": p.split, "subset": p.subset, "labelled": p.labelled,
-               "size": len(p.data), "fingerprint": fingerprint(p.data)}
+        row = {
+            "domain": p.domain,
+            "split": p.split,
+            "subset": p.subset,
+            "labelled": p.labelled,
+            "size": len(p.data),
+            "fingerprint": fingerprint(p.data),
+        }
         if p.subset == "holdout":
             row["holdout_fraction"] = fraction
         if p.source_part is not None:
-            row["source_part"] = {"part": p.source_part, "classifier_fraction": source_part_fraction,
-                                  "hash": f"sha1('{SOURCE_PART_SALT}' + key)[:4] big-endian / 2**32 < fraction: "
-                                          "classifier part, else adapter part"}
+            row["source_part"] = {
+                "part": p.source_part,
+                "classifier_fraction": source_part_fraction,
+                "hash": f"sha1('{SOURCE_PART_SALT}' + key)[:4] big-endian / 2**32 < fraction: "
+                "classifier part, else adapter part",
+            }
         if sizes["before_limit"][name] != sizes["before_skipping"][name]:
             row["size_before_limit"] = sizes["before_limit"][name]
         if sizes["before_skipping"][name] != len(p.data):
@@ -379,13 +450,26 @@ def _record(parts: dict[str, Part], sizes: dict[str, dict[str, int]], fraction: 
     return out
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers: int = 0,
-                generator: torch.Generator | None = None, pin_memory: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    num_workers: int = 0,
+    generator: torch.Generator | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
     """Training loaders shuffle with ``generator`` (re-seeded each epoch by the loop, which makes resume exact)
     and drop a last partial batch when there is more than one batch (a batch of 1 breaks BatchNorm).
     Workers are not persistent: each epoch's workers take their seeds from the re-seeded generator."""
     if len(dataset) == 0:
         raise DataError("a data split is empty; check data.limit and the split lists")
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      generator=generator, pin_memory=pin_memory,
-                      drop_last=shuffle and len(dataset) > batch_size)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        generator=generator,
+        pin_memory=pin_memory,
+        drop_last=shuffle and len(dataset) > batch_size,
+    )

@@ -26,13 +26,14 @@ A shift of your own::
 Arguments are read from the function's signature after ``image``: their annotations (``int``,
 ``float``, ``str``) convert the text in the parentheses, and defaults make them optional.
 """
+
 from __future__ import annotations
 
 import inspect
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -49,6 +50,7 @@ _SUFFIX = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\((?P<args>[^()]*)\))
 @dataclass(frozen=True)
 class Shift:
     """A registered image transform: its name, function, arguments (after ``image``) and one-line doc."""
+
     name: str
     fn: Callable[..., np.ndarray]
     params: tuple[inspect.Parameter, ...]
@@ -84,8 +86,10 @@ def register_shift(name: str, fn: Callable[..., np.ndarray], doc: str = "") -> S
         raise TypeError(f"shift '{name}': {fn.__name__} must take the image as its first argument")
     for p in params[1:]:
         if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or _annotation(p) not in ARGUMENT_TYPES:
-            raise TypeError(f"shift '{name}': argument '{p.name}' of {fn.__name__} must be positional and "
-                            f"annotated int, float or str")
+            raise TypeError(
+                f"shift '{name}': argument '{p.name}' of {fn.__name__} must be positional and "
+                f"annotated int, float or str"
+            )
     doc = doc or (inspect.getdoc(fn) or "").split("\n")[0]
     shift = Shift(name, fn, tuple(params[1:]), doc)
     SHIFTS[name] = shift
@@ -97,14 +101,16 @@ def get_shift(name: str, domain: str = "") -> Shift:
         return SHIFTS[name]
     except KeyError:
         where = f" in domain '{domain}'" if domain else ""
-        raise DataError(f"unknown shift '{name}'{where}; registered shifts: "
-                        f"{', '.join(SHIFTS[k].signature() for k in sorted(SHIFTS))}."
-                        + did_you_mean(name, SHIFTS)) from None
+        raise DataError(
+            f"unknown shift '{name}'{where}; registered shifts: "
+            f"{', '.join(SHIFTS[k].signature() for k in sorted(SHIFTS))}." + did_you_mean(name, SHIFTS)
+        ) from None
 
 
 @dataclass(frozen=True)
 class AppliedShift:
     """A shift with its arguments, as written after ``@`` in a domain name."""
+
     shift: Shift
     args: tuple
 
@@ -124,27 +130,34 @@ def _convert(text: str, param: inspect.Parameter, shift: Shift, domain: str):
     try:
         return kind(text)
     except ValueError:
-        raise DataError(f"argument '{param.name}' of shift '{shift.name}' in domain '{domain}' must be "
-                        f"{ARGUMENT_TYPES[kind]}, got {text!r}; expected {shift.signature()}") from None
+        raise DataError(
+            f"argument '{param.name}' of shift '{shift.name}' in domain '{domain}' must be "
+            f"{ARGUMENT_TYPES[kind]}, got {text!r}; expected {shift.signature()}"
+        ) from None
 
 
 def parse_shift(suffix: str, domain: str) -> AppliedShift:
     """``brightness(20)`` -> the registered shift with its converted arguments; errors name the shift."""
     match = _SUFFIX.match(suffix.strip())
     if not match:
-        raise DataError(f"cannot read shift '{suffix}' in domain '{domain}': write <domain>@<shift> or "
-                        f"<domain>@<shift>(<arg>, ...), e.g. photo@brightness(20)")
+        raise DataError(
+            f"cannot read shift '{suffix}' in domain '{domain}': write <domain>@<shift> or "
+            f"<domain>@<shift>(<arg>, ...), e.g. photo@brightness(20)"
+        )
     shift = get_shift(match["name"], domain)
     raw = match["args"]
     texts = [t.strip() for t in raw.split(",")] if raw is not None and raw.strip() else []
     required = [p for p in shift.params if p.default is inspect.Parameter.empty]
     if not len(required) <= len(texts) <= len(shift.params):
-        count = (f"{len(shift.params)}" if len(required) == len(shift.params)
-                 else f"{len(required)} to {len(shift.params)}")
-        raise DataError(f"shift '{shift.name}' in domain '{domain}' takes {count} argument(s), got {len(texts)}; "
-                        f"expected {shift.signature()}")
+        count = (
+            f"{len(shift.params)}" if len(required) == len(shift.params) else f"{len(required)} to {len(shift.params)}"
+        )
+        raise DataError(
+            f"shift '{shift.name}' in domain '{domain}' takes {count} argument(s), got {len(texts)}; "
+            f"expected {shift.signature()}"
+        )
     args = [_convert(t, p, shift, domain) for t, p in zip(texts, shift.params)]
-    args += [p.default for p in shift.params[len(texts):]]
+    args += [p.default for p in shift.params[len(texts) :]]
     return AppliedShift(shift, tuple(args))
 
 
@@ -181,14 +194,17 @@ class Shifted(Dataset):
 
 def format_shifts() -> str:
     """The registered shifts, one line each, for ``shiftlab datasets``."""
-    lines = ["shifts (derive a domain of any dataset as <domain>@<shift>(args), e.g. photo@greyscale, "
-             "mnist_m@brightness(-40); chain them with more @):"]
+    lines = [
+        "shifts (derive a domain of any dataset as <domain>@<shift>(args), e.g. photo@greyscale, "
+        "mnist_m@brightness(-40); chain them with more @):"
+    ]
     for name in sorted(SHIFTS):
         lines.append(f"  {SHIFTS[name].signature():<28} {SHIFTS[name].doc}")
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------ built-in shifts
+
 
 def greyscale(image: np.ndarray) -> np.ndarray:
     """grey image in 3 channels (ITU-R 601-2 luma, as PIL's convert('L'))"""
@@ -209,6 +225,7 @@ register_shift("brightness", brightness)
 # Hazan, Shoham, Avraham, Perets, Kasten, Hauptmann, Kaufman, Ben-Moshe, "AdapterNet - learning input
 # transformation for domain adaptation" (2018), Sec. 4: a new camera is simulated by a colour rotation
 # in CIELAB or by per-channel power functions of the ImageNet validation images.
+
 
 def colour_rotation(image: np.ndarray, degrees: float) -> np.ndarray:
     """rotates each pixel's (a, b) chroma in CIELAB by degrees, keeps L, clips to the RGB gamut (AdapterNet)"""

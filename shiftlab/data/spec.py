@@ -16,17 +16,18 @@ class list), ``targets`` (one label per sample) and ``keys`` (one machine-indepe
 sample, unique across the domain's splits): :class:`~shiftlab.data.base.ImageListDataset` and
 :class:`~shiftlab.data.base.ArrayDataset` provide them.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .base import SPLITS, scan_class_folders
 from ..utils import did_you_mean
+from .base import SPLITS, scan_class_folders
 from .shifts import Shifted, parse_domain
 
 Loader = Callable[[Path, str, str], Dataset]
@@ -41,6 +42,7 @@ class DomainReport:
     worth knowing that training handles (a domain lacking some classes of a dataset whose class list
     is the union of its domains').
     """
+
     domain: str
     present: bool
     images: int = 0
@@ -79,6 +81,7 @@ class DatasetSpec:
     ``union_classes``: ``classes`` is the union of the domains' class folders, so a domain lacking
     some of them is normal (it is then a note of ``shiftlab datasets``, not a problem).
     """
+
     name: str
     domains: tuple[str, ...]
     classes: tuple[str, ...]
@@ -102,8 +105,10 @@ class DatasetSpec:
         if base not in self.domains:
             extra = did_you_mean(base, self.domains)
             where = f" (in '{domain}')" if base != domain else ""
-            raise DataError(f"unknown {role} '{base}'{where} for dataset '{self.name}'; "
-                            f"valid domains: {', '.join(self.domains)}.{extra}")
+            raise DataError(
+                f"unknown {role} '{base}'{where} for dataset '{self.name}'; "
+                f"valid domains: {', '.join(self.domains)}.{extra}"
+            )
         return domain
 
     def dataset(self, root: Path | str, domain: str, split: str) -> Dataset:

@@ -5,12 +5,13 @@ domain as for its base. Comparing splits by key is what lets :func:`shiftlab.dat
 prove that no evaluated image is trained on, and what makes the target's held-out part the same for
 every method and every run.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, Subset
@@ -36,8 +37,10 @@ def per_sample(dataset: Dataset, attribute: str) -> list:
     if values is None:
         if attribute == "paths":  # images held in memory: no file to check
             return [None] * len(dataset)
-        raise DataError(f"{type(dataset).__name__} has no '{attribute}': a dataset loader must return samples "
-                        f"with classes, targets and keys (see shiftlab/data/spec.py)")
+        raise DataError(
+            f"{type(dataset).__name__} has no '{attribute}': a dataset loader must return samples "
+            f"with classes, targets and keys (see shiftlab/data/spec.py)"
+        )
     return list(values)
 
 
@@ -51,8 +54,11 @@ def targets_of(dataset: Dataset) -> list[int]:
 
 def classes_of(dataset: Dataset) -> list[str]:
     while not hasattr(dataset, "classes"):
-        dataset = dataset.datasets[0] if isinstance(dataset, ConcatDataset) else (
-            dataset.dataset if isinstance(dataset, Subset) else dataset.base)
+        dataset = (
+            dataset.datasets[0]
+            if isinstance(dataset, ConcatDataset)
+            else (dataset.dataset if isinstance(dataset, Subset) else dataset.base)
+        )
     return list(dataset.classes)
 
 
@@ -129,8 +135,9 @@ class ReadabilityCheck:
         if todo:
             with ThreadPoolExecutor(max_workers=4) as pool:
                 results = pool.map(self._decode, todo)
-                for path, error in tqdm(zip(todo, results), total=len(todo), desc="checking images",
-                                        disable=not self.progress, leave=False):
+                for path, error in tqdm(
+                    zip(todo, results), total=len(todo), desc="checking images", disable=not self.progress, leave=False
+                ):
                     self._checked.add(path)
                     if error is not None:
                         self.errors[path] = error

@@ -3,6 +3,7 @@
 Normalisation is not done here: it lives in the model (``shiftlab.models.InputNormalization``), so
 methods, adapters and simulated cameras all see images in [0, 1] and checkpoints carry the mean/std.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,9 +13,9 @@ from torchvision import transforms as T
 FAMILY_SIZES = {"photo": 224, "digits": 32}  # so any two domains of one family share one transform
 # The photo training augmentation, shared by the file path below and the batched one of
 # shiftlab.data.decoded (one definition, two implementations: tests check they agree in distribution).
-CROP_SCALE = (0.7, 1.0)   # share of the image's area a random resized crop keeps
+CROP_SCALE = (0.7, 1.0)  # share of the image's area a random resized crop keeps
 CROP_RATIO = (3 / 4, 4 / 3)  # its aspect-ratio range (torchvision's default)
-FLIP_P = 0.5              # probability of a horizontal flip
+FLIP_P = 0.5  # probability of a horizontal flip
 
 
 class ToUnitTensor:
@@ -40,8 +41,9 @@ def build_transforms(family: str, size: int | None, augment: bool) -> tuple[T.Co
     tail = [ToUnitTensor()]
     evaluation = T.Compose([T.Resize((size, size)), *tail])
     if augment and family == "photo":
-        train = T.Compose([T.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO),
-                           T.RandomHorizontalFlip(FLIP_P), *tail])
+        train = T.Compose(
+            [T.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO), T.RandomHorizontalFlip(FLIP_P), *tail]
+        )
     else:
         train = evaluation
     return train, evaluation

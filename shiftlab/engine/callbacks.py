@@ -3,9 +3,11 @@
 A callback sees the metrics after every evaluation and may stop the run early by setting
 ``trainer.should_stop = True`` (Ray Tune reports through one; ASHA stops trials through one).
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .loop import Trainer
@@ -14,21 +16,21 @@ if TYPE_CHECKING:
 class Callback:
     """Override what you need; every hook is optional."""
 
-    def on_fit_start(self, trainer: "Trainer") -> None:
+    def on_fit_start(self, trainer: Trainer) -> None:
         """Before the first epoch of this process (also when resuming)."""
 
-    def on_evaluation(self, trainer: "Trainer", metrics: dict[str, Any]) -> None:
+    def on_evaluation(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         """After each evaluation: ``metrics`` is the epoch's row of ``metrics.csv``. The checkpoint of this
         epoch is already written, so stopping here loses nothing."""
 
-    def on_fit_end(self, trainer: "Trainer", summary: dict[str, Any]) -> None:
+    def on_fit_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
         """After ``summary.json`` is written."""
 
 
 class LambdaCallback(Callback):
     """A plain function ``fn(trainer, metrics)`` called after each evaluation."""
 
-    def __init__(self, fn: Callable[["Trainer", dict[str, Any]], Any]):
+    def __init__(self, fn: Callable[[Trainer, dict[str, Any]], Any]):
         self.fn = fn
 
     def on_evaluation(self, trainer, metrics) -> None:
@@ -53,8 +55,9 @@ class EarlyStopping(Callback):
 
     def on_evaluation(self, trainer, metrics) -> None:
         if self.monitor not in metrics:
-            raise KeyError(f"EarlyStopping monitors '{self.monitor}', which this run does not log; "
-                           f"logged: {', '.join(metrics)}")
+            raise KeyError(
+                f"EarlyStopping monitors '{self.monitor}', which this run does not log; logged: {', '.join(metrics)}"
+            )
         if self._update(metrics[self.monitor]):
             trainer.should_stop = True
 

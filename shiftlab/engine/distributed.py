@@ -9,11 +9,12 @@ gradient average equals the gradient of the global batch's mean loss (for models
 BatchNorm normalises each rank's part by its own statistics). Evaluation sets are split into N
 contiguous parts whose counts are summed and whose outputs are gathered in rank order.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -28,12 +29,13 @@ __all__ = ["DistEnv", "ShardedBatchSampler", "TrainingStep", "shard_bounds"]
 @dataclass(frozen=True)
 class DistEnv:
     """This process's place among the data-parallel processes (rank 0 of 1 when not started by torchrun)."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
 
     @classmethod
-    def from_environment(cls) -> "DistEnv":
+    def from_environment(cls) -> DistEnv:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()

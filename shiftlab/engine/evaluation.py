@@ -1,9 +1,10 @@
 """Evaluation of a run's model: accuracy and loss on every labelled set, per-class accuracy on the target,
 and the unsupervised validators' scores on the target's adaptation images (which read no label)."""
+
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -11,20 +12,24 @@ from tqdm.auto import tqdm
 
 from ..errors import TrainingDivergedError
 from ..selection.validators import score_all
-from .distributed import DistEnv
 from .loaders import RunLoaders
 
 
 class Evaluator:
     """Evaluates ``method`` on the loaders' sets; counts are summed on the device and read once per set."""
 
-    def __init__(self, method, loaders: RunLoaders, classes: list[str], device: torch.device, dist: DistEnv,
-                 validators: list[str], autocast: Callable[[], contextlib.AbstractContextManager],
-                 channels_last: bool = False, progress: bool = True):
+    def __init__(
+        self,
+        method,
+        loaders: RunLoaders,
+        classes: list[str],
+        autocast: Callable[[], contextlib.AbstractContextManager],
+        channels_last: bool = False,
+    ):
         self.method, self.loaders, self.classes = method, loaders, classes
-        self.channels_last = channels_last
-        self.device, self.dist, self.validators = device, dist, validators
-        self.autocast, self.progress = autocast, progress
+        self.autocast, self.channels_last = autocast, channels_last
+        self.device, self.dist = loaders.device, loaders.dist
+        self.validators, self.progress = loaders.cfg.train.validators, loaders.cfg.train.progress
 
     def evaluate(self) -> tuple[dict[str, float], dict[str, float]]:
         """Every evaluation set's ``<name>_acc`` / ``<name>_loss`` and the validators' ``unsup_<name>``, and the
@@ -40,12 +45,14 @@ class Evaluator:
                 reuse = self.loaders.validators_reuse_target_pass and self.validators
                 target_probs: list | None = [] if reuse else None
                 for name in [k for k, (d, _) in sets.items() if d == domain]:
-                    acc, loss, correct, count = self.accuracy(sets[name][1], name,
-                                                              target_probs if name == "target" else None)
+                    acc, loss, correct, count = self.accuracy(
+                        sets[name][1], name, target_probs if name == "target" else None
+                    )
                     out[f"{name}_acc"], out[f"{name}_loss"] = acc, loss
                     if name == "target":
-                        per_class = {c: correct[i].item() / count[i].item()
-                                     for i, c in enumerate(self.classes) if count[i] > 0}
+                        per_class = {
+                            c: correct[i].item() / count[i].item() for i, c in enumerate(self.classes) if count[i] > 0
+                        }
                 if domain == "target" and self.validators:
                     out.update(score_all(self._validator_probabilities(target_probs), self.validators))
             finally:
@@ -64,9 +71,11 @@ class Evaluator:
     def _check_finite(metrics: dict[str, float]) -> None:
         bad = [k for k, v in metrics.items() if k.endswith("_loss") and not torch.isfinite(torch.tensor(v))]
         if bad:
-            raise TrainingDivergedError(f"evaluation loss {bad[0]} is {metrics[bad[0]]}: the model's outputs are "
-                                        f"not finite; no checkpoint of this epoch was written: lower optim.lr or "
-                                        f"check the data")
+            raise TrainingDivergedError(
+                f"evaluation loss {bad[0]} is {metrics[bad[0]]}: the model's outputs are "
+                f"not finite; no checkpoint of this epoch was written: lower optim.lr or "
+                f"check the data"
+            )
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -99,7 +108,7 @@ class Evaluator:
             correct += (onehot * (logits.argmax(1) == y).long()[:, None]).sum(0)
         if self.dist.enabled:
             sums = self.dist.all_reduce_sum(torch.cat([correct.double(), count.double(), loss[None]]))
-            correct, count, loss = sums[:n].round().long(), sums[n:2 * n].round().long(), sums[2 * n]
+            correct, count, loss = sums[:n].round().long(), sums[n : 2 * n].round().long(), sums[2 * n]
         if probs is not None:
             probs.append(self.dist.gather_in_order(torch.cat(outputs)).cpu())
         correct, count = correct.cpu(), count.cpu()

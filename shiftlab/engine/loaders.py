@@ -4,16 +4,25 @@ and the decoded cache, data-parallel sharding, and the epoch-seeded streams that
 Kept beside the :class:`~shiftlab.engine.loop.Trainer` (as Dassl keeps its data manager), so the loop only
 asks for the next source and target batch and the evaluator for its sets.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from ..config import Config
-from ..data.decoded import (BatchAugment, DecodedSplit, TensorBatchLoader, decode_split, decoded_bytes,
-                            resolve_loader, split_identity, stored_size)
+from ..data.decoded import (
+    BatchAugment,
+    DecodedSplit,
+    TensorBatchLoader,
+    decode_split,
+    decoded_bytes,
+    resolve_loader,
+    split_identity,
+    stored_size,
+)
 from ..data.pair import DomainPair, Transformed, build_domain_pair, make_loader
 from ..data.splits import keys_of
 from ..errors import ConfigError, Uncacheable
@@ -33,12 +42,24 @@ def build_pair(cfg: Config, method_cls) -> DomainPair:
     """The source and target splits of ``cfg.data`` for a method (labelled target parts only if it reads them)."""
     d = cfg.data
     return build_domain_pair(
-        d.dataset, d.root, d.source, d.target, image_size=d.image_size, augment=d.augment, limit=d.limit,
-        target_labels=method_cls.target_stream == "labelled", target_adapt_split=d.target_adapt_split,
-        target_eval_split=d.target_eval_split, holdout_fraction=d.target_holdout_fraction,
-        strict_classes=d.strict_classes, skip_unreadable=d.skip_unreadable,
-        target_train_limit=d.target_train_limit, source_train_split=d.source_train_split,
-        source_part=d.source_part, source_part_fraction=d.source_part_fraction)
+        d.dataset,
+        d.root,
+        d.source,
+        d.target,
+        image_size=d.image_size,
+        augment=d.augment,
+        limit=d.limit,
+        target_labels=method_cls.target_stream == "labelled",
+        target_adapt_split=d.target_adapt_split,
+        target_eval_split=d.target_eval_split,
+        holdout_fraction=d.target_holdout_fraction,
+        strict_classes=d.strict_classes,
+        skip_unreadable=d.skip_unreadable,
+        target_train_limit=d.target_train_limit,
+        source_train_split=d.source_train_split,
+        source_part=d.source_part,
+        source_part_fraction=d.source_part_fraction,
+    )
 
 
 def validator_subset(n: int, limit: int | None) -> list[int] | None:
@@ -61,32 +82,54 @@ class RunLoaders:
         self.cfg, self.pair, self.device, self.dist = cfg, pair, device, dist
         d, t, p = cfg.data, cfg.train, pair
         if dist.enabled and d.batch_size % dist.world:
-            raise ConfigError(f"data.batch_size={d.batch_size} is the global batch of {dist.world} processes "
-                              f"and must be divisible by {dist.world}")
+            raise ConfigError(
+                f"data.batch_size={d.batch_size} is the global batch of {dist.world} processes "
+                f"and must be divisible by {dist.world}"
+            )
         eval_bs = d.eval_batch_size or 2 * d.batch_size
         self.generators = [torch.Generator(), torch.Generator()]  # re-seeded every epoch (see batches)
-        train = {"source_train": p.source_train if method.uses_source else None,
-                 "target_train": p.target_train if method.target_stream != "none" else None}
-        evals = {"source_val": p.source_val, "target": p.target_eval, "target_val": p.target_val,
-                 "target_holdout": p.target_holdout, "target_images": p.target_adapt_images}
-        self.kind = self._choose({k: v for k, v in train.items() if v is not None},
-                                 {k: v for k, v in evals.items() if v is not None})
+        train = {
+            "source_train": p.source_train if method.uses_source else None,
+            "target_train": p.target_train if method.target_stream != "none" else None,
+        }
+        evals = {
+            "source_val": p.source_val,
+            "target": p.target_eval,
+            "target_val": p.target_val,
+            "target_holdout": p.target_holdout,
+            "target_images": p.target_adapt_images,
+        }
+        self.kind = self._choose(
+            {k: v for k, v in train.items() if v is not None}, {k: v for k, v in evals.items() if v is not None}
+        )
         make = self._cached if self.kind == "cached" else self._files
-        self.source = make(train["source_train"], d.batch_size, train=True, generator=self.generators[0]) \
-            if train["source_train"] is not None else None
-        self.target = make(train["target_train"], d.batch_size, train=True, generator=self.generators[1]) \
-            if train["target_train"] is not None else None
-        self.eval_sets = {name: (domain, make(ds, eval_bs, train=False, shard=True))
-                          for name, domain, ds in (("source_val", "source", p.source_val),
-                                                   ("target", "target", p.target_eval),
-                                                   ("target_val", "target", p.target_val),
-                                                   ("target_holdout", "target", p.target_holdout))
-                          if ds is not None}
+        self.source = (
+            make(train["source_train"], d.batch_size, train=True, generator=self.generators[0])
+            if train["source_train"] is not None
+            else None
+        )
+        self.target = (
+            make(train["target_train"], d.batch_size, train=True, generator=self.generators[1])
+            if train["target_train"] is not None
+            else None
+        )
+        self.eval_sets = {
+            name: (domain, make(ds, eval_bs, train=False, shard=True))
+            for name, domain, ds in (
+                ("source_val", "source", p.source_val),
+                ("target", "target", p.target_eval),
+                ("target_val", "target", p.target_val),
+                ("target_holdout", "target", p.target_holdout),
+            )
+            if ds is not None
+        }
         self.target_images = make(p.target_adapt_images, eval_bs, train=False)
         self.validator_indices = validator_subset(len(p.target_adapt_images), t.validator_limit)
-        self.validator_images = (make(p.target_adapt_images, eval_bs, train=False, shard=True,
-                                      indices=self.validator_indices)
-                                 if dist.enabled or self.validator_indices is not None else self.target_images)
+        self.validator_images = (
+            make(p.target_adapt_images, eval_bs, train=False, shard=True, indices=self.validator_indices)
+            if dist.enabled or self.validator_indices is not None
+            else self.target_images
+        )
         # transductive protocols (PACS, Office-Home) adapt on the images they evaluate on: the validators then
         # reuse the evaluation pass's probabilities instead of a second pass over the same images
         self.validators_reuse_target_pass = keys_of(p.target_eval.base) == keys_of(p.target_adapt_images.base)
@@ -134,8 +177,16 @@ class RunLoaders:
         lo, hi = shard_bounds(len(positions), self.dist.rank, self.dist.world)
         return positions[lo:hi]
 
-    def _files(self, ds: Transformed, batch_size: int, *, train: bool, generator=None, shard: bool = False,
-               indices: Sequence[int] | None = None):
+    def _files(
+        self,
+        ds: Transformed,
+        batch_size: int,
+        *,
+        train: bool,
+        generator=None,
+        shard: bool = False,
+        indices: Sequence[int] | None = None,
+    ):
         """The DataLoader path: decodes files every epoch (in ``data.num_workers`` processes)."""
         d, world = self.cfg.data, self.dist.world
         pin = self.device.type == "cuda"
@@ -145,27 +196,50 @@ class RunLoaders:
                 ds = torch.utils.data.Subset(ds, part)
             return make_loader(ds, batch_size, shuffle=False, num_workers=d.num_workers, pin_memory=pin)
         if world == 1:
-            return make_loader(ds, batch_size, shuffle=True, num_workers=d.num_workers, generator=generator,
-                               pin_memory=pin)
+            return make_loader(
+                ds, batch_size, shuffle=True, num_workers=d.num_workers, generator=generator, pin_memory=pin
+            )
         # the sampler and batching make_loader would use, each rank keeping its part of every global batch
-        batches = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(ds, generator=generator), batch_size,
-                                                drop_last=len(ds) > batch_size)
-        return torch.utils.data.DataLoader(ds, batch_sampler=ShardedBatchSampler(batches, self.dist.rank, world),
-                                           num_workers=d.num_workers, generator=generator, pin_memory=pin)
+        batches = torch.utils.data.BatchSampler(
+            torch.utils.data.RandomSampler(ds, generator=generator), batch_size, drop_last=len(ds) > batch_size
+        )
+        return torch.utils.data.DataLoader(
+            ds,
+            batch_sampler=ShardedBatchSampler(batches, self.dist.rank, world),
+            num_workers=d.num_workers,
+            generator=generator,
+            pin_memory=pin,
+        )
 
-    def _cached(self, ds: Transformed, batch_size: int, *, train: bool, generator=None, shard: bool = False,
-                indices: Sequence[int] | None = None):
+    def _cached(
+        self,
+        ds: Transformed,
+        batch_size: int,
+        *,
+        train: bool,
+        generator=None,
+        shard: bool = False,
+        indices: Sequence[int] | None = None,
+    ):
         """The decoded path: batches cut from the split's uint8 tensor on the model's device, augmented there."""
         d = self.cfg.data
         family = self.pair.spec.family
         size = stored_size(family, d.image_size, False, False)
         stored = stored_size(family, d.image_size, d.augment, train)
         split: DecodedSplit = decode_split(ds.base, stored, progress=self.cfg.train.progress)
-        return TensorBatchLoader(split, batch_size, shuffle=train, device=self.device, size=size,
-                                 augment=BatchAugment(size) if stored != size else None, generator=generator,
-                                 with_labels=ds.with_labels, label_map=ds.label_map,
-                                 shard=(self.dist.rank, self.dist.world) if train else (0, 1),
-                                 indices=None if train else self._part(len(split), shard, indices))
+        return TensorBatchLoader(
+            split,
+            batch_size,
+            shuffle=train,
+            device=self.device,
+            size=size,
+            augment=BatchAugment(size) if stored != size else None,
+            generator=generator,
+            with_labels=ds.with_labels,
+            label_map=ds.label_map,
+            shard=(self.dist.rank, self.dist.world) if train else (0, 1),
+            indices=None if train else self._part(len(split), shard, indices),
+        )
 
 
 def _cycle(loader) -> Iterator:

@@ -10,18 +10,19 @@ A trainer leaves no process-global state behind: seeds, random-number streams an
 are set on entry to :meth:`Trainer.fit` and restored on exit, so many trainers can run one after the
 other in one process (a sweep) without one changing the next.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
 import warnings
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
 from ..config import Config, import_plugins, run_dir
 from ..data.transforms import FAMILY_SIZES
 from ..errors import ConfigError, TrainingDivergedError
@@ -35,7 +36,14 @@ from .evaluation import Evaluator
 from .loaders import RunLoaders, build_pair
 from .optim import ManagedOptimizer, build_optimizers
 from .randomness import isolated_process_state, rng_state, seed_everything, set_rng_state
-from .run_folder import RunFolder, changed_on_resume, restore_modules, summarize
+from .run_folder import (
+    RunFolder,
+    best_state,
+    changed_on_resume,
+    restore_training_state,
+    summarize,
+    training_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +79,25 @@ def resolve_selection(cfg: Config, method_cls, reads_target_labels: bool) -> str
     """``train.selection`` for this method (``auto``: target_val for methods trained on target labels), checked."""
     t = cfg.train
     if method_cls.requires_trained_model and not cfg.model.weights and cfg.model.pretrained == "none":
-        raise ConfigError(f"method '{cfg.method.name}' starts from a trained model: set --model.weights=PATH "
-                          f"(e.g. runs/<source-only run>/checkpoints/best.pt) or --model.pretrained=imagenet")
+        raise ConfigError(
+            f"method '{cfg.method.name}' starts from a trained model: set --model.weights=PATH "
+            f"(e.g. runs/<source-only run>/checkpoints/best.pt) or --model.pretrained=imagenet"
+        )
     selection = t.selection if t.selection != "auto" else ("target_val" if reads_target_labels else "source_val")
     if selection == "target_val" and not reads_target_labels:
-        raise ConfigError(f"train.selection=target_val reads target labels, which method '{cfg.method.name}' "
-                          f"does not train on; use source_val (or target_oracle, labelled as an oracle)")
+        raise ConfigError(
+            f"train.selection=target_val reads target labels, which method '{cfg.method.name}' "
+            f"does not train on; use source_val (or target_oracle, labelled as an oracle)"
+        )
     if selection in VALIDATORS and selection not in t.validators:
-        raise ConfigError(f"train.selection={selection} needs the validator: add it to train.validators "
-                          f"(now {t.validators})")
+        raise ConfigError(
+            f"train.selection={selection} needs the validator: add it to train.validators (now {t.validators})"
+        )
     if t.early_stopping_patience is not None and EPOCH_RULES[selection].metric is None:
-        raise ConfigError("train.early_stopping_patience needs a metric to watch, and train.selection=last "
-                          "has none; choose another train.selection or unset the patience")
+        raise ConfigError(
+            "train.early_stopping_patience needs a metric to watch, and train.selection=last "
+            "has none; choose another train.selection or unset the patience"
+        )
     return selection
 
 
@@ -90,14 +105,23 @@ def build_model(cfg: Config, pair, dist: DistEnv) -> Method:
     """The backbone for the pair's classes, with the normalisation its data needs, inside the method."""
     m = cfg.model
     mean, std = normalization_for(pair.spec.family, m.name)
-    backbone = build_backbone(m.name, pair.num_classes, pretrained=m.pretrained, weights=m.weights,
-                              bottleneck_dim=m.bottleneck_dim, head_layers=m.head_layers,
-                              mean=m.mean or mean, std=m.std or std, progress=cfg.train.progress)
-    method = build_method(cfg.method.name, backbone, cfg.method.params(),
-                          feature_lr_mult=cfg.optim.feature_lr_mult)
+    backbone = build_backbone(
+        m.name,
+        pair.num_classes,
+        pretrained=m.pretrained,
+        weights=m.weights,
+        bottleneck_dim=m.bottleneck_dim,
+        head_layers=m.head_layers,
+        mean=m.mean or mean,
+        std=m.std or std,
+        progress=cfg.train.progress,
+    )
+    method = build_method(cfg.method.name, backbone, cfg.method.params(), feature_lr_mult=cfg.optim.feature_lr_mult)
     if dist.enabled and not method.automatic_optimization:
-        raise ConfigError(f"method '{cfg.method.name}' steps its own optimisers (manual optimisation), "
-                          f"which data-parallel training (torchrun) does not support; run it in one process")
+        raise ConfigError(
+            f"method '{cfg.method.name}' steps its own optimisers (manual optimisation), "
+            f"which data-parallel training (torchrun) does not support; run it in one process"
+        )
     return method
 
 
@@ -109,6 +133,7 @@ def wrap_for_training(method: Method, cfg: Config, dist: DistEnv, device: torch.
     if not dist.enabled:
         return None
     from torch.nn.parallel import DistributedDataParallel
+
     ids = [device.index] if device.type == "cuda" else None
     # find_unused_parameters: a method may leave parts idle in a step (a discriminator warming up)
     return DistributedDataParallel(TrainingStep(method), device_ids=ids, find_unused_parameters=True)
@@ -120,8 +145,15 @@ def check_finite(values: dict[str, Any], epoch: int, step: int) -> None:
     for name, value in values.items():
         value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(value)
         if not bool(torch.isfinite(value).all()):
-            raise TrainingDivergedError(f"{name} is {value.tolist()} at epoch {epoch + 1}, step {step}; the last "
-                                        f"finite checkpoint is kept: lower optim.lr or check the data")
+            raise TrainingDivergedError(
+                f"{name} is {value.tolist()} at epoch {epoch + 1}, step {step}; the last "
+                f"finite checkpoint is kept: lower optim.lr or check the data"
+            )
+
+
+def lr_columns(optimizers: dict) -> dict[str, float]:
+    """``lr`` (or ``lr_<optimizer>`` for several optimisers): the rate of each optimiser's last group."""
+    return {f"lr_{k}" if len(optimizers) > 1 else "lr": o.param_groups[-1]["lr"] for k, o in optimizers.items()}
 
 
 def model_inputs(cfg: Config, pair) -> dict[str, Any]:
@@ -142,8 +174,14 @@ class Trainer:
     ``trainer.should_stop = True`` ends the run after that epoch.
     """
 
-    def __init__(self, cfg: Config, *, resume: bool = False, overwrite: bool = False,
-                 callbacks: Iterable[Callback | Callable] = ()):
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        callbacks: Iterable[Callback | Callable] = (),
+    ):
         self.cfg, self.resume, self.should_stop = cfg, resume, False
         self.callbacks = [as_callback(c) for c in callbacks]
         self.run_dir = run_dir(cfg)
@@ -174,10 +212,10 @@ class Trainer:
                 self.method.to(memory_format=torch.channels_last)
             self.loaders = RunLoaders(cfg, self.pair, self.method, self.device, self.dist)
             self.steps_per_epoch, self.total_steps = self.loaders.steps_per_epoch, self.loaders.total_steps
-            self.evaluator = Evaluator(self.method, self.loaders, self.pair.classes, self.device, self.dist,
-                                       t.validators, self._autocast, self.channels_last, t.progress)
-            self.optimizers, self.schedulers = build_optimizers(self.method.configure_optimizers(cfg.optim.lr),
-                                                                cfg.optim, self.total_steps)
+            self.evaluator = Evaluator(self.method, self.loaders, self.pair.classes, self._autocast, self.channels_last)
+            self.optimizers, self.schedulers = build_optimizers(
+                self.method.configure_optimizers(cfg.optim.lr), cfg.optim, self.total_steps
+            )
             self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
             self.epoch, self.step, self.history, self.per_class = 0, 0, [], {}
             self.resumed_at: list[int] = []  # epochs at which this run was resumed (provenance)
@@ -197,27 +235,10 @@ class Trainer:
             self._rng = rng_state()  # this run's own random streams, carried from here into fit()
 
     def _state(self) -> dict[str, Any]:
-        """Everything a resume needs to continue exactly (``checkpoints/last.pt``)."""
-        return {
-            "model": self.method.state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch, "step": self.step, "history": self.history, "per_class": self.per_class,
-            "resumed_at": self.resumed_at, "rng": rng_state(), "stopped_early": self.should_stop,
-            "train_time": self.train_time, "train_images": self.train_images,
-            "config": self.cfg.to_dict(), "shiftlab_version": __version__, **model_inputs(self.cfg, self.pair),
-        }
+        return training_state(self, model_inputs(self.cfg, self.pair))
 
     def _restore(self, state: dict[str, Any]) -> None:
-        restore_modules(state, self.method, self.optimizers, self.schedulers, self.scaler, self.folder.last,
-                        self.cfg)
-        self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
-        self.per_class = dict(state["per_class"])
-        self.resumed_at = list(state["resumed_at"]) + [self.epoch]
-        self.should_stop = bool(state["stopped_early"])
-        self.train_time, self.train_images = state["train_time"], state["train_images"]
-        set_rng_state(state["rng"])
+        restore_training_state(self, state)
         log.info("resumed %s at epoch %d", self.run_dir, self.epoch)
 
     def _autocast(self):
@@ -284,8 +305,13 @@ class Trainer:
         per_step_check = self.device.type == "cpu"
         log_every = CPU_LOG_EVERY if per_step_check else DEVICE_LOG_EVERY
         seen = 0
-        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
-                   disable=not self.cfg.train.progress, leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            range(self.steps_per_epoch),
+            desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
+            disable=not self.cfg.train.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
         t0 = time.time()
         for i in bar:
             source, target = (self.to_batch(next(s)) if s is not None else None for s in streams)
@@ -311,8 +337,9 @@ class Trainer:
         stats["images_per_s"] = seen / max(seconds, 1e-9)
         return stats
 
-    def train_step(self, source: Batch | None, target: Batch | None, *,
-                   check_values: bool = True) -> dict[str, torch.Tensor]:
+    def train_step(
+        self, source: Batch | None, target: Batch | None, *, check_values: bool = True
+    ) -> dict[str, torch.Tensor]:
         """One optimisation step on batches already on the device (what benchmarks/throughput.py times as the
         model's limit); advances the schedules and ``self.step``. ``check_values`` syncs to check every loss."""
         step_fn = self._step_module if self._step_module is not None else self.method.training_step
@@ -320,8 +347,10 @@ class Trainer:
         with self._autocast():
             losses = step_fn(source, target, self.step / self.total_steps)
         if automatic and "loss" not in losses:
-            raise KeyError(f"method '{self.cfg.method.name}' returned {sorted(losses)} but no 'loss' to "
-                           f"backpropagate (or set automatic_optimization = False and step yourself)")
+            raise KeyError(
+                f"method '{self.cfg.method.name}' returned {sorted(losses)} but no 'loss' to "
+                f"backpropagate (or set automatic_optimization = False and step yourself)"
+            )
         if check_values:
             check_finite(losses, self.epoch, self.step)
         if automatic:
@@ -355,25 +384,28 @@ class Trainer:
 
     def _record(self, evals: dict, per_class: dict | None, train_stats: dict, seconds: float) -> None:
         """The epoch's row into the history and (rank 0) the run folder; callbacks see evaluated rows."""
-        row = {"epoch": self.epoch, "step": self.step, **train_stats, **evals,
-               **{f"lr_{k}" if len(self.optimizers) > 1 else "lr": o.param_groups[-1]["lr"]
-                  for k, o in self.optimizers.items()},
-               "epoch_time_s": round(seconds, 3)}
+        row = {
+            "epoch": self.epoch,
+            "step": self.step,
+            **train_stats,
+            **evals,
+            **lr_columns(self.optimizers),
+            "epoch_time_s": round(seconds, 3),
+        }
         if per_class is not None and evals:
             self.per_class[self.epoch] = per_class
         improved = bool(evals) and improves(self.history, row, self.selection)
         self.history.append(row)
         if self.dist.is_main:
-            best = {"model": self.method.state_dict(), "epoch": self.epoch, "selection": self.selection,
-                    "metrics": {k: v for k, v in row.items() if k.endswith(("_acc", "_loss"))},
-                    "config": self.cfg.to_dict(), "shiftlab_version": __version__, **model_inputs(self.cfg, self.pair)} \
-                if improved else None
+            best = best_state(self, row, model_inputs(self.cfg, self.pair)) if improved else None
             self.folder.record(row, self.history, self._state(), best)
         if not evals:
             return
         if self.dist.is_main:
-            tqdm.write(f"[{self.cfg.experiment.name}] epoch {self.epoch}: "
-                       + ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k.endswith(("acc", "loss"))))
+            tqdm.write(
+                f"[{self.cfg.experiment.name}] epoch {self.epoch}: "
+                + ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k.endswith(("acc", "loss")))
+            )
             for cb in self.callbacks:
                 cb.on_evaluation(self, row)
         self.should_stop = self.dist.broadcast_object(self.should_stop)  # rank 0's callbacks decide for all

@@ -4,6 +4,7 @@ A method declares named optimisers (:meth:`shiftlab.methods.Method.configure_opt
 builds each here, gives each its own schedule, and, under manual optimisation, hands the method a
 :class:`ManagedOptimizer` per name so that its steps still go through the loop's loss scaler.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,16 +12,23 @@ from typing import Any, get_args
 
 import torch
 
-from ..errors import ConfigError
-
 from ..config import OptimConfig
+from ..errors import ConfigError
 
 OPTIMIZERS = get_args(OptimConfig.model_fields["name"].annotation)  # the names optim.name accepts, defined once
 SETTINGS = ("name", "lr", "momentum", "nesterov", "weight_decay", "betas", "eps", "schedule")
 
 
-def lr_factor(schedule: str, progress: float, step_at: float = 0.8, gamma: float = 0.1, *, alpha: float = 10.0,
-              beta: float = 0.75, step: int | None = None) -> float:
+def lr_factor(
+    schedule: str,
+    progress: float,
+    step_at: float = 0.8,
+    gamma: float = 0.1,
+    *,
+    alpha: float = 10.0,
+    beta: float = 0.75,
+    step: int | None = None,
+) -> float:
     """Multiplier of the base learning rate at ``progress`` in [0, 1].
 
     'inverse' is ``(1 + alpha * p)^-beta`` with ``p = progress``, or ``p = step`` when ``step`` is given
@@ -38,8 +46,9 @@ def lr_factor(schedule: str, progress: float, step_at: float = 0.8, gamma: float
 def schedule_factor(schedule: str, step: int, total_steps: int, cfg: OptimConfig) -> float:
     """:func:`lr_factor` at optimiser step ``step`` of ``total_steps``, with the ``optim.*`` settings."""
     per_step = step if schedule == "inverse" and cfg.inverse_per == "step" else None
-    return lr_factor(schedule, step / total_steps, cfg.step_at, cfg.gamma, alpha=cfg.alpha, beta=cfg.beta,
-                     step=per_step)
+    return lr_factor(
+        schedule, step / total_steps, cfg.step_at, cfg.gamma, alpha=cfg.alpha, beta=cfg.beta, step=per_step
+    )
 
 
 def build_optimizer(name: str, spec: list[dict] | dict[str, Any], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -49,8 +58,10 @@ def build_optimizer(name: str, spec: list[dict] | dict[str, Any], cfg: OptimConf
     if isinstance(spec, dict):
         unknown = set(spec) - set(SETTINGS) - {"groups"}
         if unknown or "groups" not in spec:
-            raise ValueError(f"optimizer '{name}': a dict declaration needs 'groups' and may set "
-                             f"{', '.join(SETTINGS)}; got {', '.join(sorted(spec))}")
+            raise ValueError(
+                f"optimizer '{name}': a dict declaration needs 'groups' and may set "
+                f"{', '.join(SETTINGS)}; got {', '.join(sorted(spec))}"
+            )
         groups, settings = spec["groups"], {k: v for k, v in spec.items() if k not in ("groups", "schedule")}
     kind = settings.pop("name", cfg.name)
     if kind not in OPTIMIZERS:
@@ -60,8 +71,9 @@ def build_optimizer(name: str, spec: list[dict] | dict[str, Any], cfg: OptimConf
     if kind == "sgd":
         momentum = settings.pop("momentum", cfg.momentum)
         nesterov = settings.pop("nesterov", cfg.nesterov) and momentum > 0
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                               **settings)
+        return torch.optim.SGD(
+            groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, **settings
+        )
     settings.pop("momentum", None), settings.pop("nesterov", None)
     cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
     return cls(groups, lr=lr, weight_decay=weight_decay, **settings)
@@ -85,7 +97,8 @@ def build_optimizers(declared: dict[str, Any], cfg: OptimConfig, total_steps: in
         schedule = cfg.schedule if scheduled else "constant"
         optimizers[name] = opt
         schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step, s=schedule: schedule_factor(s, step, total_steps, cfg))
+            opt, lambda step, s=schedule: schedule_factor(s, step, total_steps, cfg)
+        )
     return optimizers, schedulers
 
 

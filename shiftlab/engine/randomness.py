@@ -1,5 +1,6 @@
 """Random-number state: seeding a run, saving and restoring every generator it touches, and leaving the
 process as it was found (so trainers can run one after another in one process, as a sweep does)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -37,8 +38,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def isolated_process_state(deterministic: bool):
     """Set the determinism flags for this run; on exit restore them and every global RNG as they were."""
     saved_rng = {**rng_state(), "numpy": np.random.get_state()}
-    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    flags = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
     cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     try:
         if deterministic:

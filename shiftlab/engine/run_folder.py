@@ -14,6 +14,7 @@
 * **The checkpoint's history is the truth.** A resume rewrites ``metrics.csv`` from it (a kill between the
   checkpoint and the CSV loses no row) and removes the temporaries of interrupted writes.
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,8 +27,9 @@ import socket
 import subprocess
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -40,9 +42,22 @@ log = logging.getLogger(__name__)
 MARKER = ".shiftlab-run"
 LOCK = ".lock"
 # what a run (the loop, a sweep, a method) writes into its folder; anything else makes it not ours
-RUN_ENTRIES = frozenset({MARKER, LOCK, "config.yaml", "metrics.csv", "summary.json", "checkpoints", "tensorboard",
-                         "skipped_files.txt", "error.txt", "stopped_by_scheduler", "adapter.pt",
-                         "summary.json.unreadable"})
+RUN_ENTRIES = frozenset(
+    {
+        MARKER,
+        LOCK,
+        "config.yaml",
+        "metrics.csv",
+        "summary.json",
+        "checkpoints",
+        "tensorboard",
+        "skipped_files.txt",
+        "error.txt",
+        "stopped_by_scheduler",
+        "adapter.pt",
+        "summary.json.unreadable",
+    }
+)
 
 
 def is_temporary(name: str) -> bool:
@@ -84,7 +99,8 @@ class RunLock:
                     raise RunFolderError(
                         f"run folder {self.path.parent} is in use by process {owner.get('pid')} on "
                         f"{owner.get('host')} (lock file {self.path}); wait for it to finish or stop it, or choose "
-                        f"another --experiment.name (delete the lock file only if that process is gone)") from None
+                        f"another --experiment.name (delete the lock file only if that process is gone)"
+                    ) from None
                 log.warning("taking over the stale lock %s of process %s", self.path, owner)
                 self.path.unlink(missing_ok=True)
                 continue
@@ -189,11 +205,15 @@ class RunFolder:
             self._check_ours(self.path, "overwrite" if overwrite else "restart")
             started = self.last.is_file() or self.previous.is_file() or (self.path / "summary.json").is_file()
             if started and not overwrite:
-                raise RunExistsError(f"run folder {self.path} already exists; pass --resume to continue it, "
-                                     f"--overwrite to replace it, or choose another --experiment.name")
+                raise RunExistsError(
+                    f"run folder {self.path} already exists; pass --resume to continue it, "
+                    f"--overwrite to replace it, or choose another --experiment.name"
+                )
             if not started:
-                log.warning("run folder %s holds no checkpoint (killed before its first epoch ended): starting it "
-                            "again", self.path)
+                log.warning(
+                    "run folder %s holds no checkpoint (killed before its first epoch ended): starting it again",
+                    self.path,
+                )
         before_changes()
         if not self.main:
             return
@@ -211,26 +231,33 @@ class RunFolder:
         """The folder lies strictly inside the output folder and inside no other run."""
         out, path = self.output_dir.resolve(), self.path.resolve()
         if path == out or out not in path.parents:
-            raise RunFolderError(f"run folder {self.path} is not inside experiment.output_dir={self.output_dir}; "
-                                 f"experiment.name must be a relative path without '..'")
+            raise RunFolderError(
+                f"run folder {self.path} is not inside experiment.output_dir={self.output_dir}; "
+                f"experiment.name must be a relative path without '..'"
+            )
         for parent in path.parents:
             if parent == out:
                 break
             if is_run_folder(parent):
-                raise RunFolderError(f"run folder {self.path} would lie inside the run {parent}; a run folder is "
-                                     f"never the parent of another run: choose another --experiment.name")
+                raise RunFolderError(
+                    f"run folder {self.path} would lie inside the run {parent}; a run folder is "
+                    f"never the parent of another run: choose another --experiment.name"
+                )
 
     def _check_ours(self, path: Path, action: str) -> None:
         if not is_run_folder(path):
             raise RunFolderError(
                 f"{path} exists and is not a shiftlab run folder (no {MARKER}; it holds "
                 f"{', '.join(sorted(p.name for p in path.iterdir())[:5]) or 'nothing'}); shiftlab will not {action} "
-                f"into a folder it did not create: choose another --experiment.name or --experiment.output_dir")
+                f"into a folder it did not create: choose another --experiment.name or --experiment.output_dir"
+            )
         foreign = foreign_entries(path)
         if foreign:
-            raise RunFolderError(f"run folder {path} also holds {', '.join(foreign[:5])}, which shiftlab did not "
-                                 f"write; shiftlab will not {action} it: move them out, or choose another "
-                                 f"--experiment.name")
+            raise RunFolderError(
+                f"run folder {path} also holds {', '.join(foreign[:5])}, which shiftlab did not "
+                f"write; shiftlab will not {action} it: move them out, or choose another "
+                f"--experiment.name"
+            )
 
     def _empty(self) -> None:
         """Remove the run files (only run files are there: :meth:`_check_ours`), keeping our lock."""
@@ -263,9 +290,11 @@ class RunFolder:
         try:
             write()
         except OSError as err:
-            raise RunFolderError(f"cannot write {what} in {self.path}: {err.strerror or err}; free space there (or "
-                                 f"choose another --experiment.output_dir), then continue with --resume from the last "
-                                 f"complete checkpoint") from err
+            raise RunFolderError(
+                f"cannot write {what} in {self.path}: {err.strerror or err}; free space there (or "
+                f"choose another --experiment.output_dir), then continue with --resume from the last "
+                f"complete checkpoint"
+            ) from err
 
     def write_text(self, name: str, text: str) -> None:
         self.guarded(name, lambda: atomic_write_text(self.path / name, text))
@@ -298,13 +327,15 @@ class RunFolder:
         if bad:
             raise TrainingDivergedError(
                 f"the weights became NaN or infinite by epoch {epoch}, step {step} ({', '.join(bad[:3])}); the "
-                f"checkpoint was not written, {self.last} keeps the last finite one: lower optim.lr or check the data")
+                f"checkpoint was not written, {self.last} keeps the last finite one: lower optim.lr or check the data"
+            )
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         self.guarded("metrics.csv", lambda: write_metrics_csv(self.path / "metrics.csv", history))
 
-    def start(self, config_yaml: str, skipped_files: list[str], history: list[dict[str, Any]],
-              purge_step: int | None) -> None:
+    def start(
+        self, config_yaml: str, skipped_files: list[str], history: list[dict[str, Any]], purge_step: int | None
+    ) -> None:
         """At the start of ``fit``: the resolved config, the skipped files, the TensorBoard log (on resume cut
         back to ``purge_step``), and the rows a kill lost restored from the checkpoint's ``history``."""
         from torch.utils.tensorboard import SummaryWriter
@@ -319,8 +350,9 @@ class RunFolder:
             for row in history[written:]:
                 self._log_scalars(row)
 
-    def record(self, row: dict[str, Any], history: list[dict[str, Any]], state: dict[str, Any],
-               best: dict[str, Any] | None) -> None:
+    def record(
+        self, row: dict[str, Any], history: list[dict[str, Any]], state: dict[str, Any], best: dict[str, Any] | None
+    ) -> None:
         """One epoch: ``best.pt`` (when the rule chose it) before ``last.pt`` (a kill in between redoes the epoch
         and rewrites both), then ``metrics.csv`` and TensorBoard."""
         if best is not None:
@@ -346,8 +378,10 @@ class RunFolder:
 
     def _check_resumable(self) -> None:
         if not (self.last.is_file() or self.previous.is_file()):
-            raise NothingToResumeError(f"nothing to resume: {self.last} does not exist (the run never finished "
-                                       f"an epoch); run the same command without --resume to start it")
+            raise NothingToResumeError(
+                f"nothing to resume: {self.last} does not exist (the run never finished "
+                f"an epoch); run the same command without --resume to start it"
+            )
 
     def load_for_resume(self) -> dict[str, Any]:
         """The state to resume from (checked to be resumable first; see :meth:`load_state`)."""
@@ -369,24 +403,81 @@ class RunFolder:
             if errors:
                 log.warning("%s; resuming from %s (epoch %s) instead", errors[0], path, state.get("epoch"))
             return state
-        raise RunFolderError("; ".join(errors) + " and there is no readable earlier checkpoint to fall back on: "
-                             "start the run again with --overwrite")
+        raise RunFolderError(
+            "; ".join(errors) + " and there is no readable earlier checkpoint to fall back on: "
+            "start the run again with --overwrite"
+        )
 
     def metrics_rows(self) -> int:
         return count_metrics_rows(self.path / "metrics.csv")
 
 
-def restore_modules(state: dict[str, Any], method, optimizers: dict, schedulers: dict, scaler, path: Path,
-                    cfg) -> None:
+def training_state(t, extra: dict[str, Any]) -> dict[str, Any]:
+    """Everything a resume of trainer ``t`` needs to continue exactly (``checkpoints/last.pt``), plus ``extra``."""
+    from .. import __version__
+    from .randomness import rng_state
+
+    return {
+        "model": t.method.state_dict(),
+        "optimizers": {k: o.state_dict() for k, o in t.optimizers.items()},
+        "schedulers": {k: s.state_dict() for k, s in t.schedulers.items()},
+        "scaler": t.scaler.state_dict(),
+        "epoch": t.epoch,
+        "step": t.step,
+        "history": t.history,
+        "per_class": t.per_class,
+        "resumed_at": t.resumed_at,
+        "rng": rng_state(),
+        "stopped_early": t.should_stop,
+        "train_time": t.train_time,
+        "train_images": t.train_images,
+        "config": t.cfg.to_dict(),
+        "shiftlab_version": __version__,
+        **extra,
+    }
+
+
+def best_state(t, row: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``checkpoints/best.pt`` of trainer ``t``: the weights of the epoch its rule chose, with that epoch's metrics."""
+    from .. import __version__
+
+    return {
+        "model": t.method.state_dict(),
+        "epoch": t.epoch,
+        "selection": t.selection,
+        "metrics": {k: v for k, v in row.items() if k.endswith(("_acc", "_loss"))},
+        "config": t.cfg.to_dict(),
+        "shiftlab_version": __version__,
+        **extra,
+    }
+
+
+def restore_training_state(t, state: dict[str, Any]) -> None:
+    """Trainer ``t`` as :func:`training_state` saved it: modules, optimisers, progress, history, RNG."""
+    from .randomness import set_rng_state
+
+    restore_modules(state, t.method, t.optimizers, t.schedulers, t.scaler, t.folder.last, t.cfg)
+    t.epoch, t.step, t.history = state["epoch"], state["step"], list(state["history"])
+    t.per_class = dict(state["per_class"])
+    t.resumed_at = list(state["resumed_at"]) + [t.epoch]
+    t.should_stop = bool(state["stopped_early"])
+    t.train_time, t.train_images = state["train_time"], state["train_images"]
+    set_rng_state(state["rng"])
+
+
+def restore_modules(state: dict[str, Any], method, optimizers: dict, schedulers: dict, scaler, path: Path, cfg) -> None:
     """Load a checkpoint's model, optimisers, schedules and scaler; a checkpoint of another model is one line."""
     try:
         method.load_state_dict(state["model"])
     except RuntimeError as err:
-        raise RunFolderError(f"{path} does not fit method '{cfg.method.name}' with model '{cfg.model.name}': "
-                             f"{str(err).splitlines()[0]}") from err
+        raise RunFolderError(
+            f"{path} does not fit method '{cfg.method.name}' with model '{cfg.model.name}': {str(err).splitlines()[0]}"
+        ) from err
     if set(state["optimizers"]) != set(optimizers):
-        raise RunFolderError(f"{path} holds optimizers {sorted(state['optimizers'])} but method "
-                             f"'{cfg.method.name}' declares {sorted(optimizers)}")
+        raise RunFolderError(
+            f"{path} holds optimizers {sorted(state['optimizers'])} but method "
+            f"'{cfg.method.name}' declares {sorted(optimizers)}"
+        )
     for name, opt in optimizers.items():
         opt.load_state_dict(state["optimizers"][name])
         schedulers[name].load_state_dict(state["schedulers"][name])
@@ -395,10 +486,23 @@ def restore_modules(state: dict[str, Any], method, optimizers: dict, schedulers:
 
 # Keys that may change on --resume: where the run's files and data live, how they are read, and how long it trains.
 # Any other change would make the resumed run a different experiment than its first epochs.
-RESUMABLE_KEYS = frozenset({
-    "experiment.output_dir", "experiment.plugins", "data.root", "data.num_workers", "data.loader",
-    "data.cache_budget_gb", "data.eval_batch_size", "train.epochs", "train.device", "train.progress",
-    "train.compile", "train.early_stopping_patience", "model.weights"})
+RESUMABLE_KEYS = frozenset(
+    {
+        "experiment.output_dir",
+        "experiment.plugins",
+        "data.root",
+        "data.num_workers",
+        "data.loader",
+        "data.cache_budget_gb",
+        "data.eval_batch_size",
+        "train.epochs",
+        "train.device",
+        "train.progress",
+        "train.compile",
+        "train.early_stopping_patience",
+        "model.weights",
+    }
+)
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -414,13 +518,14 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def changed_on_resume(saved: dict[str, Any], now: dict[str, Any], checkpoint: Path) -> None:
     """Refuse a resume whose config changes keys other than :data:`RESUMABLE_KEYS`, naming them."""
     before, after = _flatten(saved), _flatten(now)
-    changed = sorted(k for k in before.keys() & after.keys()
-                     if before[k] != after[k] and k not in RESUMABLE_KEYS)
+    changed = sorted(k for k in before.keys() & after.keys() if before[k] != after[k] and k not in RESUMABLE_KEYS)
     if changed:
         listed = ", ".join(f"{k} ({before[k]!r} in the checkpoint, {after[k]!r} now)" for k in changed[:4])
-        raise RunFolderError(f"--resume cannot change {listed}: {checkpoint} was trained with the first values; "
-                             f"drop these keys to continue the run, or start a new run (another --experiment.name, "
-                             f"or --overwrite)")
+        raise RunFolderError(
+            f"--resume cannot change {listed}: {checkpoint} was trained with the first values; "
+            f"drop these keys to continue the run, or start a new run (another --experiment.name, "
+            f"or --overwrite)"
+        )
 
 
 def summarize(trainer, wall_time: float) -> dict[str, Any]:
@@ -443,7 +548,9 @@ def summarize(trainer, wall_time: float) -> dict[str, Any]:
     return {
         "experiment": t.cfg.experiment.name,
         "method": t.cfg.method.name,
-        "dataset": t.pair.spec.name, "source": t.pair.source, "target": t.pair.target,
+        "dataset": t.pair.spec.name,
+        "source": t.pair.source,
+        "target": t.pair.target,
         "target_eval_split": t.pair.target_eval_split,
         "splits": t.pair.splits,
         "reads_target_labels": t.reads_target_labels,
@@ -454,13 +561,19 @@ def summarize(trainer, wall_time: float) -> dict[str, Any]:
         "final_source_val_acc": final["source_val_acc"],
         "best_target_acc": selections["target_oracle"]["target_acc"],
         "selections": selections,
-        "validator_images": {"limit": t.cfg.train.validator_limit,
-                             "scored": len(loaders.validator_indices) if loaders.validator_indices is not None
-                             else len(t.pair.target_adapt_images)},
-        "best_checkpoint": {"path": "checkpoints/best.pt", "selection": t.selection,
-                            "epoch": picked["epoch"]} if t.folder.best.is_file() else None,
-        "per_class_target_acc": {"selected": t.per_class.get(picked["epoch"]),
-                                 "final": t.per_class.get(final["epoch"])},
+        "validator_images": {
+            "limit": t.cfg.train.validator_limit,
+            "scored": len(loaders.validator_indices)
+            if loaders.validator_indices is not None
+            else len(t.pair.target_adapt_images),
+        },
+        "best_checkpoint": {"path": "checkpoints/best.pt", "selection": t.selection, "epoch": picked["epoch"]}
+        if t.folder.best.is_file()
+        else None,
+        "per_class_target_acc": {
+            "selected": t.per_class.get(picked["epoch"]),
+            "final": t.per_class.get(final["epoch"]),
+        },
         "missing_target_classes": list(t.pair.missing_target_classes),
         "skipped_files": len(t.pair.skipped_files),
         "stopped_early": t.should_stop,
@@ -471,10 +584,12 @@ def summarize(trainer, wall_time: float) -> dict[str, Any]:
         "wall_time_s": round(wall_time, 2),
         "train_time_s": round(t.train_time, 2),
         "train_images_per_s": round(t.train_images / t.train_time, 2) if t.train_time else None,
-        "device": str(t.device), "precision": t.precision,
+        "device": str(t.device),
+        "precision": t.precision,
         "num_parameters": sum(p.numel() for p in t.method.parameters()),
         "seed": t.cfg.experiment.seed,
-        "shiftlab_version": __version__, "git_commit": git_commit(),
+        "shiftlab_version": __version__,
+        "git_commit": git_commit(),
         "torch_version": torch.__version__,
         "config": t.cfg.to_dict(),
     }
@@ -482,8 +597,9 @@ def summarize(trainer, wall_time: float) -> dict[str, Any]:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None

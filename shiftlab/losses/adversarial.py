@@ -2,6 +2,7 @@
 
 Domain labels: source 0, target 1 (the PACS DANN assignment's convention; the loss is symmetric in them).
 """
+
 from __future__ import annotations
 
 import torch

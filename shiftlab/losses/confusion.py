@@ -8,6 +8,7 @@ correlation ``C = Y^T W Y`` (C x C); category normalisation, each entry divided 
 authors' code (thuml/Versatile-Domain-Adaptation), the weights are detached: they rank examples, they are
 not trained.
 """
+
 from __future__ import annotations
 
 import torch

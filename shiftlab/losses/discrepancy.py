@@ -13,15 +13,20 @@ minimises, as the authors' code (thuml/MDD) writes it. The target term is comput
 ``log(1 - p_y) = logsumexp_{j != y} z_j - logsumexp_j z_j``: exact, and its gradient stays bounded where the
 code's ``log(clamp(1 - softmax, 1e-15))`` explodes as f' agrees with f.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 
-def margin_disparity_loss(source_logits: torch.Tensor, target_logits: torch.Tensor,
-                          source_adversary: torch.Tensor, target_adversary: torch.Tensor,
-                          margin: float = 4.0) -> torch.Tensor:
+def margin_disparity_loss(
+    source_logits: torch.Tensor,
+    target_logits: torch.Tensor,
+    source_adversary: torch.Tensor,
+    target_adversary: torch.Tensor,
+    margin: float = 4.0,
+) -> torch.Tensor:
     """``-D_gamma``: ``margin * CE(f'(x_s), h_f(x_s)) + mean(-log(1 - softmax(f'(x_t))_{h_f(x_t)}))``.
 
     ``*_logits`` are f's outputs (only their argmax is read), ``*_adversary`` f''s on the same images.

@@ -10,6 +10,7 @@
 * :func:`centroid_pseudo_labels`: SHOT's self-supervised pseudo-labels (Eqs. 4-6): prediction-weighted class
   centroids of the features, nearest-centroid labels by cosine distance, centroids of those labels, again.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,9 @@ def diversity(logits: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return (mean * mean.clamp_min(eps).log()).sum()
 
 
-def thresholded_pseudo_label_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor,
-                                  threshold: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+def thresholded_pseudo_label_loss(
+    weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
     """FixMatch's ``1/B sum_b 1(max q_b >= tau) H(argmax q_b, p(strong_b))``, ``q`` the detached softmax of the weak
     view; returns the loss and the fraction of the batch above the threshold (the mask's mean)."""
     probs = weak_logits.detach().float().softmax(1)
@@ -54,8 +56,9 @@ def nearest_centroid(features: torch.Tensor, centroids: torch.Tensor, classes: t
 
 
 @torch.no_grad()
-def centroid_pseudo_labels(features: torch.Tensor, probs: torch.Tensor,
-                           rounds: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def centroid_pseudo_labels(
+    features: torch.Tensor, probs: torch.Tensor, rounds: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SHOT's pseudo-labels of N images from their features (N, d) and predictions (N, C): (labels, centroids,
     classes), ``centroids[i]`` the centroid of class ``classes[i]`` (d + 1 wide: see below).
 

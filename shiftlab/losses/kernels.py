@@ -14,6 +14,7 @@ mean (JAN's code) or median (DAN's paper: "the median pairwise distance") square
 joint batch's distinct pairs, detached; the multi-kernel is the uniform mean of those kernels (DAN's
 ``beta_u`` all equal rather than the paper's quadratic program of Eq. 5, as JAN's and most re-implementations do).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -48,15 +49,19 @@ def coral_loss(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (covariance(source) - covariance(target)).pow(2).sum() / (4 * d * d)
 
 
-def gaussian_kernel(z: torch.Tensor, multipliers: Sequence[float] = DAN_MULTIPLIERS, sigma: float | None = None,
-                    base: BandwidthBase = "mean") -> torch.Tensor:
+def gaussian_kernel(
+    z: torch.Tensor,
+    multipliers: Sequence[float] = DAN_MULTIPLIERS,
+    sigma: float | None = None,
+    base: BandwidthBase = "mean",
+) -> torch.Tensor:
     """Kernel matrix (N, N) of the rows of ``z``: the mean over ``multipliers`` of ``exp(-||a - b||^2 / (m s))``,
     ``s`` the detached mean or median squared distance between distinct rows, or, with ``sigma``, the one
     fixed-bandwidth kernel ``exp(-||a - b||^2 / (2 sigma^2))`` (JAN's softmax layer: sigma 0.92)."""
     z = _wide(z)
     d2 = torch.cdist(z, z).pow(2)
     if sigma is not None:
-        return torch.exp(-d2 / (2 * sigma ** 2))
+        return torch.exp(-d2 / (2 * sigma**2))
     off = d2.detach()[~torch.eye(len(z), dtype=torch.bool, device=z.device)]
     s = (off.mean() if base == "mean" else off.median()).clamp_min(1e-12)
     return torch.stack([torch.exp(-d2 / (m * s)) for m in multipliers]).mean(0)
@@ -81,18 +86,31 @@ def mmd(kernel: torch.Tensor, n_source: int, estimator: Estimator = "quadratic")
 
     def within(k: torch.Tensor, n: int) -> torch.Tensor:
         return (k.sum() - k.diagonal().sum()) / max(n * (n - 1), 1)
+
     return within(k_ss, n_source) + within(k_tt, n_t) - 2 * k_st.mean()
 
 
-def mk_mmd(source: torch.Tensor, target: torch.Tensor, multipliers: Sequence[float] = DAN_MULTIPLIERS,
-           estimator: Estimator = "quadratic", base: BandwidthBase = "mean") -> torch.Tensor:
+def mk_mmd(
+    source: torch.Tensor,
+    target: torch.Tensor,
+    multipliers: Sequence[float] = DAN_MULTIPLIERS,
+    estimator: Estimator = "quadratic",
+    base: BandwidthBase = "mean",
+) -> torch.Tensor:
     """DAN's multi-kernel MMD (Eqs. 1-2) between two batches of activations of one layer."""
-    return mmd(gaussian_kernel(torch.cat([source.flatten(1), target.flatten(1)]), multipliers, base=base),
-               len(source), estimator)
+    return mmd(
+        gaussian_kernel(torch.cat([source.flatten(1), target.flatten(1)]), multipliers, base=base),
+        len(source),
+        estimator,
+    )
 
 
-def joint_mmd(sources: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
-              kernels: Sequence[dict], estimator: Estimator = "quadratic") -> torch.Tensor:
+def joint_mmd(
+    sources: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
+    kernels: Sequence[dict],
+    estimator: Estimator = "quadratic",
+) -> torch.Tensor:
     """JAN's joint MMD (Eqs. 8-10): the MMD of the product over layers of each layer's kernel matrix;
     ``kernels[l]`` are :func:`gaussian_kernel`'s keyword arguments for layer ``l``."""
     product = None

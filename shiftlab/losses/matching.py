@@ -17,6 +17,7 @@ numbers read from images of the paper's equations in a public summary, xiaosean.
 
 Domain labels follow :mod:`shiftlab.losses.adversarial`: source 0, target 1 (the losses are symmetric in them).
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -33,8 +34,9 @@ GAN_FORMS = ("js", "ls")
 DRIFT_REDUCTIONS = ("sum", "mean")
 
 
-def weight_drift(target: nn.Module, source: nn.Module, weight: float = 0.1,
-                 reduction: Literal["sum", "mean"] = "sum") -> torch.Tensor:
+def weight_drift(
+    target: nn.Module, source: nn.Module, weight: float = 0.1, reduction: Literal["sum", "mean"] = "sum"
+) -> torch.Tensor:
     """``weight * sum_k ||theta_t,k - theta_s,k||^2`` over the parameters of ``target`` and ``source``, matched by name.
 
     ``reduction="sum"`` is the paper's squared norm over all weights (ECCV 2018, Eqs. 1 and 3): zero at
@@ -49,8 +51,10 @@ def weight_drift(target: nn.Module, source: nn.Module, weight: float = 0.1,
     terms = []
     for name, p in target.named_parameters():
         if name not in reference:
-            raise ValueError(f"weight drift: the source network has no parameter '{name}' (the two networks "
-                             f"must share an architecture)")
+            raise ValueError(
+                f"weight drift: the source network has no parameter '{name}' (the two networks "
+                f"must share an architecture)"
+            )
         diff = (p - reference[name].detach()).pow(2)
         terms.append(diff.sum() if reduction == "sum" else diff.mean())
     if not terms:

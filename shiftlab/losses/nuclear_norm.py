@@ -7,6 +7,7 @@ measures how confident (discriminable) the predictions are and its rank how many
 (diversity); the nuclear norm bounds the one and relaxes the other. The authors' code divides by the
 number of singular values, ``min(B, C)``, instead of ``B``: the same loss up to a constant factor.
 """
+
 from __future__ import annotations
 
 import torch

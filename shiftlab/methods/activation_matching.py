@@ -45,6 +45,7 @@ section numbers are not cited. What is taken from where:
 * Results: digits in the paper's Table 1 (MNIST -> USPS 95.7 +- 0.5, USPS -> MNIST 98.0 +- 0.5, SVHN -> MNIST
   74.6 +- 1.1; no adaptation 77.8, 70.7, 60.3), in ``docs/references/activation_matching.yaml``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -60,7 +61,6 @@ from ..nn import DomainDiscriminator
 from ..nn.batchnorm import eval_mode
 from ..nn.matching import LAYERS_HELP, ActivationTaps, GaussianMatcher, layer_points, match_moments
 from .base import Batch, Method, register_method
-
 
 #: method.balance -> (drift weight, drift reduction, weight of the last layer's term; the others get 0.1)
 BALANCES = {
@@ -93,39 +93,57 @@ class ActivationMatching(Method):
         model_config = ConfigDict(extra="forbid")
         layers: str | list[str] = Field("auto", description=LAYERS_HELP)
         balance: Literal["document", "shiftlab", "authors_code"] = Field(
-            "document", description="preset of the weights of the terms, used for each of method.drift, "
+            "document",
+            description="preset of the weights of the terms, used for each of method.drift, "
             "method.drift_reduction and method.layer_weights left unset. 'document' (default): Eq. 3 as the "
             "document shows it (seeds/003_63417c418c7168ad.txt, 'General matching', lambda = 0.1): drift "
             "||theta_t - theta_s||^2 with weight 1 (sum), lambda 0.1 on every layer's matching term; 'shiftlab': "
             "shiftlab's earlier balance, drift 0.1 (sum) with layer weights 0.1 / 1 (last layer 1); "
             "'authors_code': the released digits code (github.com/RsEnts/DAM_release), drift 1 as each tensor's "
-            "mean squared difference, layer weights 0.1 / 1")
+            "mean squared difference, layer weights 0.1 / 1",
+        )
         layer_weights: list[float] | None = Field(
-            None, description="weight of each layer's adversarial loss, in layers' order; null = method.balance's: "
-                              "'document' 0.1 for every layer, 'shiftlab' and 'authors_code' 0.1 for every layer "
-                              "but the last and 1 for the last (the authors' code: fc3 0.1, fc4 1)")
-        gan: Literal["js", "ls"] = Field("js", description="'js': standard GAN loss (Jensen-Shannon; the paper's "
-                                         "choice for digits); 'ls': least-squares GAN (Mao et al. 2017)")
-        drift: float | None = Field(None, ge=0, description="weight of the weight drift drift * ||theta_t - "
-                                    "theta_s||^2; null = method.balance's ('document' 1, 'shiftlab' 0.1, "
-                                    "'authors_code' 1); 0 = the document's 'GAM (no regularization)' ablation")
+            None,
+            description="weight of each layer's adversarial loss, in layers' order; null = method.balance's: "
+            "'document' 0.1 for every layer, 'shiftlab' and 'authors_code' 0.1 for every layer "
+            "but the last and 1 for the last (the authors' code: fc3 0.1, fc4 1)",
+        )
+        gan: Literal["js", "ls"] = Field(
+            "js",
+            description="'js': standard GAN loss (Jensen-Shannon; the paper's "
+            "choice for digits); 'ls': least-squares GAN (Mao et al. 2017)",
+        )
+        drift: float | None = Field(
+            None,
+            ge=0,
+            description="weight of the weight drift drift * ||theta_t - "
+            "theta_s||^2; null = method.balance's ('document' 1, 'shiftlab' 0.1, "
+            "'authors_code' 1); 0 = the document's 'GAM (no regularization)' ablation",
+        )
         drift_reduction: Literal["sum", "mean"] | None = Field(
-            None, description="'sum': the squared norm over all weights (the paper's Eq. 1 and 3); 'mean': each "
-                              "tensor's mean squared difference, summed over tensors (the authors' code); null = "
-                              "method.balance's ('document', 'shiftlab': sum; 'authors_code': mean)")
-        hidden: list[int] = Field([500, 500], description="hidden widths of each discriminator MLP (the authors' "
-                                  "code: 500-500, ReLU)")
+            None,
+            description="'sum': the squared norm over all weights (the paper's Eq. 1 and 3); 'mean': each "
+            "tensor's mean squared difference, summed over tensors (the authors' code); null = "
+            "method.balance's ('document', 'shiftlab': sum; 'authors_code': mean)",
+        )
+        hidden: list[int] = Field(
+            [500, 500], description="hidden widths of each discriminator MLP (the authors' code: 500-500, ReLU)"
+        )
         d_lr: float = Field(2e-4, gt=0, description="discriminators' Adam learning rate (the authors' code: 2e-4)")
-        d_betas: tuple[float, float] = Field((0.5, 0.999), description="discriminators' Adam betas (the authors' "
-                                             "code: beta1 0.5)")
+        d_betas: tuple[float, float] = Field(
+            (0.5, 0.999), description="discriminators' Adam betas (the authors' code: beta1 0.5)"
+        )
         d_weight_decay: float = Field(2.5e-5, ge=0, description="discriminators' L2 (the authors' code: 2.5e-5)")
         d_steps: int = Field(1, ge=1, description="discriminator updates per F_t update (the authors' code: 1)")
-        gaussian: bool = Field(True, description="GAM (default): the discriminators see target activations "
-                               "Gaussian-matched to the source statistics (batch moments while training; the "
-                               "target's measured moments, kept at evaluation), as the document says training "
-                               "needs (seeds/003_63417c418c7168ad.txt, note under 'General matching': Gaussian "
-                               "i.i.d. matching then the discriminators, together called GAM); false = raw "
-                               "activations, as the authors' released digits code")
+        gaussian: bool = Field(
+            True,
+            description="GAM (default): the discriminators see target activations "
+            "Gaussian-matched to the source statistics (batch moments while training; the "
+            "target's measured moments, kept at evaluation), as the document says training "
+            "needs (seeds/003_63417c418c7168ad.txt, note under 'General matching': Gaussian "
+            "i.i.d. matching then the discriminators, together called GAM); false = raw "
+            "activations, as the authors' released digits code",
+        )
 
         @model_validator(mode="after")
         def _fill_from_balance(self):
@@ -143,8 +161,10 @@ class ActivationMatching(Method):
             last = BALANCES[params.balance][2]
             self.layer_weights = [0.1] * (len(points) - 1) + [last]
         elif len(params.layer_weights) != len(points):
-            raise ConfigError(f"method.layer_weights has {len(params.layer_weights)} values but method.layers names "
-                              f"{len(points)} points ({', '.join(p.spec for p in points)}): give one weight each")
+            raise ConfigError(
+                f"method.layer_weights has {len(params.layer_weights)} values but method.layers names "
+                f"{len(points)} points ({', '.join(p.spec for p in points)}): give one weight each"
+            )
         else:
             self.layer_weights = list(params.layer_weights)
         self.source = copy.deepcopy(backbone)  # F_s: the loaded model, frozen
@@ -156,8 +176,9 @@ class ActivationMatching(Method):
         self._target_taps = ActivationTaps(backbone, points)
         self._source_taps = ActivationTaps(self.source, [p.spec for p in points])  # cloned: in-place ReLUs follow
         dims = self._channels(backbone)
-        self.discriminators = nn.ModuleList(DomainDiscriminator(dims[p.spec], params.hidden, dropout=0.0)
-                                            for p in points)
+        self.discriminators = nn.ModuleList(
+            DomainDiscriminator(dims[p.spec], params.hidden, dropout=0.0) for p in points
+        )
         self.matcher = GaussianMatcher(backbone, points) if params.gaussian else None
         # F_s's source statistics feed the matcher from training batches: same points, read on F_s
         self._gaussian_eval = False
@@ -183,10 +204,17 @@ class ActivationMatching(Method):
 
     def configure_optimizers(self, base_lr: float):
         p = self.params
-        return {"main": self.param_groups(base_lr, exclude=(self.discriminators,)),
-                "discriminators": {"groups": [{"params": list(self.discriminators.parameters())}], "name": "adam",
-                                   "lr": p.d_lr, "betas": tuple(p.d_betas), "weight_decay": p.d_weight_decay,
-                                   "schedule": False}}
+        return {
+            "main": self.param_groups(base_lr, exclude=(self.discriminators,)),
+            "discriminators": {
+                "groups": [{"params": list(self.discriminators.parameters())}],
+                "name": "adam",
+                "lr": p.d_lr,
+                "betas": tuple(p.d_betas),
+                "weight_decay": p.d_weight_decay,
+                "schedule": False,
+            },
+        }
 
     @staticmethod
     def _samples(a: torch.Tensor) -> torch.Tensor:
@@ -217,9 +245,13 @@ class ActivationMatching(Method):
         p, w = self.params, self.layer_weights
         opt = self.optimizer("discriminators")
         opt.zero_grad()
-        loss = sum(w[i] * discriminator_loss(self._discriminate(i, a_s[pt.spec].detach()),
-                                             self._discriminate(i, a_t[pt.spec].detach()), p.gan)
-                   for i, pt in enumerate(self.points))
+        loss = sum(
+            w[i]
+            * discriminator_loss(
+                self._discriminate(i, a_s[pt.spec].detach()), self._discriminate(i, a_t[pt.spec].detach()), p.gan
+            )
+            for i, pt in enumerate(self.points)
+        )
         self.manual_backward(loss)
         opt.step()
         return loss.detach()
@@ -229,8 +261,9 @@ class ActivationMatching(Method):
         p, w = self.params, self.layer_weights
         opt = self.optimizer("main")
         opt.zero_grad()
-        adversarial = sum(w[i] * generator_loss(self._discriminate(i, a_t[pt.spec]), p.gan)
-                          for i, pt in enumerate(self.points))
+        adversarial = sum(
+            w[i] * generator_loss(self._discriminate(i, a_t[pt.spec]), p.gan) for i, pt in enumerate(self.points)
+        )
         drift = weight_drift(self.backbone, self.source, p.drift, p.drift_reduction)
         self.manual_backward(adversarial + drift)
         opt.step()

@@ -10,6 +10,7 @@ and ASH-P/B/S (Djurisic et al., ICLR 2023) as ``mode``.
 cartoon, exactly the share of art_painting's most frequent class, person, in cartoon (405 / 2344), i.e. a
 constant prediction, which a conv1 zeroed at test time gives and an unshaped one, feeding layers trained on zeros, hardly would.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,28 +33,54 @@ class ActivationShaping(Method):
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        layers: list[str] = Field("conv1", validate_default=True, description=(
-            "modules to shape, comma-separated names inside the feature extractor (conv1,layer2.0.conv2,"
-            "layer1.1.relu); ignored when only method.types is set"))
-        types: list[str] = Field("", validate_default=True, description=(
-            "shape the modules of these classes (Conv2d,BatchNorm2d,ReLU, any torch.nn class) instead; with "
-            "method.layers also set, the named modules of these classes"))
+        layers: list[str] = Field(
+            "conv1",
+            validate_default=True,
+            description=(
+                "modules to shape, comma-separated names inside the feature extractor (conv1,layer2.0.conv2,"
+                "layer1.1.relu); ignored when only method.types is set"
+            ),
+        )
+        types: list[str] = Field(
+            "",
+            validate_default=True,
+            description=(
+                "shape the modules of these classes (Conv2d,BatchNorm2d,ReLU, any torch.nn class) instead; with "
+                "method.layers also set, the named modules of these classes"
+            ),
+        )
         every: int = Field(1, ge=1, description="shape every X-th of the matching modules, from the first")
         mask_ratio: float = Field(0.5, ge=0, le=1, description="fraction of zeros in random maps M (the study's r)")
-        maps: str = Field("random", description=(
-            "where M comes from: 'random' (fresh each forward) or 'target' (binarized activation of the "
-            "same module on the step's target batch, cycled over the source batch)"))
-        mode: str = Field("binarize_mask", description=(
-            "'binarize_mask' (A_bin*M_bin), 'mask' (A*M_bin), or ASH 'ash_p' / 'ash_b' / 'ash_s' (no map)"))
+        maps: str = Field(
+            "random",
+            description=(
+                "where M comes from: 'random' (fresh each forward) or 'target' (binarized activation of the "
+                "same module on the step's target batch, cycled over the source batch)"
+            ),
+        )
+        mode: str = Field(
+            "binarize_mask",
+            description=(
+                "'binarize_mask' (A_bin*M_bin), 'mask' (A*M_bin), or ASH 'ash_p' / 'ash_b' / 'ash_s' (no map)"
+            ),
+        )
         percentile: float = Field(65.0, ge=0, le=100, description="ASH: share (%) of each sample's activation pruned")
-        at_eval: bool = Field(True, description=(
-            "shape at evaluation too (the study's choice): random maps drawn as in training, target maps "
-            "follow method.eval_maps"))
-        eval_maps: str = Field("own_batch", description=(
-            "with maps=target and at_eval, the maps at evaluation (the study does not say): 'own_batch' (each "
-            "evaluated batch is its own map, so the shaped output is A_bin) or 'fixed_target' (maps recorded "
-            "before each evaluation on the first evaluation batch of the target's adaptation images, in their "
-            "fixed order, with the weights of that moment; evaluated image i of a batch takes map i mod n)"))
+        at_eval: bool = Field(
+            True,
+            description=(
+                "shape at evaluation too (the study's choice): random maps drawn as in training, target maps "
+                "follow method.eval_maps"
+            ),
+        )
+        eval_maps: str = Field(
+            "own_batch",
+            description=(
+                "with maps=target and at_eval, the maps at evaluation (the study does not say): 'own_batch' (each "
+                "evaluated batch is its own map, so the shaped output is A_bin) or 'fixed_target' (maps recorded "
+                "before each evaluation on the first evaluation batch of the target's adaptation images, in their "
+                "fixed order, with the weights of that moment; evaluated image i of a batch takes map i mod n)"
+            ),
+        )
 
         @field_validator("layers", "types", mode="before")
         @classmethod
@@ -72,13 +99,24 @@ class ActivationShaping(Method):
         super().__init__(backbone, params, **kwargs)
         p = params
         if p.maps == "target" and p.mode not in MAP_MODES:
-            raise ConfigError(f"method.maps=target needs a mode that reads a map ({', '.join(MAP_MODES)}); "
-                              f"'{p.mode}' prunes by percentile")
+            raise ConfigError(
+                f"method.maps=target needs a mode that reads a map ({', '.join(MAP_MODES)}); "
+                f"'{p.mode}' prunes by percentile"
+            )
         self.target_stream = "unlabelled" if p.maps == "target" else "none"
         names = p.layers if "layers" in p.model_fields_set or not p.types else None
-        self.shaper = ActivationShaper(backbone.features, names, p.types, p.every, mode=p.mode, maps=p.maps,
-                                       mask_ratio=p.mask_ratio, percentile=p.percentile, at_eval=p.at_eval,
-                                       eval_maps=p.eval_maps)
+        self.shaper = ActivationShaper(
+            backbone.features,
+            names,
+            p.types,
+            p.every,
+            mode=p.mode,
+            maps=p.maps,
+            mask_ratio=p.mask_ratio,
+            percentile=p.percentile,
+            at_eval=p.at_eval,
+            eval_maps=p.eval_maps,
+        )
 
     def training_step(self, source: Batch, target: Batch | None, progress: float):
         if self.params.maps == "target":

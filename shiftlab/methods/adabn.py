@@ -5,6 +5,7 @@ Before each target evaluation the BN means and variances are recomputed on the t
 source statistics come back afterwards, so source validation, training and checkpoints use the
 source's. To adapt an already trained model without training: ``--model.weights=... --train.epochs=0``.
 """
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field

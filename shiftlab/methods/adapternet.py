@@ -12,6 +12,7 @@ classifier's normalisation comes after it. At the end of training the selected e
 (``checkpoints/best.pt``) is written on its own to ``adapter.pt`` in the run folder, which
 ``shiftlab adapt-images --adapter RUN`` applies to images.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,11 +43,17 @@ class AdapterNetMethod(Method):
         model_config = ConfigDict(extra="forbid")
         depth: int = Field(5, ge=1, description="convolution layers of the adapter (the paper: 5)")
         hidden_channels: int = Field(3, ge=1, description="channels between the adapter's layers (the paper: 3)")
-        kernel_size: int = Field(1, ge=1, description="odd kernel size; 1 (the paper) can only change colours "
-                                 "pixel by pixel, larger kernels also see neighbours")
+        kernel_size: int = Field(
+            1,
+            ge=1,
+            description="odd kernel size; 1 (the paper) can only change colours "
+            "pixel by pixel, larger kernels also see neighbours",
+        )
         init: Literal["identity", "kaiming", "xavier"] = Field(
-            "identity", description="adapter initialisation: 'identity' (the paper's; F(x) = x exactly before "
-                                    "training) or random He ('kaiming') / Glorot ('xavier'), which the paper reports fail")
+            "identity",
+            description="adapter initialisation: 'identity' (the paper's; F(x) = x exactly before "
+            "training) or random He ('kaiming') / Glorot ('xavier'), which the paper reports fail",
+        )
 
         @field_validator("kernel_size")
         @classmethod
@@ -96,14 +103,25 @@ def export_adapter(run_dir: str | Path, checkpoint: str = "checkpoints/best.pt")
     config = state.get("config") or {}
     method = config.get("method") or {}
     if not weights or method.get("name") != "adapternet":
-        raise AdapterError(f"{path} holds no adapter (method '{method.get('name')}'); give the run folder of a "
-                           f"--method.name=adapternet run")
+        raise AdapterError(
+            f"{path} holds no adapter (method '{method.get('name')}'); give the run folder of a "
+            f"--method.name=adapternet run"
+        )
     # the run's method keys typed as the run was (a checkpoint of an older config.yaml may omit defaults)
     params = method_params("adapternet", {k: v for k, v in method.items() if k != "name"})
     arch = {"channels": 3, **params.model_dump(include={"depth", "hidden_channels", "kernel_size"})}
     out = run_dir / ADAPTER_FILE
-    save_checkpoint(out, {"format": ADAPTER_FORMAT, "arch": arch, "state_dict": weights,
-                          "epoch": state.get("epoch"), "selection": state.get("selection"), "config": config})
+    save_checkpoint(
+        out,
+        {
+            "format": ADAPTER_FORMAT,
+            "arch": arch,
+            "state_dict": weights,
+            "epoch": state.get("epoch"),
+            "selection": state.get("selection"),
+            "config": config,
+        },
+    )
     return out
 
 

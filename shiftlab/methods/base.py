@@ -13,6 +13,7 @@ and ``self.optimizer(name).step()``. The loop still owns devices, autocast and l
 learning-rate schedule per optimiser, checkpoints (every optimiser and schedule resumes exactly),
 logging and the progress bar.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -24,12 +25,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from ..errors import ConfigError
-from ..utils import unknown_choice_error
 from ..models import Backbone
+from ..utils import unknown_choice_error
 
 
 class Batch(NamedTuple):
     """Images and, for labelled streams only, their labels (``y`` is None for unlabelled target data)."""
+
     x: torch.Tensor
     y: torch.Tensor | None = None
 
@@ -70,8 +72,10 @@ class Method(nn.Module):
         feature_ids = {id(p) for p in self.backbone.features.parameters()}
         features = [p for p in self.backbone.features.parameters() if p.requires_grad and id(p) not in skip]
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in feature_ids | skip]
-        groups = [{"params": features, "lr": base_lr * self.feature_lr_mult, "name": "features"},
-                  {"params": rest, "lr": base_lr, "name": "heads"}]
+        groups = [
+            {"params": features, "lr": base_lr * self.feature_lr_mult, "name": "features"},
+            {"params": rest, "lr": base_lr, "name": "heads"},
+        ]
         return [g for g in groups if g["params"]]
 
     def configure_optimizers(self, base_lr: float) -> dict[str, Any]:

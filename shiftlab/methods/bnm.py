@@ -7,6 +7,7 @@ target batch (:func:`~shiftlab.losses.batch_nuclear_norm`). Maximising the nucle
 predictions confident (discriminability) without collapsing onto a few classes (diversity), where entropy
 minimisation does the first only.
 """
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,8 +26,11 @@ class BNM(Method):
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        weight: float = Field(1.0, ge=0, description="lambda, the weight of the BNM loss -||A||_* / B (the "
-                                                     "paper's 1 for domain adaptation)")
+        weight: float = Field(
+            1.0,
+            ge=0,
+            description="lambda, the weight of the BNM loss -||A||_* / B (the paper's 1 for domain adaptation)",
+        )
 
     def training_step(self, source: Batch, target: Batch, progress: float):
         ce, acc = self.classification(self.backbone(source.x), source.y)

@@ -14,6 +14,7 @@ their gradient is reversed, and the domain loss is the mean over the concatenate
 :func:`~shiftlab.losses.entropy_weights`. DANNP's ``condition=multilinear|randomized`` is the same loss
 inside ToAlign's baseline.
 """
+
 from __future__ import annotations
 
 from pydantic import Field
@@ -26,21 +27,35 @@ from .dann import AdversarialParams
 class CDANParams(AdversarialParams):
     """CDAN's keys (also MCC's, for its ``base=cdan``). The defaults are the paper's / code's: trade-off 1,
     Ganin's lambda schedule, a 1024-1024 discriminator with dropout 0.5, randomized output 1024."""
-    entropy: bool = Field(False, description="CDAN+E: weight each example's domain loss by 1 + exp(-H(p)) "
-                                             "(Eq. 9), normalised within its domain")
-    randomized: bool | None = Field(None, description="use the randomized multilinear map; null = CDAN's rule: "
-                                    "randomized when feature dim x classes > 4096, else the full map f ⊗ g")
-    randomized_dim: int = Field(1024, ge=1, description="output size d of the randomized multilinear map "
-                                                        "(the paper's 1024)")
+
+    entropy: bool = Field(
+        False,
+        description="CDAN+E: weight each example's domain loss by 1 + exp(-H(p)) (Eq. 9), normalised within its domain",
+    )
+    randomized: bool | None = Field(
+        None,
+        description="use the randomized multilinear map; null = CDAN's rule: "
+        "randomized when feature dim x classes > 4096, else the full map f ⊗ g",
+    )
+    randomized_dim: int = Field(
+        1024, ge=1, description="output size d of the randomized multilinear map (the paper's 1024)"
+    )
 
 
 def cdan_adversary(backbone, params: CDANParams, condition: str | None = None) -> ConditionalAdversary:
     """The CDAN discriminator for ``backbone`` (``condition`` overrides the map, e.g. ``"features"`` for DANN)."""
     dim, classes = backbone.out_dim, backbone.classifier.out_features
-    return ConditionalAdversary(dim, classes, condition or cdan_condition(dim, classes, params.randomized),
-                                randomized_dim=params.randomized_dim, hidden=params.hidden, dropout=params.dropout,
-                                lambda_=params.lambda_, lambda_gamma=params.lambda_gamma,
-                                entropy=params.entropy and condition is None)
+    return ConditionalAdversary(
+        dim,
+        classes,
+        condition or cdan_condition(dim, classes, params.randomized),
+        randomized_dim=params.randomized_dim,
+        hidden=params.hidden,
+        dropout=params.dropout,
+        lambda_=params.lambda_,
+        lambda_gamma=params.lambda_gamma,
+        entropy=params.entropy and condition is None,
+    )
 
 
 @register_method
@@ -62,6 +77,11 @@ class CDAN(Method):
         logits_source, logits_target = self.backbone.head(f_source), self.backbone.head(f_target)
         ce, acc = self.classification(logits_source, source.y)
         d_source, d_target = self.adversary(f_source, logits_source, f_target, logits_target, progress)
-        return {"loss": ce + self.params.weight * (d_source + d_target) / 2, "ce": ce, "d_source": d_source,
-                "d_target": d_target, "acc": acc,
-                "lambda": ce.new_tensor(self.adversary.reversal.coefficient(progress)).detach()}
+        return {
+            "loss": ce + self.params.weight * (d_source + d_target) / 2,
+            "ce": ce,
+            "d_source": d_source,
+            "d_target": d_target,
+            "acc": acc,
+            "lambda": ce.new_tensor(self.adversary.reversal.coefficient(progress)).detach(),
+        }

@@ -8,6 +8,7 @@ applies it to the last classification layer (fc8, ``layers=[logits]``, the defau
 that at the end of training the classification loss and the CORAL loss are roughly the same"; it names no
 single value, so the default here, 1, is the tried setting on USPS -> MNIST (see tests/test_baselines_alignment.py).
 """
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,10 +28,17 @@ class DeepCORAL(Method):
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        weight: float = Field(1.0, ge=0, description="lambda, the weight of the CORAL loss (the paper sets it so "
-                              "that CE and CORAL are about equal at the end; 1 tried on digits)")
-        layers: list[str] = Field(["logits"], description="layers whose covariances are aligned, summed: "
-                                  "features, bottleneck, logits (the paper: fc8, the logits)")
+        weight: float = Field(
+            1.0,
+            ge=0,
+            description="lambda, the weight of the CORAL loss (the paper sets it so "
+            "that CE and CORAL are about equal at the end; 1 tried on digits)",
+        )
+        layers: list[str] = Field(
+            ["logits"],
+            description="layers whose covariances are aligned, summed: "
+            "features, bottleneck, logits (the paper: fc8, the logits)",
+        )
 
     def __init__(self, backbone, params, **kwargs):
         super().__init__(backbone, params, **kwargs)

@@ -14,6 +14,7 @@ softmax predictions (``layers`` followed by ``probs``; the softmax kernel a sing
 ``softmax_sigma`` = 0.92, as in JAN's code). The weight's default, 1, is the trade-off of JAN's code; DAN's paper
 chooses lambda on validation data.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -37,16 +38,26 @@ class DAN(Method):
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
         weight: float = Field(1.0, ge=0, description="lambda, the weight of the MMD penalty (JAN's code: 1)")
-        layers: list[str] = Field(["features", "logits"], description="adapted layers: features, bottleneck, "
-                                  "logits (DAN adapts fc6-fc8); with joint=true the softmax is added as JAN's last")
-        joint: bool = Field(False, description="JAN's joint MMD over the layers and the softmax predictions, "
-                            "instead of DAN's sum of per-layer MK-MMDs")
-        multipliers: list[float] = Field(list(DAN_MULTIPLIERS), description="Gaussian bandwidths as multiples "
-                                         "of the base squared distance (JAN's code: 2^-3 .. 2^1)")
-        bandwidth_base: Literal["mean", "median"] = Field("mean", description="base squared distance of the "
-                                                          "bandwidths: the batch's mean (JAN's code) or median (DAN)")
-        estimator: Literal["quadratic", "linear"] = Field("quadratic", description="MMD estimate: the unbiased "
-                                                          "quadratic U-statistic or DAN's linear-time one (Eq. 6)")
+        layers: list[str] = Field(
+            ["features", "logits"],
+            description="adapted layers: features, bottleneck, "
+            "logits (DAN adapts fc6-fc8); with joint=true the softmax is added as JAN's last",
+        )
+        joint: bool = Field(
+            False,
+            description="JAN's joint MMD over the layers and the softmax predictions, "
+            "instead of DAN's sum of per-layer MK-MMDs",
+        )
+        multipliers: list[float] = Field(
+            list(DAN_MULTIPLIERS),
+            description="Gaussian bandwidths as multiples of the base squared distance (JAN's code: 2^-3 .. 2^1)",
+        )
+        bandwidth_base: Literal["mean", "median"] = Field(
+            "mean", description="base squared distance of the bandwidths: the batch's mean (JAN's code) or median (DAN)"
+        )
+        estimator: Literal["quadratic", "linear"] = Field(
+            "quadratic", description="MMD estimate: the unbiased quadratic U-statistic or DAN's linear-time one (Eq. 6)"
+        )
         softmax_sigma: float = Field(0.92, gt=0, description="bandwidth of JAN's kernel on the softmax predictions")
 
     def __init__(self, backbone, params, **kwargs):

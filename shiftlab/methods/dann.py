@@ -12,6 +12,7 @@ fc6-fc8), a copy of that head with one output, initialised from its weights, as 
 assignment's: source through G_y, source through G_d (domain 0), target through G_d (domain 1), one
 forward and backward pass each, then one optimiser step. Both give the same gradients.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -26,13 +27,21 @@ from .base import Batch, Method, register_method
 
 class AdversarialParams(BaseModel):
     """Keys every method of the adversarial family shares."""
+
     model_config = ConfigDict(extra="forbid")
     weight: float = Field(1.0, ge=0, description="weight of the domain (alignment) loss")
-    lambda_: float | None = Field(None, ge=0, description="gradient-reversal coefficient, fixed; null = Ganin's "
-                                  "schedule 2/(1+exp(-lambda_gamma*p))-1 rising from 0 to 1 over training")
+    lambda_: float | None = Field(
+        None,
+        ge=0,
+        description="gradient-reversal coefficient, fixed; null = Ganin's "
+        "schedule 2/(1+exp(-lambda_gamma*p))-1 rising from 0 to 1 over training",
+    )
     lambda_gamma: float = Field(10.0, gt=0, description="gamma of Ganin's lambda schedule (ICML 2015: 10)")
-    hidden: list[int] = Field([1024, 1024], description="hidden widths of the MLP domain discriminator "
-                              "(DANN: [1024, 1024]; the DANN paper's digits domain classifier: [100])")
+    hidden: list[int] = Field(
+        [1024, 1024],
+        description="hidden widths of the MLP domain discriminator "
+        "(DANN: [1024, 1024]; the DANN paper's digits domain classifier: [100])",
+    )
     dropout: float = Field(0.5, ge=0, lt=1, description="dropout after each hidden layer of the MLP discriminator")
 
 
@@ -46,12 +55,16 @@ class DANN(Method):
 
     class Params(AdversarialParams):
         form: Literal["joint", "three_step"] = Field(
-            "joint", description="'joint': one summed loss, one backward pass; 'three_step': the PACS assignment's "
-                                 "three backward passes (source G_y, source G_d, target G_d), then one step")
+            "joint",
+            description="'joint': one summed loss, one backward pass; 'three_step': the PACS assignment's "
+            "three backward passes (source G_y, source G_d, target G_d), then one step",
+        )
         discriminator: Literal["auto", "mlp", "head_copy"] = Field(
-            "auto", description="G_d: 'mlp' on the features; 'head_copy' a copy of the classifier head with one "
-                                "output, initialised from its weights (AlexNet, model.head_layers=3); 'auto' = "
-                                "head_copy when the head has several Linear layers, else mlp")
+            "auto",
+            description="G_d: 'mlp' on the features; 'head_copy' a copy of the classifier head with one "
+            "output, initialised from its weights (AlexNet, model.head_layers=3); 'auto' = "
+            "head_copy when the head has several Linear layers, else mlp",
+        )
 
     def __init__(self, backbone, params, **kwargs):
         super().__init__(backbone, params, **kwargs)
@@ -73,8 +86,14 @@ class DANN(Method):
         ce, acc = self.classification(self.backbone.head(features), source.y)
         d_source = self.domain_loss(features, SOURCE, progress)
         d_target = self.domain_loss(self.backbone.forward_features(target.x), TARGET, progress)
-        return {"loss": ce + self.params.weight * (d_source + d_target), "ce": ce, "d_source": d_source,
-                "d_target": d_target, "acc": acc, "lambda": features.new_tensor(self.reversal.coefficient(progress))}
+        return {
+            "loss": ce + self.params.weight * (d_source + d_target),
+            "ce": ce,
+            "d_source": d_source,
+            "d_target": d_target,
+            "acc": acc,
+            "lambda": features.new_tensor(self.reversal.coefficient(progress)),
+        }
 
     def three_step(self, source: Batch, target: Batch, progress: float):
         """The assignment's form: three forward/backward passes, then one step of the loop's optimiser."""
@@ -88,5 +107,8 @@ class DANN(Method):
         self.manual_backward(w * d_target)
         optimizer.step()
         losses = {"loss": ce + w * (d_source + d_target), "ce": ce, "d_source": d_source, "d_target": d_target}
-        return {**{k: v.detach() for k, v in losses.items()}, "acc": acc,
-                "lambda": ce.new_tensor(self.reversal.coefficient(progress))}
+        return {
+            **{k: v.detach() for k, v in losses.items()},
+            "acc": acc,
+            "lambda": ce.new_tensor(self.reversal.coefficient(progress)),
+        }

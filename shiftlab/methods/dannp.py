@@ -13,6 +13,7 @@ feature ``f_p = s * (w_y ⊙ f)`` (:func:`~shiftlab.nn.positive_features`, ``w_y
 detached weight row of its label) and the prediction made from it, so target features are aligned with
 the task-discriminative part of the source features only. It needs a one-Linear head on the features.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -37,29 +38,45 @@ class DANNP(Method):
 
     class Params(AdversarialParams):
         condition: Literal["prediction", "multilinear", "randomized", "features"] = Field(
-            "prediction", description="discriminator input: the softmax prediction (ToAlign's code), CDAN's "
-                                      "multilinear map of features and prediction, its randomized form, or the "
-                                      "features alone (DANN)")
+            "prediction",
+            description="discriminator input: the softmax prediction (ToAlign's code), CDAN's "
+            "multilinear map of features and prediction, its randomized form, or the "
+            "features alone (DANN)",
+        )
         randomized_dim: int = Field(1024, ge=1, description="output size of the randomized multilinear map")
-        entropy_weighting: bool = Field(True, description="weight each sample's domain loss by "
-                                        "entropy_offset + exp(-H(p)) (CDAN+E), normalised within its domain")
-        entropy_offset: float = Field(1.0, ge=0, description="offset of the entropy weight: 1 in CDAN+E, 0 in the "
-                                      "GVB/HDA/ToAlign codes")
-        toalign: bool = Field(False, description="ToAlign: align target features with the source's task-oriented "
-                                                 "positive features f_p = s * (w_y ⊙ f) only")
+        entropy_weighting: bool = Field(
+            True,
+            description="weight each sample's domain loss by "
+            "entropy_offset + exp(-H(p)) (CDAN+E), normalised within its domain",
+        )
+        entropy_offset: float = Field(
+            1.0, ge=0, description="offset of the entropy weight: 1 in CDAN+E, 0 in the GVB/HDA/ToAlign codes"
+        )
+        toalign: bool = Field(
+            False,
+            description="ToAlign: align target features with the source's task-oriented "
+            "positive features f_p = s * (w_y ⊙ f) only",
+        )
 
     def __init__(self, backbone, params, **kwargs):
         super().__init__(backbone, params, **kwargs)
         classes, dim = backbone.classifier.out_features, backbone.out_dim
         if params.toalign and backbone.classifier.in_features != dim:
-            raise ConfigError(f"method.toalign needs a head that is one Linear on the features; this backbone's "
-                              f"classifier reads {backbone.classifier.in_features} inputs, not the {dim} features "
-                              f"(use model.head_layers=1)")
+            raise ConfigError(
+                f"method.toalign needs a head that is one Linear on the features; this backbone's "
+                f"classifier reads {backbone.classifier.in_features} inputs, not the {dim} features "
+                f"(use model.head_layers=1)"
+            )
         self.reversal = GradientReversal(params.lambda_, params.lambda_gamma)
-        self.randomized = (RandomizedMultilinearMap(dim, classes, params.randomized_dim)
-                           if params.condition == "randomized" else None)
-        inputs = {"prediction": classes, "multilinear": dim * classes, "randomized": params.randomized_dim,
-                  "features": dim}[params.condition]
+        self.randomized = (
+            RandomizedMultilinearMap(dim, classes, params.randomized_dim) if params.condition == "randomized" else None
+        )
+        inputs = {
+            "prediction": classes,
+            "multilinear": dim * classes,
+            "randomized": params.randomized_dim,
+            "features": dim,
+        }[params.condition]
         self.discriminator = DomainDiscriminator(inputs, params.hidden, params.dropout)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
@@ -99,8 +116,13 @@ class DANNP(Method):
             logits_align = self.classify(f_align)
         d_source = self.domain_loss(f_align, logits_align, SOURCE, progress)
         d_target = self.domain_loss(f_target, logits_target, TARGET, progress)
-        losses = {"loss": ce + self.params.weight * (d_source + d_target) / 2, "ce": ce, "d_source": d_source,
-                  "d_target": d_target, "acc": acc}
+        losses = {
+            "loss": ce + self.params.weight * (d_source + d_target) / 2,
+            "ce": ce,
+            "d_source": d_source,
+            "d_target": d_target,
+            "acc": acc,
+        }
         return losses, torch.cat([f_source, f_target])
 
     def training_step(self, source: Batch, target: Batch, progress: float):

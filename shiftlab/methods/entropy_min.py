@@ -6,6 +6,7 @@ data), with the labelled source and the unlabelled target as the two parts: ``CE
 mean_t H(p(y | x_t))`` (:func:`shiftlab.losses.mean_entropy`). The paper tunes lambda by cross-validation;
 0.1 is the README example's value (and the one measured on digits, tests/test_baselines_alignment.py).
 """
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,8 +25,11 @@ class EntropyMin(Method):
 
     class Params(BaseModel):  # becomes --method.weight, validated, listed by --help
         model_config = ConfigDict(extra="forbid")
-        weight: float = Field(0.1, ge=0, description="lambda, the weight of the target entropy term (the paper "
-                              "cross-validates it; 0.1 on digits)")
+        weight: float = Field(
+            0.1,
+            ge=0,
+            description="lambda, the weight of the target entropy term (the paper cross-validates it; 0.1 on digits)",
+        )
 
     def training_step(self, source: Batch, target: Batch, progress: float):
         ce, acc = self.classification(self.backbone(source.x), source.y)

@@ -9,6 +9,7 @@ The paper's Table 3 reports it alone ("i.i.d Gaussian matching") for GTA -> City
 from AdaBN: see :mod:`shiftlab.nn.matching`. The adversarial form of the paper (Eq. 3) is
 :mod:`shiftlab.methods.activation_matching`.
 """
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,7 +43,9 @@ class GaussianMatching(SourceOnly):
     def __init__(self, backbone, params, **kwargs):
         super().__init__(backbone, params, **kwargs)
         # not a child module: its statistics are re-measured at every evaluation and stay out of checkpoints
-        object.__setattr__(self, "matcher", GaussianMatcher(backbone, layer_points(backbone, params.layers), params.eps))
+        object.__setattr__(
+            self, "matcher", GaussianMatcher(backbone, layer_points(backbone, params.layers), params.eps)
+        )
         self._phase = None
 
     def before_evaluation(self, domain: str, images) -> None:
@@ -53,8 +56,10 @@ class GaussianMatching(SourceOnly):
             return
         m.stop_recording()
         if self._phase != "source":
-            raise RuntimeError("gaussian_matching reads the source statistics during the source evaluation, which "
-                               "must come before the target's (the training loop's order)")
+            raise RuntimeError(
+                "gaussian_matching reads the source statistics during the source evaluation, which "
+                "must come before the target's (the training loop's order)"
+            )
         device = next(self.backbone.parameters()).device
         m.to(device)
         m.estimate_target(self.backbone, images, device, self.params.max_batches)

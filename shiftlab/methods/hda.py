@@ -16,6 +16,7 @@ Both codes apply H at the classifier's output (logits), so the subtraction is th
 features. With ``toalign=true`` ToAlign's class weights are ``w_F,y - sum_i w_Hi,y`` (Wei et al. 2021;
 microsoft/UDA base_model.py), and the positive source prediction is ``G(f_p)``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,8 +34,9 @@ class HDA(DANNP):
     name = "hda"
 
     class Params(DANNP.Params):
-        entropy_offset: float = Field(0.0, ge=0, description="offset of the entropy weight: 0 in the HDA code "
-                                      "(exp(-H)), 1 in CDAN+E")
+        entropy_offset: float = Field(
+            0.0, ge=0, description="offset of the entropy weight: 0 in the HDA code (exp(-H)), 1 in CDAN+E"
+        )
         heads: int = Field(3, ge=1, description="heuristic sub-networks summed into H (the HDA code's default: 3)")
         heuristic_weight: float = Field(1.0, ge=0, description="weight of the final-state constraint mean |H(f)|")
 

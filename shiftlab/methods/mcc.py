@@ -10,6 +10,7 @@ category-normalised; the loss is its off-diagonal mass. Training minimises ``CE_
 ``weight * (d_source + d_target) / 2`` with the keys of :class:`~shiftlab.methods.cdan.CDANParams`
 (:class:`~shiftlab.nn.ConditionalAdversary`, the piece CDAN is built on); ``base=none`` (null) ignores those keys.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -31,17 +32,21 @@ class MCC(Method):
 
     class Params(CDANParams):
         mu: float = Field(1.0, ge=0, description="weight of the MCC loss (the paper's mu = 1)")
-        temperature: float = Field(2.5, gt=0, description="temperature T rescaling the target logits (the paper's "
-                                                          "2.5)")
+        temperature: float = Field(2.5, gt=0, description="temperature T rescaling the target logits (the paper's 2.5)")
         base: Literal["dann", "cdan"] | None = Field(
-            None, description="domain loss MCC is added to: none (null: source CE + mu * MCC), dann (discriminator on "
-                                "the features) or cdan (on the multilinear map; method.entropy for CDAN+E), weighted "
-                                "by method.weight")
+            None,
+            description="domain loss MCC is added to: none (null: source CE + mu * MCC), dann (discriminator on "
+            "the features) or cdan (on the multilinear map; method.entropy for CDAN+E), weighted "
+            "by method.weight",
+        )
 
     def __init__(self, backbone, params, **kwargs):
         super().__init__(backbone, params, **kwargs)
-        self.adversary = (None if params.base is None else
-                          cdan_adversary(backbone, params, "features" if params.base == "dann" else None))
+        self.adversary = (
+            None
+            if params.base is None
+            else cdan_adversary(backbone, params, "features" if params.base == "dann" else None)
+        )
 
     def training_step(self, source: Batch, target: Batch, progress: float):
         f_source, f_target = self.backbone.forward_features(source.x), self.backbone.forward_features(target.x)
@@ -51,6 +56,9 @@ class MCC(Method):
         losses = {"loss": ce + self.params.mu * mcc, "ce": ce, "mcc": mcc, "acc": acc}
         if self.adversary is not None:
             d_source, d_target = self.adversary(f_source, logits_source, f_target, logits_target, progress)
-            losses.update(loss=losses["loss"] + self.params.weight * (d_source + d_target) / 2,
-                          d_source=d_source, d_target=d_target)
+            losses.update(
+                loss=losses["loss"] + self.params.weight * (d_source + d_target) / 2,
+                d_source=d_source,
+                d_target=d_target,
+            )
         return losses

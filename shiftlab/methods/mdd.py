@@ -9,6 +9,7 @@ weights) and sits behind gradient reversal, so one backward pass trains f' to ma
 the features to minimise it. The paper's gamma is 4 (Office-31; it reports 2-4 across benchmarks); its
 code warms the reversal coefficient up to 0.1, where ``lambda_`` here is fixed or Ganin's schedule to 1.
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,10 +42,15 @@ class MDD(Method):
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
         weight: float = Field(1.0, ge=0, description="trade-off eta of the disparity (the paper's 1)")
-        margin: float = Field(4.0, gt=0, description="margin factor gamma = exp(rho) scaling the source term (the "
-                                                     "paper's 4 on Office-31)")
-        lambda_: float | None = Field(None, ge=0, description="gradient-reversal coefficient in front of f', fixed; "
-                                      "null = Ganin's schedule 2/(1+exp(-lambda_gamma*p))-1 rising from 0 to 1")
+        margin: float = Field(
+            4.0, gt=0, description="margin factor gamma = exp(rho) scaling the source term (the paper's 4 on Office-31)"
+        )
+        lambda_: float | None = Field(
+            None,
+            ge=0,
+            description="gradient-reversal coefficient in front of f', fixed; "
+            "null = Ganin's schedule 2/(1+exp(-lambda_gamma*p))-1 rising from 0 to 1",
+        )
         lambda_gamma: float = Field(10.0, gt=0, description="gamma of Ganin's lambda schedule")
 
     def __init__(self, backbone, params, **kwargs):
@@ -59,5 +65,10 @@ class MDD(Method):
         adv_source = self.adversary(self.reversal(f_source, progress))
         adv_target = self.adversary(self.reversal(f_target, progress))
         disparity = margin_disparity_loss(logits_source, logits_target, adv_source, adv_target, self.params.margin)
-        return {"loss": ce + self.params.weight * disparity, "ce": ce, "disparity": disparity, "acc": acc,
-                "lambda": ce.new_tensor(self.reversal.coefficient(progress))}
+        return {
+            "loss": ce + self.params.weight * disparity,
+            "ce": ce,
+            "disparity": disparity,
+            "acc": acc,
+            "lambda": ce.new_tensor(self.reversal.coefficient(progress)),
+        }

@@ -3,6 +3,7 @@
 It reads target labels by design, so its runs are labelled as oracle runs; the loop evaluates it on
 the target's held-out ``val`` split, never on the images it trained on.
 """
+
 from __future__ import annotations
 
 from .base import Batch, Method, register_method

@@ -9,6 +9,7 @@ contrast jitter, Cutout, on the device, from a generator seeded by the experimen
 Paper defaults: tau = 0.95, lambda_u = 1 (Sec. 4); the ratio of unlabelled to labelled batch size, 7 in the
 paper, is 1 here (the loop's equal source and target batches).
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,14 +30,26 @@ class SelfTraining(Method):
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        weight: float = Field(1.0, ge=0, description="lambda_u, the weight of the target pseudo-label loss "
-                              "(FixMatch: 1)")
-        threshold: float = Field(0.95, ge=0, le=1, description="tau: only target predictions at least this "
-                                 "confident (weak view) become labels (FixMatch: 0.95)")
-        cutout: float = Field(0.5, ge=0, le=1, description="side of the strong view's Cutout square, a fraction "
-                              "of the image (FixMatch's Cutout: up to 0.5)")
-        rotation: float = Field(30.0, ge=0, description="largest rotation of the strong view, degrees "
-                                "(RandAugment's range: 30)")
+        weight: float = Field(
+            1.0, ge=0, description="lambda_u, the weight of the target pseudo-label loss (FixMatch: 1)"
+        )
+        threshold: float = Field(
+            0.95,
+            ge=0,
+            le=1,
+            description="tau: only target predictions at least this "
+            "confident (weak view) become labels (FixMatch: 0.95)",
+        )
+        cutout: float = Field(
+            0.5,
+            ge=0,
+            le=1,
+            description="side of the strong view's Cutout square, a fraction "
+            "of the image (FixMatch's Cutout: up to 0.5)",
+        )
+        rotation: float = Field(
+            30.0, ge=0, description="largest rotation of the strong view, degrees (RandAugment's range: 30)"
+        )
 
     def __init__(self, backbone, params, **kwargs):
         super().__init__(backbone, params, **kwargs)

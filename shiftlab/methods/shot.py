@@ -20,6 +20,7 @@ weight 1 (Sec. 4.1), centroids updated once (``rounds=1``: "updating once gives 
 The paper's source model is trained with label smoothing and a weight-normalised classifier; any shiftlab
 source run's checkpoint serves here.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -46,12 +47,13 @@ class SHOT(Method):
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
         beta: float = Field(0.3, ge=0, description="weight of the pseudo-label cross-entropy (SHOT: 0.3)")
-        im_weight: float = Field(1.0, ge=0, description="weight of information maximisation, entropy plus "
-                                 "diversity (SHOT: 1)")
-        rounds: int = Field(1, ge=0, description="centroid updates after the prediction-weighted ones (Eq. 6; "
-                            "SHOT: 1)")
-        frozen: Literal["classifier", "head"] = Field("classifier", description="what stays fixed: the head's "
-                                                      "last Linear (SHOT's hypothesis) or the whole head")
+        im_weight: float = Field(
+            1.0, ge=0, description="weight of information maximisation, entropy plus diversity (SHOT: 1)"
+        )
+        rounds: int = Field(1, ge=0, description="centroid updates after the prediction-weighted ones (Eq. 6; SHOT: 1)")
+        frozen: Literal["classifier", "head"] = Field(
+            "classifier", description="what stays fixed: the head's last Linear (SHOT's hypothesis) or the whole head"
+        )
 
     def __init__(self, backbone, params, **kwargs):
         super().__init__(backbone, params, **kwargs)
@@ -77,8 +79,9 @@ class SHOT(Method):
             g = self.embed((batch[0] if isinstance(batch, (tuple, list)) else batch).to(device)).float()
             features.append(g)
             probs.append(self.hypothesis(g).softmax(1))
-        _, self.centroids, self.classes = centroid_pseudo_labels(torch.cat(features), torch.cat(probs),
-                                                                 self.params.rounds)
+        _, self.centroids, self.classes = centroid_pseudo_labels(
+            torch.cat(features), torch.cat(probs), self.params.rounds
+        )
         self.train(was_training)
 
     def training_step(self, source: Batch | None, target: Batch, progress: float):

@@ -1,4 +1,5 @@
 """Source-only baseline: cross-entropy on labelled source images; the target is only evaluated."""
+
 from __future__ import annotations
 
 from .base import Batch, Method, register_method

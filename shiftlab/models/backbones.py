@@ -6,6 +6,7 @@ from. The split is generic: the model's final classifier (its last ``nn.Linear``
 the rest of the torchvision model, unchanged, is the feature extractor, so layer names inside
 ``features`` are torchvision's own (``conv1``, ``layer2.0.conv2``, ``features.3``, ``classifier.4``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,16 +37,25 @@ class Backbone(nn.Module):
     ``normalize`` is kept out of ``features`` so layer names inside ``features`` stay torchvision's.
     """
 
-    def __init__(self, features: nn.Module, feature_dim: int, num_classes: int, bottleneck_dim: int = 0, *,
-                 head: nn.Module | None = None, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD):
+    def __init__(
+        self,
+        features: nn.Module,
+        feature_dim: int,
+        num_classes: int,
+        bottleneck_dim: int = 0,
+        *,
+        head: nn.Module | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
         super().__init__()
         self.normalize = InputNormalization(mean, std)
         self.features = features
         self.feature_dim = feature_dim
         if bottleneck_dim:
-            self.bottleneck = nn.Sequential(nn.Linear(feature_dim, bottleneck_dim),
-                                            nn.BatchNorm1d(bottleneck_dim), nn.ReLU(inplace=True))
+            self.bottleneck = nn.Sequential(
+                nn.Linear(feature_dim, bottleneck_dim), nn.BatchNorm1d(bottleneck_dim), nn.ReLU(inplace=True)
+            )
         else:
             self.bottleneck = nn.Identity()
         self.out_dim = bottleneck_dim or feature_dim
@@ -85,8 +95,11 @@ class Backbone(nn.Module):
         downsampling branch comes after its main branch). What Keras calls the trainable layers, and what
         fine-tuning "the last k layers" counts (AdapterNet, Hazan et al. 2018: VGG16's fc8, fc7, fc6):
         ResNet-18's last three are ``head`` (fc), ``features.layer4.1.bn2``, ``features.layer4.1.conv2``."""
-        return [(name, m) for name, m in self.named_modules()
-                if not name.startswith("normalize") and any(True for _ in m.parameters(recurse=False))]
+        return [
+            (name, m)
+            for name, m in self.named_modules()
+            if not name.startswith("normalize") and any(True for _ in m.parameters(recurse=False))
+        ]
 
 
 def _has_params(module: nn.Module) -> bool:
@@ -100,7 +113,8 @@ def _layers(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
             continue
         kids = [c for c in child.children() if _has_params(c)]
         opened = type(child) in (nn.Sequential, nn.ModuleList) and (
-            all(not any(True for _ in c.children()) for c in kids) or len({type(c) for c in kids}) > 1)
+            all(not any(True for _ in c.children()) for c in kids) or len({type(c) for c in kids}) > 1
+        )
         out += _layers(child, f"{prefix}{name}.") if opened else [(prefix + name, child)]
     return out
 
@@ -113,13 +127,24 @@ class SmallCNN(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(OrderedDict([
-            ("conv1", nn.Conv2d(3, 32, 5)), ("bn1", nn.BatchNorm2d(32)), ("relu1", nn.ReLU(inplace=True)),
-            ("pool1", nn.MaxPool2d(2)),
-            ("conv2", nn.Conv2d(32, 64, 5)), ("bn2", nn.BatchNorm2d(64)), ("relu2", nn.ReLU(inplace=True)),
-            ("pool2", nn.AdaptiveMaxPool2d(4)), ("flatten", nn.Flatten()),
-            ("fc", nn.Linear(64 * 16, 128)), ("bn3", nn.BatchNorm1d(128)), ("relu3", nn.ReLU(inplace=True)),
-        ]))
+        self.body = nn.Sequential(
+            OrderedDict(
+                [
+                    ("conv1", nn.Conv2d(3, 32, 5)),
+                    ("bn1", nn.BatchNorm2d(32)),
+                    ("relu1", nn.ReLU(inplace=True)),
+                    ("pool1", nn.MaxPool2d(2)),
+                    ("conv2", nn.Conv2d(32, 64, 5)),
+                    ("bn2", nn.BatchNorm2d(64)),
+                    ("relu2", nn.ReLU(inplace=True)),
+                    ("pool2", nn.AdaptiveMaxPool2d(4)),
+                    ("flatten", nn.Flatten()),
+                    ("fc", nn.Linear(64 * 16, 128)),
+                    ("bn3", nn.BatchNorm1d(128)),
+                    ("relu3", nn.ReLU(inplace=True)),
+                ]
+            )
+        )
 
 
 class DANNDigits(nn.Module):
@@ -135,15 +160,30 @@ class DANNDigits(nn.Module):
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
-        self.features = nn.Sequential(OrderedDict([
-            ("conv1", nn.Conv2d(3, 32, 5)), ("relu1", nn.ReLU(inplace=True)), ("pool1", nn.MaxPool2d(2)),
-            ("conv2", nn.Conv2d(32, 48, 5)), ("relu2", nn.ReLU(inplace=True)), ("pool2", nn.AdaptiveMaxPool2d(4)),
-            ("flatten", nn.Flatten()),
-        ]))
-        self.classifier = nn.Sequential(OrderedDict([
-            ("fc1", nn.Linear(48 * 4 * 4, 100)), ("relu1", nn.ReLU(inplace=True)),
-            ("fc2", nn.Linear(100, 100)), ("relu2", nn.ReLU(inplace=True)), ("fc3", nn.Linear(100, num_classes)),
-        ]))
+        self.features = nn.Sequential(
+            OrderedDict(
+                [
+                    ("conv1", nn.Conv2d(3, 32, 5)),
+                    ("relu1", nn.ReLU(inplace=True)),
+                    ("pool1", nn.MaxPool2d(2)),
+                    ("conv2", nn.Conv2d(32, 48, 5)),
+                    ("relu2", nn.ReLU(inplace=True)),
+                    ("pool2", nn.AdaptiveMaxPool2d(4)),
+                    ("flatten", nn.Flatten()),
+                ]
+            )
+        )
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                [
+                    ("fc1", nn.Linear(48 * 4 * 4, 100)),
+                    ("relu1", nn.ReLU(inplace=True)),
+                    ("fc2", nn.Linear(100, 100)),
+                    ("relu2", nn.ReLU(inplace=True)),
+                    ("fc3", nn.Linear(100, num_classes)),
+                ]
+            )
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -164,14 +204,28 @@ class LeNet(nn.Module):
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
-        self.features = nn.Sequential(OrderedDict([
-            ("conv1", nn.Conv2d(3, 20, 5)), ("relu1", nn.ReLU(inplace=True)), ("pool1", nn.MaxPool2d(2)),
-            ("conv2", nn.Conv2d(20, 50, 5)), ("relu2", nn.ReLU(inplace=True)), ("pool2", nn.AdaptiveMaxPool2d(4)),
-            ("flatten", nn.Flatten()),
-        ]))
-        self.classifier = nn.Sequential(OrderedDict([
-            ("fc3", nn.Linear(50 * 4 * 4, 500)), ("relu3", nn.ReLU(inplace=True)), ("fc4", nn.Linear(500, num_classes)),
-        ]))
+        self.features = nn.Sequential(
+            OrderedDict(
+                [
+                    ("conv1", nn.Conv2d(3, 20, 5)),
+                    ("relu1", nn.ReLU(inplace=True)),
+                    ("pool1", nn.MaxPool2d(2)),
+                    ("conv2", nn.Conv2d(20, 50, 5)),
+                    ("relu2", nn.ReLU(inplace=True)),
+                    ("pool2", nn.AdaptiveMaxPool2d(4)),
+                    ("flatten", nn.Flatten()),
+                ]
+            )
+        )
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                [
+                    ("fc3", nn.Linear(50 * 4 * 4, 500)),
+                    ("relu3", nn.ReLU(inplace=True)),
+                    ("fc4", nn.Linear(500, num_classes)),
+                ]
+            )
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -199,9 +253,19 @@ def check_model_name(name: str) -> str:
 # classifiers are built so torchvision-format weights load strictly, then removed (see _drop_aux).
 _CONSTRUCTOR_KWARGS = {"googlenet": {"init_weights": True}, "inception_v3": {"init_weights": True}}
 
-def build_backbone(name: str, num_classes: int, *, pretrained: str = "none", weights: str | Path | None = None,
-                   bottleneck_dim: int = 0, head_layers: int = 1, mean: Sequence[float] | None = None,
-                   std: Sequence[float] | None = None, progress: bool = True) -> Backbone:
+
+def build_backbone(
+    name: str,
+    num_classes: int,
+    *,
+    pretrained: str = "none",
+    weights: str | Path | None = None,
+    bottleneck_dim: int = 0,
+    head_layers: int = 1,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    progress: bool = True,
+) -> Backbone:
     """A :class:`Backbone` of any torchvision classification model (or ``small_cnn``, ``dann_digits``).
 
     ``pretrained`` ("none", "imagenet" or a torchvision weights name) and a torchvision-format
@@ -219,8 +283,9 @@ def build_backbone(name: str, num_classes: int, *, pretrained: str = "none", wei
     if head_layers > 1 and name == "small_cnn":
         raise ModelError("small_cnn's head is one Linear layer; use model.head_layers=1")
     if head_layers > 1 and bottleneck_dim:
-        raise ModelError("model.bottleneck_dim and model.head_layers > 1 both set the layers before the classes; "
-                         "use one of them")
+        raise ModelError(
+            "model.bottleneck_dim and model.head_layers > 1 both set the layers before the classes; use one of them"
+        )
     if pretrained != "none" and weights:
         raise WeightsError("give either model.pretrained or model.weights, not both")
     state = None
@@ -245,8 +310,15 @@ def build_backbone(name: str, num_classes: int, *, pretrained: str = "none", wei
         _drop_aux(model)
         features, head, feature_dim = _split(model, name, head_layers)
         head = _fit_classifier(head, bottleneck_dim or None, num_classes)
-    backbone = Backbone(features, feature_dim, num_classes, bottleneck_dim, head=head,
-                        mean=IMAGENET_MEAN if mean is None else mean, std=IMAGENET_STD if std is None else std)
+    backbone = Backbone(
+        features,
+        feature_dim,
+        num_classes,
+        bottleneck_dim,
+        head=head,
+        mean=IMAGENET_MEAN if mean is None else mean,
+        std=IMAGENET_STD if std is None else std,
+    )
     if own:
         path = next(n for n, m in backbone.named_modules() if m is backbone.classifier)
         _load(backbone, _backbone_keys(state), what, optional=[f"{path}.weight", f"{path}.bias"])
@@ -258,8 +330,9 @@ def is_backbone_state(state: dict) -> bool:
     a torchvision model's. A Backbone's keys all sit under its four parts, with a ``head.``; no
     torchvision model's do (they also have ``classifier.``, ``fc.``, ``norm.``, ``heads.`` ...)."""
     keys = list(state)
-    return (any(k.startswith("backbone.") for k in keys)
-            or (any(k.startswith("head.") for k in keys) and all(k.startswith(BACKBONE_PREFIXES) for k in keys)))
+    return any(k.startswith("backbone.") for k in keys) or (
+        any(k.startswith("head.") for k in keys) and all(k.startswith(BACKBONE_PREFIXES) for k in keys)
+    )
 
 
 def _backbone_keys(state: dict) -> dict:
@@ -275,8 +348,9 @@ def _renamed(state: dict, rename) -> OrderedDict:
     out = OrderedDict((rename(k), v) for k, v in state.items() if rename(k) is not None)
     meta = getattr(state, "_metadata", None)
     if meta is not None:  # keyed by module prefix without the trailing dot ("" is the root)
-        out._metadata = OrderedDict((new[:-1], v) for k, v in meta.items()
-                                    if (new := rename(f"{k}." if k else "")) is not None)
+        out._metadata = OrderedDict(
+            (new[:-1], v) for k, v in meta.items() if (new := rename(f"{k}." if k else "")) is not None
+        )
     return out
 
 
@@ -284,14 +358,18 @@ def _final_linear(model: nn.Module, name: str) -> tuple[str, nn.Linear]:
     """The model's classifier: its last ``nn.Linear`` in module order (``fc``, ``classifier.6``, ``heads.head``)."""
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ModelError(f"model '{name}' has no Linear classifier (e.g. squeezenet classifies with a "
-                         f"convolution), so it cannot be split into features and head; choose another model")
+        raise ModelError(
+            f"model '{name}' has no Linear classifier (e.g. squeezenet classifies with a "
+            f"convolution), so it cannot be split into features and head; choose another model"
+        )
     path, linear = linears[-1]
     parent_path, _, attr = path.rpartition(".")
     parent = model.get_submodule(parent_path)
     if isinstance(parent, nn.Sequential) and list(parent.children())[-1] is not linear:
-        raise ModelError(f"model '{name}': its last Linear ({path}) is not the last layer of its classifier, "
-                         f"so it cannot be split into features and head")
+        raise ModelError(
+            f"model '{name}': its last Linear ({path}) is not the last layer of its classifier, "
+            f"so it cannot be split into features and head"
+        )
     return path, linear
 
 
@@ -329,8 +407,10 @@ def _split(model: nn.Module, name: str, head_layers: int) -> tuple[nn.Module, nn
     at = [i for i, (_, m) in enumerate(children) if isinstance(m, nn.Linear)]
     if len(at) < head_layers:
         found = f"a Sequential with {len(at)} Linear layer(s)" if children else f"a single Linear ({path})"
-        raise ModelError(f"model.head_layers={head_layers} but the classifier of '{name}' is {found}; "
-                         f"use model.head_layers={max(len(at), 1)}")
+        raise ModelError(
+            f"model.head_layers={head_layers} but the classifier of '{name}' is {found}; "
+            f"use model.head_layers={max(len(at), 1)}"
+        )
     start = at[-head_layers]
     first = children[start][1]
     while start > 0 and isinstance(children[start - 1][1], nn.Dropout):
@@ -366,7 +446,8 @@ def _load(module: nn.Module, state: dict, what: str, optional: Sequence[str] = (
         raise WeightsError(f"weights for {what} cannot be loaded: {err}") from err
     missing = [k for k in result.missing_keys if k not in skipped]
     if result.unexpected_keys or missing:
-        raise WeightsError(f"weights for {what} do not fit the model: missing {missing[:5]}, "
-                           f"unexpected {result.unexpected_keys[:5]}")
+        raise WeightsError(
+            f"weights for {what} do not fit the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
     if skipped:
         log.info("weights for %s: classifier %s not loaded (class count differs)", what, skipped)

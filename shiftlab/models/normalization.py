@@ -5,6 +5,7 @@ Keeping the statistics in the model (as buffers, so they are saved in checkpoint
 modules in front of the normalisation (AdapterNet's adapter works on [0, 1] images), lets image
 shifts act on plain images, and makes a checkpoint carry the preprocessing it was trained with.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -48,8 +49,9 @@ class InputNormalization(nn.Module):
         super().__init__()
         mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
         if mean.ndim != 1 or mean.shape != std.shape:
-            raise ValueError(f"mean and std must be two lists of one value per channel, got {mean.tolist()} "
-                             f"and {std.tolist()}")
+            raise ValueError(
+                f"mean and std must be two lists of one value per channel, got {mean.tolist()} and {std.tolist()}"
+            )
         if not bool((std > 0).all()):
             raise ValueError(f"std must be positive, got {std.tolist()}")
         self.register_buffer("mean", mean.view(1, -1, 1, 1))

@@ -3,6 +3,7 @@
 There is no silent fallback: a model asked to start from weights either gets them or the run stops
 with a :class:`WeightsError` that says how to provide them.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,9 @@ def download_state_dict(url: str, *, progress: bool = True) -> dict:
     filename = url.rsplit("/", 1)[-1]
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     try:
-        return torch.hub.load_state_dict_from_url(url, progress=progress, check_hash=True,
-                                                  map_location="cpu", weights_only=True)
+        return torch.hub.load_state_dict_from_url(
+            url, progress=progress, check_hash=True, map_location="cpu", weights_only=True
+        )
     except (URLError, OSError, RuntimeError, ValueError) as err:
         raise WeightsError(
             f"could not get weights from {url}: {err}\n"

@@ -11,6 +11,7 @@ classifier's own behaviour; the paper reports that a random initialisation fails
 The adapter reads and writes images in [0, 1] (shiftlab's data loaders yield those): the classifier's
 normalisation (``Backbone.normalize``) stays after the adapter.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -37,8 +38,9 @@ class AdapterNet(nn.Module):
     frame (zero padding would feed the adapter black pixels that no camera produced).
     """
 
-    def __init__(self, channels: int = 3, depth: int = 5, hidden_channels: int = 3, kernel_size: int = 1,
-                 init: Init = "identity"):
+    def __init__(
+        self, channels: int = 3, depth: int = 5, hidden_channels: int = 3, kernel_size: int = 1, init: Init = "identity"
+    ):
         super().__init__()
         if depth < 1:
             raise ValueError(f"AdapterNet depth must be at least 1, got {depth}")
@@ -47,14 +49,28 @@ class AdapterNet(nn.Module):
         if init not in INITS:
             raise ValueError(f"AdapterNet init must be one of {', '.join(INITS)}, got {init!r}")
         if init == "identity" and depth > 1 and hidden_channels < channels:
-            raise ValueError(f"identity initialisation needs hidden_channels >= channels ({channels}) to carry the "
-                             f"image through, got hidden_channels={hidden_channels}; raise it or use a random init")
-        self.channels, self.depth, self.hidden_channels, self.kernel_size = channels, depth, hidden_channels, kernel_size
+            raise ValueError(
+                f"identity initialisation needs hidden_channels >= channels ({channels}) to carry the "
+                f"image through, got hidden_channels={hidden_channels}; raise it or use a random init"
+            )
+        self.channels, self.depth, self.hidden_channels, self.kernel_size = (
+            channels,
+            depth,
+            hidden_channels,
+            kernel_size,
+        )
         widths = [channels] + [hidden_channels] * (depth - 1) + [channels]
         layers: list[nn.Module] = []
         for i in range(depth):
-            layers.append(nn.Conv2d(widths[i], widths[i + 1], kernel_size, padding=kernel_size // 2,
-                                    padding_mode="replicate" if kernel_size > 1 else "zeros"))
+            layers.append(
+                nn.Conv2d(
+                    widths[i],
+                    widths[i + 1],
+                    kernel_size,
+                    padding=kernel_size // 2,
+                    padding_mode="replicate" if kernel_size > 1 else "zeros",
+                )
+            )
             if i < depth - 1:
                 layers.append(nn.ReLU())  # not in place: the input tensor must stay untouched
         self.layers = nn.Sequential(*layers)
@@ -63,8 +79,12 @@ class AdapterNet(nn.Module):
     @property
     def arch(self) -> dict[str, int]:
         """What rebuilds this adapter (saved beside its weights in ``adapter.pt``)."""
-        return {"channels": self.channels, "depth": self.depth, "hidden_channels": self.hidden_channels,
-                "kernel_size": self.kernel_size}
+        return {
+            "channels": self.channels,
+            "depth": self.depth,
+            "hidden_channels": self.hidden_channels,
+            "kernel_size": self.kernel_size,
+        }
 
     @torch.no_grad()
     def reset_parameters(self, init: Init = "identity") -> None:

@@ -11,6 +11,7 @@
 * ToAlign's task-oriented positive features: Wei et al., "ToAlign: Task-oriented Alignment for
   Unsupervised Domain Adaptation", NeurIPS 2021, Sec. 3 (task-oriented feature decomposition).
 """
+
 from __future__ import annotations
 
 import copy
@@ -148,22 +149,33 @@ class ConditionalAdversary(nn.Module):
     ``weight * (d_source + d_target) / 2``, the mean over the concatenated batch of the CDAN code.
     """
 
-    def __init__(self, feature_dim: int, num_classes: int, condition: str = "features", *, randomized_dim: int = 1024,
-                 hidden: Sequence[int] = (1024, 1024), dropout: float = 0.5, lambda_: float | None = None,
-                 lambda_gamma: float = 10.0, entropy: bool = False):
+    def __init__(
+        self,
+        feature_dim: int,
+        num_classes: int,
+        condition: str = "features",
+        *,
+        randomized_dim: int = 1024,
+        hidden: Sequence[int] = (1024, 1024),
+        dropout: float = 0.5,
+        lambda_: float | None = None,
+        lambda_gamma: float = 10.0,
+        entropy: bool = False,
+    ):
         super().__init__()
         if condition not in CONDITIONS:
             raise ValueError(f"condition must be one of {CONDITIONS}, not {condition!r}")
         self.condition, self.entropy = condition, entropy
         self.reversal = GradientReversal(lambda_, lambda_gamma)
-        self.randomized = (RandomizedMultilinearMap(feature_dim, num_classes, randomized_dim)
-                           if condition == "randomized" else None)
-        inputs = {"features": feature_dim, "multilinear": feature_dim * num_classes,
-                  "randomized": randomized_dim}[condition]
+        self.randomized = (
+            RandomizedMultilinearMap(feature_dim, num_classes, randomized_dim) if condition == "randomized" else None
+        )
+        inputs = {"features": feature_dim, "multilinear": feature_dim * num_classes, "randomized": randomized_dim}[
+            condition
+        ]
         self.discriminator = DomainDiscriminator(inputs, hidden, dropout)
 
-    def domain_loss(self, features: torch.Tensor, logits: torch.Tensor, domain: float,
-                    progress: float) -> torch.Tensor:
+    def domain_loss(self, features: torch.Tensor, logits: torch.Tensor, domain: float, progress: float) -> torch.Tensor:
         probs = logits.softmax(1)
         if self.condition == "features":
             inputs = features
@@ -174,7 +186,15 @@ class ConditionalAdversary(nn.Module):
         weights = entropy_weights(self.reversal(probs, progress)) if self.entropy else None
         return domain_bce(self.discriminator(self.reversal(inputs, progress)), domain, weights)
 
-    def forward(self, source_features: torch.Tensor, source_logits: torch.Tensor, target_features: torch.Tensor,
-                target_logits: torch.Tensor, progress: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return (self.domain_loss(source_features, source_logits, SOURCE, progress),
-                self.domain_loss(target_features, target_logits, TARGET, progress))
+    def forward(
+        self,
+        source_features: torch.Tensor,
+        source_logits: torch.Tensor,
+        target_features: torch.Tensor,
+        target_logits: torch.Tensor,
+        progress: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            self.domain_loss(source_features, source_logits, SOURCE, progress),
+            self.domain_loss(target_features, target_logits, TARGET, progress),
+        )

@@ -7,6 +7,7 @@ Cutout (a square set to grey). The random draws come from a CPU ``torch.Generato
 as :class:`shiftlab.data.decoded.BatchAugment`'s) whose state is a buffer of the module: it is saved in
 checkpoints, so a resumed run draws what the uninterrupted one would, and it never touches the global stream.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,17 @@ from torch import nn
 class StrongAugment(nn.Module):
     """``forward(x)``: a strongly augmented copy of a float batch (N, C, H, W) in [0, 1]."""
 
-    def __init__(self, seed: int = 0, rotation: float = 30.0, translate: float = 0.125, scale: float = 0.2,
-                 shear: float = 0.3, brightness: float = 0.5, contrast: float = 0.5, cutout: float = 0.5):
+    def __init__(
+        self,
+        seed: int = 0,
+        rotation: float = 30.0,
+        translate: float = 0.125,
+        scale: float = 0.2,
+        shear: float = 0.3,
+        brightness: float = 0.5,
+        contrast: float = 0.5,
+        cutout: float = 0.5,
+    ):
         super().__init__()
         self.rotation, self.translate, self.scale, self.shear = rotation, translate, scale, shear
         self.brightness, self.contrast, self.cutout = brightness, contrast, cutout
@@ -32,11 +42,18 @@ class StrongAugment(nn.Module):
 
         def u(lo: float, hi: float) -> torch.Tensor:
             return torch.rand(n, generator=gen) * (hi - lo) + lo
-        draws = {"angle": u(-self.rotation, self.rotation) * math.pi / 180,
-                 "tx": u(-self.translate, self.translate) * 2, "ty": u(-self.translate, self.translate) * 2,
-                 "scale": u(1 - self.scale, 1 + self.scale), "shear": u(-self.shear, self.shear),
-                 "brightness": u(1 - self.brightness, 1 + self.brightness),
-                 "contrast": u(1 - self.contrast, 1 + self.contrast), "cx": u(0, 1), "cy": u(0, 1)}
+
+        draws = {
+            "angle": u(-self.rotation, self.rotation) * math.pi / 180,
+            "tx": u(-self.translate, self.translate) * 2,
+            "ty": u(-self.translate, self.translate) * 2,
+            "scale": u(1 - self.scale, 1 + self.scale),
+            "shear": u(-self.shear, self.shear),
+            "brightness": u(1 - self.brightness, 1 + self.brightness),
+            "contrast": u(1 - self.contrast, 1 + self.contrast),
+            "cx": u(0, 1),
+            "cy": u(0, 1),
+        }
         self.rng_state.copy_(gen.get_state())
         return draws
 
@@ -44,8 +61,13 @@ class StrongAugment(nn.Module):
         n, _, h, w = x.shape
         d = {k: v.to(x.device, x.dtype) for k, v in self._draw(n).items()}
         cos, sin = torch.cos(d["angle"]), torch.sin(d["angle"])
-        theta = torch.stack([torch.stack([cos / d["scale"], (-sin + d["shear"] * cos) / d["scale"], d["tx"]], 1),
-                             torch.stack([sin / d["scale"], (cos + d["shear"] * sin) / d["scale"], d["ty"]], 1)], 1)
+        theta = torch.stack(
+            [
+                torch.stack([cos / d["scale"], (-sin + d["shear"] * cos) / d["scale"], d["tx"]], 1),
+                torch.stack([sin / d["scale"], (cos + d["shear"] * sin) / d["scale"], d["ty"]], 1),
+            ],
+            1,
+        )
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         out = out * d["brightness"][:, None, None, None]

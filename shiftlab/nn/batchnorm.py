@@ -4,10 +4,11 @@ Li, Wang, Shi, Liu, Hou, "Revisiting Batch Normalization For Practical Domain Ad
 ICLR workshop 2017 (arXiv:1603.04779), Alg. 1: for every BN neuron, replace the mean and variance
 collected on the source by those of the target domain; weights, biases and affine parameters stay.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -32,8 +33,9 @@ def load_batchnorm_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
 
 
 @torch.no_grad()
-def reestimate_batchnorm(model: nn.Module, images: Iterable, device: torch.device | str = "cpu",
-                         max_batches: int | None = None) -> int:
+def reestimate_batchnorm(
+    model: nn.Module, images: Iterable, device: torch.device | str = "cpu", max_batches: int | None = None
+) -> int:
     """Replace every BN layer's running statistics by those of ``images`` (batches of image tensors).
 
     Statistics are exact averages over all batches (``momentum=None``), not a moving average, as

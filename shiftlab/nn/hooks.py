@@ -5,9 +5,10 @@ Activation shaping (:mod:`shiftlab.nn.shaping`), activation taps and Gaussian ma
 without touching the model's code; :class:`ForwardHooks` holds their handles, and :func:`named_module`
 resolves a module name with an error that lists the valid ones.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import Tensor, nn
 
@@ -67,7 +68,9 @@ class ForwardHooks:
 
 def _input_hook(fn: ActivationHook):
     """A forward pre-hook that gives ``fn`` the first input and puts what it returns (if not None) in its place."""
+
     def hook(module, inputs):
         out = fn(module, inputs[0] if inputs else None)
         return None if out is None else (out, *inputs[1:])
+
     return hook

@@ -24,13 +24,13 @@ BN or not, and gives the target activation the *source activation's measured* me
 deviation there. On a BN layer's output the two coincide only when the source's batch statistics equal
 the BN's running ones.
 """
+
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -44,8 +44,9 @@ from .shaping import as_names
 @dataclass(frozen=True)
 class Point:
     """An activation read at ``module``'s output (``where="out"``) or first input (``"in"``)."""
-    spec: str      # as written: "head:in"
-    name: str      # the module's name in the root
+
+    spec: str  # as written: "head:in"
+    name: str  # the module's name in the root
     where: str
     module: nn.Module
 
@@ -58,8 +59,10 @@ def resolve_points(root: nn.Module, specs: str | Iterable[str]) -> list[Point]:
         name, _, where = spec.partition(":")
         where = where or "out"
         if where not in WHERE:
-            raise ConfigError(f"layer '{spec}': unknown suffix ':{where}'; valid: ':out' (the module's output, "
-                              f"the default) or ':in' (its input)")
+            raise ConfigError(
+                f"layer '{spec}': unknown suffix ':{where}'; valid: ':out' (the module's output, "
+                f"the default) or ':in' (its input)"
+            )
         try:
             module = named_module(root, name)  # an unknown name lists the valid ones
         except ConfigError as err:
@@ -70,15 +73,19 @@ def resolve_points(root: nn.Module, specs: str | Iterable[str]) -> list[Point]:
         seen.add(key)
         points.append(Point(key, name, where, module))
     if not points:
-        raise ConfigError("no layer chosen: name at least one module (valid names: those of the backbone's "
-                          "named_modules(), e.g. 'head', 'head:in')")
+        raise ConfigError(
+            "no layer chosen: name at least one module (valid names: those of the backbone's "
+            "named_modules(), e.g. 'head', 'head:in')"
+        )
     return points
 
 
-LAYERS_HELP = ("points whose activations are matched, by module name inside the backbone (its named_modules(): "
-               "'head', 'features.classifier.fc2', 'features.layer4'), ':in' for the module's input, ':out' (default) "
-               "for its output; 'auto' = the paper's classification choice, the last two layers: the input and the "
-               "output of the backbone's last Linear (LeNet's fc3 and fc4 in the authors' code)")
+LAYERS_HELP = (
+    "points whose activations are matched, by module name inside the backbone (its named_modules(): "
+    "'head', 'features.classifier.fc2', 'features.layer4'), ':in' for the module's input, ':out' (default) "
+    "for its output; 'auto' = the paper's classification choice, the last two layers: the input and the "
+    "output of the backbone's last Linear (LeNet's fc3 and fc4 in the authors' code)"
+)
 
 
 def layer_points(root: nn.Module, layers: str | Iterable[str]) -> list[Point]:
@@ -107,8 +114,14 @@ def _per_channel(v: Tensor, a: Tensor) -> Tensor:
     return v.view(1, -1, *([1] * (a.dim() - 2))).to(a.dtype)
 
 
-def match_moments(a: Tensor, mean: Tensor, std: Tensor, own_mean: Tensor | None = None,
-                  own_std: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+def match_moments(
+    a: Tensor,
+    mean: Tensor,
+    std: Tensor,
+    own_mean: Tensor | None = None,
+    own_std: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
     """``(a - own_mean) * std / (own_std + eps) + mean`` per channel: ``a`` given the moments ``(mean, std)``.
     Without ``own_*`` the batch's own moments are used (differentiable)."""
     if own_mean is None or own_std is None:
@@ -127,8 +140,11 @@ class ActivationTaps:
     """
 
     def __init__(self, root: nn.Module, points: list[Point] | str | Iterable[str], clone: bool = True):
-        self.points = points if points and isinstance(points, list) and isinstance(points[0], Point) \
+        self.points = (
+            points
+            if points and isinstance(points, list) and isinstance(points[0], Point)
             else resolve_points(root, points)
+        )
         self.clone, self.enabled = clone, False
         self.values: dict[str, Tensor] = {}
         self._hooks = ForwardHooks()
@@ -181,14 +197,17 @@ class GaussianMatcher(nn.Module):
 
     def __init__(self, root: nn.Module, layers: str | Iterable[str] | list[Point], eps: float = 1e-5):
         super().__init__()
-        self.points = layers if layers and isinstance(layers, list) and isinstance(layers[0], Point) \
+        self.points = (
+            layers
+            if layers and isinstance(layers, list) and isinstance(layers[0], Point)
             else resolve_points(root, layers)
+        )
         self.eps = eps
         self.active = False
-        self._recording: str | None = None   # "source" / "target" while estimating
+        self._recording: str | None = None  # "source" / "target" while estimating
         self._record_only: set[int] | None = None
-        self._matching: set[int] = set()     # points matched while estimating the target layer by layer
-        self._order: list[int] = []          # point indices in the order a forward reaches them
+        self._matching: set[int] = set()  # points matched while estimating the target layer by layer
+        self._order: list[int] = []  # point indices in the order a forward reaches them
         for i in range(len(self.points)):
             for b in ("source_sum", "source_sq", "source_count", "target_mean", "target_std"):
                 self.register_buffer(f"{b}_{i}", torch.zeros(0, dtype=torch.float64))
@@ -244,8 +263,12 @@ class GaussianMatcher(nn.Module):
             self._accumulate("source", i, activations[p.spec])
 
     @contextmanager
-    def _mode(self, recording: str, only: set[int] | None = None, matching: set[int] | None = None,
-              ) -> Iterator[None]:
+    def _mode(
+        self,
+        recording: str,
+        only: set[int] | None = None,
+        matching: set[int] | None = None,
+    ) -> Iterator[None]:
         saved = self.active, self._recording, self._record_only, self._matching
         self.active, self._recording, self._record_only, self._matching = False, recording, only, matching or set()
         try:

@@ -1,4 +1,5 @@
 """A backbone's activations at its named stages, for methods that align several layers (CORAL, DAN, JAN)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -16,12 +16,12 @@ Two sources, and which operation comes from which:
 :func:`select_modules` picks modules by name, type or frequency without touching the model's code, and
 :class:`ActivationShaper` hooks them (and unhooks them: ``remove()``).
 """
+
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -30,8 +30,8 @@ from ..errors import ConfigError
 from ..utils import unknown_choice_error
 from .hooks import ForwardHooks, named_module
 
-MAP_MODES = ("binarize_mask", "mask")     # modes that read a map M
-ASH_MODES = ("ash_p", "ash_b", "ash_s")   # modes that prune by percentile and read no map
+MAP_MODES = ("binarize_mask", "mask")  # modes that read a map M
+ASH_MODES = ("ash_p", "ash_b", "ash_s")  # modes that prune by percentile and read no map
 MODES = MAP_MODES + ASH_MODES
 MAPS = ("random", "target")
 EVAL_MAPS = ("own_batch", "fixed_target")  # what target maps become at evaluation (see ActivationShaper)
@@ -137,8 +137,9 @@ def as_names(value: str | Iterable[str] | None) -> list[str]:
     return [s.strip() for s in items if str(s).strip()]
 
 
-def select_modules(root: nn.Module, names: str | Iterable[str] | None = None, types: str | Iterable[str] | None = None,
-                   every: int = 1) -> list[tuple[str, nn.Module]]:
+def select_modules(
+    root: nn.Module, names: str | Iterable[str] | None = None, types: str | Iterable[str] | None = None, every: int = 1
+) -> list[tuple[str, nn.Module]]:
     """``[(name, module)]`` of ``root`` in registration order (torchvision's: the forward order, except a module
     called more than once), chosen without touching the model's code:
 
@@ -204,9 +205,21 @@ class ActivationShaper:
     ``remove()`` (or leaving a ``with`` block) takes them off and the model computes what it did before.
     """
 
-    def __init__(self, root: nn.Module, names=None, types=None, every: int = 1, *, mode: str = "binarize_mask",
-                 maps: str = "random", mask_ratio: float = 0.5, percentile: float = 65.0, at_eval: bool = False,
-                 eval_maps: str = "own_batch", generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        root: nn.Module,
+        names=None,
+        types=None,
+        every: int = 1,
+        *,
+        mode: str = "binarize_mask",
+        maps: str = "random",
+        mask_ratio: float = 0.5,
+        percentile: float = 65.0,
+        at_eval: bool = False,
+        eval_maps: str = "own_batch",
+        generator: torch.Generator | None = None,
+    ):
         if mode not in MODES:
             raise ConfigError(unknown_choice_error("shaping mode", mode, MODES))
         if maps not in MAPS:
@@ -278,9 +291,13 @@ class ActivationShaper:
         stored = (self._stored if training else self._eval_stored).get((name, call))
         if stored is None:
             where = "" if training else "for_eval=True"
-            raise RuntimeError(f"no target map for {name} (call {call + 1} of the pass): run a forward pass of "
-                               f"a target batch inside `with shaper.recording({where}):` first")
+            raise RuntimeError(
+                f"no target map for {name} (call {call + 1} of the pass): run a forward pass of "
+                f"a target batch inside `with shaper.recording({where}):` first"
+            )
         if stored.shape[1:] != a.shape[1:]:
-            raise RuntimeError(f"the target map of {name} has shape {tuple(stored.shape[1:])} per image but the "
-                               f"source activation {tuple(a.shape[1:])}: source and target images must share a size")
+            raise RuntimeError(
+                f"the target map of {name} has shape {tuple(stored.shape[1:])} per image but the "
+                f"source activation {tuple(a.shape[1:])}: source and target images must share a size"
+            )
         return pair_maps(stored, len(a))

@@ -5,44 +5,73 @@ the plots ``curves.png``, ``bars.png``, ``vs_<key>.png`` (with ``--x``), ``gap.p
 ``rank_correlation.png`` (with 3 or more rows and 2 or more rules) to ``--out`` (default ``<folder>/report``); prints the
 Markdown and the paths written.
 """
+
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 from typing import Any
 
-from ..selection.rules import METRICS, RULE_ORDER, Layout, group_cells, plan_layout, supported_rules
 from ..errors import ReportError
+from ..selection.rules import METRICS, RULE_ORDER, Layout, group_cells, plan_layout, supported_rules
+from .ranks import correlation_unavailable
 from .references import load_references
 from .runs import RunSet, load_runs
-from .ranks import correlation_unavailable
 from .tables import Report, build_report, gap_lines, render_markdown, write_tables
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", help="a sweep folder or any folder holding run folders (searched recursively; a "
-                                       "run folder holds config.yaml and summary.json)")
-    parser.add_argument("--rows", default="method.name",
-                        help="comma-separated config keys whose values make the rows (default: method.name)")
-    parser.add_argument("--cols", default="data.source,data.target",
-                        help="comma-separated config keys whose values make the columns (default: "
-                             "data.source,data.target, shown as source→target)")
-    parser.add_argument("--rules", default=None,
-                        help=f"comma-separated selection rules, one table each, from: {', '.join(RULE_ORDER)} "
-                             "(target_oracle reads target labels and is always labelled ORACLE). Default: every "
-                             "rule these runs support, source_val first and target_oracle last")
-    parser.add_argument("--metric", choices=METRICS, default="target_acc",
-                        help="reported metric: target_acc (default) or target_holdout_acc (the held-out target "
-                             "part; runs without it report target_acc, as a note says)")
-    parser.add_argument("--hparams", default=None,
-                        help="comma-separated config keys each rule chooses inside a cell (default: every key that "
-                             "varies among the runs, except rows, columns, experiment.seed and bookkeeping keys "
-                             "such as experiment.name or data.root); 'none': runs of a cell differ by seed only")
-    parser.add_argument("--reference", action="append", default=None, metavar="FILE",
-                        help="YAML file of published numbers to show beside ours, with the setting they were "
-                             "measured in (repeatable; e.g. docs/references/ash_baseline.yaml)")
-    parser.add_argument("--x", default=None, metavar="KEY",
-                        help="numeric config key (e.g. optim.lr): also plot the metric against it, vs_<KEY>.png")
+    parser.add_argument(
+        "folder",
+        help="a sweep folder or any folder holding run folders (searched recursively; a "
+        "run folder holds config.yaml and summary.json)",
+    )
+    parser.add_argument(
+        "--rows",
+        default="method.name",
+        help="comma-separated config keys whose values make the rows (default: method.name)",
+    )
+    parser.add_argument(
+        "--cols",
+        default="data.source,data.target",
+        help="comma-separated config keys whose values make the columns (default: "
+        "data.source,data.target, shown as source→target)",
+    )
+    parser.add_argument(
+        "--rules",
+        default=None,
+        help=f"comma-separated selection rules, one table each, from: {', '.join(RULE_ORDER)} "
+        "(target_oracle reads target labels and is always labelled ORACLE). Default: every "
+        "rule these runs support, source_val first and target_oracle last",
+    )
+    parser.add_argument(
+        "--metric",
+        choices=METRICS,
+        default="target_acc",
+        help="reported metric: target_acc (default) or target_holdout_acc (the held-out target "
+        "part; runs without it report target_acc, as a note says)",
+    )
+    parser.add_argument(
+        "--hparams",
+        default=None,
+        help="comma-separated config keys each rule chooses inside a cell (default: every key that "
+        "varies among the runs, except rows, columns, experiment.seed and bookkeeping keys "
+        "such as experiment.name or data.root); 'none': runs of a cell differ by seed only",
+    )
+    parser.add_argument(
+        "--reference",
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="YAML file of published numbers to show beside ours, with the setting they were "
+        "measured in (repeatable; e.g. docs/references/ash_baseline.yaml)",
+    )
+    parser.add_argument(
+        "--x",
+        default=None,
+        metavar="KEY",
+        help="numeric config key (e.g. optim.lr): also plot the metric against it, vs_<KEY>.png",
+    )
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: <folder>/report)")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only, no PNG")
 
@@ -62,8 +91,9 @@ def _versus_report(report: Report, runset: RunSet, key: str) -> Report:
         raise ReportError(f"--x {key} is already a row or column key; plot against a key that is neither")
     values = {run.config.get(key) for run in runset.finished}
     if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in values):
-        raise ReportError(f"--x {key} must be a numeric config key; its values here: "
-                          f"{', '.join(sorted(map(str, values)))}")
+        raise ReportError(
+            f"--x {key} must be a numeric config key; its values here: {', '.join(sorted(map(str, values)))}"
+        )
     versus = Layout(layout.rows, layout.cols + (key,), tuple(h for h in layout.hparams if h != key))
     return build_report(runset, versus, group_cells(runset.finished, versus), report.rules[:1], report.metric)
 
@@ -93,8 +123,10 @@ def make_report(args) -> tuple[Report, RunSet]:
     cells = group_cells(runset.finished, layout)
     rules = split_keys(args.rules) or supported_rules(cells)
     if not rules:
-        raise ReportError(f"the runs under {args.folder} support no selection rule: their summary.json files have "
-                          "no 'selections' (written by an older shiftlab?)")
+        raise ReportError(
+            f"the runs under {args.folder} support no selection rule: their summary.json files have "
+            "no 'selections' (written by an older shiftlab?)"
+        )
     references = [ref for path in split_keys(args.reference) for ref in load_references(path)]
     return build_report(runset, layout, cells, rules, args.metric, references), runset
 

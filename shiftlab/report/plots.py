@@ -18,13 +18,14 @@ majority-class rate (:func:`majority_rate`, dash-dot) in a panel where a target 
 ``NEAR_MAJORITY`` points of it; a title says "mean ± std over n seeds" only when n > 1. Config keys on axes
 are readable labels (:func:`readable_key`).
 """
+
 from __future__ import annotations
 
 import io
 import math
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -39,10 +40,16 @@ SOURCE_STYLE = dict(linestyle="--", linewidth=1.2, alpha=0.8)
 BASELINE_STYLE = dict(linestyle=":", linewidth=1.5, color="0.35")
 BASELINE_METHOD = "source_only"
 # keys whose last part alone would say too little; any other key reads as its last part, '_' -> ' '
-KEY_LABELS = {"optim.lr": "learning rate", "experiment.seed": "seed", "data.source": "source domain",
-              "data.target": "target domain", "method.lambda_": "lambda (adversarial weight)",
-              "target_acc": "target accuracy", "source_val_acc": "source validation accuracy",
-              "target_holdout_acc": "accuracy on the held-out target part"}
+KEY_LABELS = {
+    "optim.lr": "learning rate",
+    "experiment.seed": "seed",
+    "data.source": "source domain",
+    "data.target": "target domain",
+    "method.lambda_": "lambda (adversarial weight)",
+    "target_acc": "target accuracy",
+    "source_val_acc": "source validation accuracy",
+    "target_holdout_acc": "accuracy on the held-out target part",
+}
 
 
 NEAR_MAJORITY = 5.0  # points: a target curve this close to the majority-class rate gets the rate drawn
@@ -153,8 +160,13 @@ def _legend_below(fig: Figure, axes: list) -> None:
                 handles[label] = handle
                 labels.append(label)
     if labels:
-        fig.legend([handles[l] for l in labels], labels, loc="outside lower center", fontsize="small",
-                   ncols=min(len(labels), 4))
+        fig.legend(
+            [handles[label] for label in labels],
+            labels,
+            loc="outside lower center",
+            fontsize="small",
+            ncols=min(len(labels), 4),
+        )
 
 
 def plot_curves(report: Report, path: Path) -> Path:
@@ -174,8 +186,13 @@ def plot_curves(report: Report, path: Path) -> Path:
             rate = majority_rate(runs[0].config) if runs else None
             _, mean, _ = epoch_series(runs, "target_acc")
             if rate is not None and any(abs(m - 100 * rate) <= NEAR_MAJORITY for m in mean):
-                ax.axhline(100 * rate, color=color, linestyle="-.", linewidth=1.0,
-                           label=f"majority-class rate, {col_label(report.layout, cell.col)}")
+                ax.axhline(
+                    100 * rate,
+                    color=color,
+                    linestyle="-.",
+                    linewidth=1.0,
+                    label=f"majority-class rate, {col_label(report.layout, cell.col)}",
+                )
             base = baseline.get(cell.col)
             if base is not None and base.row != row:
                 epochs, mean, _ = epoch_series(_chosen_runs(report, base), "target_acc")
@@ -188,8 +205,10 @@ def plot_curves(report: Report, path: Path) -> Path:
     if axes:
         axes[0].plot([], [], color="grey", label="target accuracy (solid)")
         axes[0].plot([], [], color="grey", label="source val accuracy (dashed)", **SOURCE_STYLE)
-    fig.suptitle(f"Accuracy per epoch, {_caption_for(counts)}\n"
-                 f"(hyperparameters chosen by {_rule_caption(report.rules[0])})", fontsize="medium")
+    fig.suptitle(
+        f"Accuracy per epoch, {_caption_for(counts)}\n(hyperparameters chosen by {_rule_caption(report.rules[0])})",
+        fontsize="medium",
+    )
     _legend_below(fig, axes)
     return _save(fig, path)
 
@@ -207,8 +226,14 @@ def _draw_series(ax, runs: Sequence[RunRecord], column: str, label: str | None, 
     if not epochs:
         return
     ax.plot(epochs, mean, color=color, label=label, marker="o" if len(epochs) < 3 else None, markersize=3, **style)
-    ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                    color=color, alpha=0.15, linewidth=0)
+    ax.fill_between(
+        epochs,
+        [m - s for m, s in zip(mean, std)],
+        [m + s for m, s in zip(mean, std)],
+        color=color,
+        alpha=0.15,
+        linewidth=0,
+    )
 
 
 def _col_colors(report: Report) -> dict[tuple, str]:
@@ -233,16 +258,24 @@ def plot_versus(report: Report, key: str, path: Path) -> Path:
             points.sort(key=lambda p: p[0])
             color = colors.setdefault(col, f"C{len(colors) % 10}")
             label = col_label(Layout(report.layout.rows, base_cols, ()), col)
-            ax.errorbar([x for x, _ in points], [100 * c.mean for _, c in points],
-                        yerr=[_err(c) for _, c in points], color=color, marker="o", capsize=3,
-                        label=label)
+            ax.errorbar(
+                [x for x, _ in points],
+                [100 * c.mean for _, c in points],
+                yerr=[_err(c) for _, c in points],
+                color=color,
+                marker="o",
+                capsize=3,
+                label=label,
+            )
         _numeric_x_axis(ax, [float(c.col[-1]) for c in report.cells])
         ax.set_title(our_row_label(report, row, keyed=True), fontsize="medium")
         ax.set_xlabel(readable_key(key))
         ax.set_ylabel(f"{readable_key(report.metric)} (%)")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{readable_key(report.metric)} against {readable_key(key)}, {_caption_for(counts)}\n"
-                 f"({_rule_caption(rule)})", fontsize="medium")
+    fig.suptitle(
+        f"{readable_key(report.metric)} against {readable_key(key)}, {_caption_for(counts)}\n({_rule_caption(rule)})",
+        fontsize="medium",
+    )
     _legend_below(fig, axes)
     return _save(fig, path)
 
@@ -271,16 +304,30 @@ def plot_bars(report: Report, path: Path) -> Path:
         if not present:  # a row with no cell under this rule (e.g. no validation split) gets no legend entry
             continue
         xs = [j + (i - (len(rows) - 1) / 2) * width for j, c in enumerate(choices) if c is not None]
-        ax.bar(xs, [100 * c.mean for c in present], width, yerr=[_err(c) for c in present],
-               capsize=3, label=row_label(row), color=f"C{i % 10}")
-    ax.set_xticks(range(len(cols)), [col_label(report.layout, c) for c in cols],
-                  rotation=20 if len(cols) > 3 else 0, ha="right" if len(cols) > 3 else "center")
+        ax.bar(
+            xs,
+            [100 * c.mean for c in present],
+            width,
+            yerr=[_err(c) for c in present],
+            capsize=3,
+            label=row_label(row),
+            color=f"C{i % 10}",
+        )
+    ax.set_xticks(
+        range(len(cols)),
+        [col_label(report.layout, c) for c in cols],
+        rotation=20 if len(cols) > 3 else 0,
+        ha="right" if len(cols) > 3 else "center",
+    )
     ax.set_xlim(-0.6, len(cols) - 0.4)  # a lone group keeps its bars' width instead of filling the axes
     ax.set_ylabel(f"{readable_key(report.metric)} (%)")
     ax.set_xlabel(readable_key(",".join(report.layout.cols)) if report.layout.cols else "all runs")
     counts = [c.n for c in report.choices[rule].values()]
-    fig.suptitle(f"{readable_key(report.metric)} by {readable_key(','.join(report.layout.rows)) or 'run'}, "
-                 f"{_caption_for(counts)}\n({_rule_caption(rule)})", fontsize="medium")
+    fig.suptitle(
+        f"{readable_key(report.metric)} by {readable_key(','.join(report.layout.rows)) or 'run'}, "
+        f"{_caption_for(counts)}\n({_rule_caption(rule)})",
+        fontsize="medium",
+    )
     ax.grid(axis="y", alpha=0.3)
     _legend_below(fig, [ax])
     return _save(fig, path)
@@ -313,11 +360,22 @@ def plot_gaps(report: Report, path: Path) -> Path:
     for k, rule in enumerate(rules):
         offset = (k - (len(rules) - 1) / 2) * width
         present = [(i, gaps[row][rule]) for i, row in enumerate(rows) if rule in gaps[row]]
-        ax.bar([i + offset for i, _ in present], [statistics.fmean(v) for _, v in present], width * 0.9,
-               color=f"C{k % 10}", label=f"{rule} (bar: mean over the pairs)")
+        ax.bar(
+            [i + offset for i, _ in present],
+            [statistics.fmean(v) for _, v in present],
+            width * 0.9,
+            color=f"C{k % 10}",
+            label=f"{rule} (bar: mean over the pairs)",
+        )
         xs = [i + offset for i, values in present for _ in values]
-        ax.scatter(xs, [v for _, values in present for v in values], s=14, color="black", zorder=3,
-                   label="one pair" if k == 0 else None)
+        ax.scatter(
+            xs,
+            [v for _, values in present for v in values],
+            s=14,
+            color="black",
+            zorder=3,
+            label="one pair" if k == 0 else None,
+        )
     ax.axhline(0, color="0.2", linewidth=1.0, label=f"{ORACLE} (0: as good as the oracle)")
     _group_ticks(ax, [our_row_label(report, row) for row in rows])
     ax.use_sticky_edges = False  # a margin above 0, so that dots on the oracle's line are not cut in half
@@ -344,13 +402,22 @@ def plot_rank_correlation(report: Report, path: Path) -> Path:
     image = ax.imshow(values, cmap=colormaps["RdBu"].with_extremes(bad="0.85"), vmin=-1, vmax=1)
     for (i, j), value in np.ndenumerate(values):
         dark = not np.isnan(value) and abs(value) > 0.6
-        ax.text(j, i, "n/a" if np.isnan(value) else f"{value:+.2f}", ha="center", va="center",
-                color="white" if dark else "black", fontsize="small")
+        ax.text(
+            j,
+            i,
+            "n/a" if np.isnan(value) else f"{value:+.2f}",
+            ha="center",
+            va="center",
+            color="white" if dark else "black",
+            fontsize="small",
+        )
     labels = [f"{r} (ORACLE)" if RULES[r].reads_target_labels else r for r in rules]
     ax.set_xticks(range(len(rules)), labels, rotation=35, ha="right")
     ax.set_yticks(range(len(rules)), labels)
     fig.colorbar(image, ax=ax, shrink=0.8, label="Spearman's rank correlation")
-    fig.suptitle(f"Agreement of the rules' rankings of {len(set(c.row for c in report.cells))} "
-                 f"{'methods' if report.layout.rows == ('method.name',) else 'rows'}\n(+1: same order, −1: reversed)",
-                 fontsize="medium")
+    fig.suptitle(
+        f"Agreement of the rules' rankings of {len(set(c.row for c in report.cells))} "
+        f"{'methods' if report.layout.rows == ('method.name',) else 'rows'}\n(+1: same order, −1: reversed)",
+        fontsize="medium",
+    )
     return _save(fig, path)

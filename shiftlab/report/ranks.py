@@ -11,6 +11,7 @@ Pure numbers, no I/O (``tables`` renders them, ``plots`` draws them):
   order, -1 = the reverse. It is None (n/a) for fewer than :data:`MIN_ROWS` common rows, or where one
   ranking is all ties (no order to compare).
 """
+
 from __future__ import annotations
 
 import math
@@ -30,10 +31,11 @@ _DIGITS = 9
 @dataclass(frozen=True)
 class RowRank:
     """One row under one rule: mean over the columns in percent, the columns it has, and its rank."""
+
     row: tuple
-    mean_pct: float | None   # None where the rule has no cell for the row in some column
-    pairs: int               # columns where the rule has a cell for the row
-    rank: float | None       # 1 = best; None when not ranked (mean is None)
+    mean_pct: float | None  # None where the rule has no cell for the row in some column
+    pairs: int  # columns where the rule has a cell for the row
+    rank: float | None  # 1 = best; None when not ranked (mean is None)
 
 
 def average_ranks(values: Sequence[float]) -> list[float]:
@@ -46,14 +48,15 @@ def average_ranks(values: Sequence[float]) -> list[float]:
         end = start
         while end + 1 < len(order) and rounded[order[end + 1]] == rounded[order[start]]:
             end += 1
-        for i in order[start:end + 1]:
+        for i in order[start : end + 1]:
             ranks[i] = (start + end) / 2 + 1  # the mean of ranks start+1 .. end+1
         start = end + 1
     return ranks
 
 
-def rank_rows(choices: Mapping[tuple[tuple, tuple], Choice], rows: Sequence[tuple],
-              cols: Sequence[tuple]) -> list[RowRank]:
+def rank_rows(
+    choices: Mapping[tuple[tuple, tuple], Choice], rows: Sequence[tuple], cols: Sequence[tuple]
+) -> list[RowRank]:
     """Every row's mean over ``cols`` under one rule's ``choices`` (cell id -> choice), and its rank."""
     means = {}
     for row in rows:

@@ -14,16 +14,18 @@ definition is the document's: reports show it beside the number, never compare i
 ``setting`` is what the published number was measured with: where our runs' config differs
 on any of its keys, the published number is marked and the difference listed.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..selection.rules import Cell, RunLike, sort_key
 from ..errors import ReportError
+from ..selection.rules import Cell, RunLike, sort_key
 from ..utils import read_yaml_mapping
 
 
@@ -47,11 +49,12 @@ class _File(BaseModel):
 @dataclass(frozen=True)
 class Reference:
     """One published number (percent) for the cells matching ``where``, measured in ``setting``."""
-    where: dict[str, Any]       # the entry's row and col keys together
+
+    where: dict[str, Any]  # the entry's row and col keys together
     value: float
     source: str
     setting: dict[str, Any]
-    loss: float | None = None   # the document's loss beside the number, as printed
+    loss: float | None = None  # the document's loss beside the number, as printed
 
 
 def load_references(path: str | Path) -> list[Reference]:
@@ -61,8 +64,10 @@ def load_references(path: str | Path) -> list[Reference]:
     try:
         parsed = _File.model_validate(raw)
     except ValidationError as err:
-        raise ReportError(f"reference file {path} is not in the expected format (source, setting, results: "
-                          f"[{{row, col, value}}]): {err}") from None
+        raise ReportError(
+            f"reference file {path} is not in the expected format (source, setting, results: "
+            f"[{{row, col, value}}]): {err}"
+        ) from None
     refs = []
     for entry in parsed.results:
         source = entry.source or parsed.source
@@ -75,8 +80,12 @@ def load_references(path: str | Path) -> list[Reference]:
 
 def same_value(ours: Any, published: Any) -> bool:
     """Config values equal up to representation: 30 == 30.0, lists == tuples."""
-    if isinstance(ours, (int, float)) and isinstance(published, (int, float)) and \
-            not isinstance(ours, bool) and not isinstance(published, bool):
+    if (
+        isinstance(ours, (int, float))
+        and isinstance(published, (int, float))
+        and not isinstance(ours, bool)
+        and not isinstance(published, bool)
+    ):
         return float(ours) == float(published)
     if isinstance(ours, (list, tuple)) and isinstance(published, (list, tuple)):
         return len(ours) == len(published) and all(map(same_value, ours, published))
@@ -94,6 +103,8 @@ def _ours_text(runs: Sequence[RunLike], key: str) -> str:
 
 def setting_differences(ref: Reference, cell: Cell) -> list[str]:
     """``"key: ours X vs published Y"`` for each setting key where a run of the cell differs."""
-    return [f"{key}: ours {_ours_text(cell.runs, key)} vs published {value}"
-            for key, value in ref.setting.items()
-            if not all(same_value(run.config.get(key), value) for run in cell.runs)]
+    return [
+        f"{key}: ours {_ours_text(cell.runs, key)} vs published {value}"
+        for key, value in ref.setting.items()
+        if not all(same_value(run.config.get(key), value) for run in cell.runs)
+    ]

@@ -4,6 +4,7 @@ A run folder holds ``config.yaml`` and ``summary.json`` (see docs/contract.md); 
 only is an unfinished run (still training, killed, failed or stopped by a scheduler): it is counted and
 listed, never fatal.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,10 +23,11 @@ from ..utils import read_yaml_mapping
 @dataclass(frozen=True)
 class RunRecord:
     """One finished run: its flattened config, ``summary.json`` and ``metrics.csv`` rows."""
+
     path: Path
-    config: dict[str, Any]                    # dotted keys, e.g. "optim.lr"; lists as tuples
+    config: dict[str, Any]  # dotted keys, e.g. "optim.lr"; lists as tuples
     summary: dict[str, Any]
-    metrics: list[dict[str, float | None]]    # one row per epoch; None where an epoch was not evaluated
+    metrics: list[dict[str, float | None]]  # one row per epoch; None where an epoch was not evaluated
 
     @property
     def label(self) -> str:
@@ -39,7 +41,7 @@ class RunRecord:
 @dataclass(frozen=True)
 class UnfinishedRun:
     path: Path
-    status: str   # "failed: <error>", "stopped by the scheduler" or "no summary.json yet"
+    status: str  # "failed: <error>", "stopped by the scheduler" or "no summary.json yet"
 
 
 @dataclass(frozen=True)

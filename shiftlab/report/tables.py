@@ -14,13 +14,15 @@ Files written to the output folder:
 * ``ranks.csv``: per rule and row, the mean over the columns and the rank (:mod:`.ranks`); report.md also
   has the ranks table and, with at least ``ranks.MIN_ROWS`` rows, the rules' rank correlations.
 """
+
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..selection.rules import RULES, Cell, Choice, Layout, choose, rule_unavailable
 from ..utils import atomic_write_text
@@ -38,6 +40,7 @@ CellId = tuple[tuple, tuple]
 @dataclass(frozen=True)
 class Published:
     """A published number placed in a cell, with the setting keys where our runs differ."""
+
     ref: Reference
     cell_id: CellId
     differences: tuple[str, ...]
@@ -57,16 +60,36 @@ class Report:
     run_count: int
 
 
-def build_report(runset: RunSet, layout: Layout, cells: list[Cell], rules: Sequence[str], metric: str,
-                 references: Sequence[Reference] = ()) -> Report:
+def build_report(
+    runset: RunSet,
+    layout: Layout,
+    cells: list[Cell],
+    rules: Sequence[str],
+    metric: str,
+    references: Sequence[Reference] = (),
+) -> Report:
     """Every rule's choice in every cell, and the published numbers placed in their cells."""
     choices = {rule: choose(rule, cells, layout, metric) for rule in rules}
-    published = [Published(ref, cell.id, tuple(setting_differences(ref, cell)))
-                 for ref in references for cell in cells if matches(ref, cell)]
+    published = [
+        Published(ref, cell.id, tuple(setting_differences(ref, cell)))
+        for ref in references
+        for cell in cells
+        if matches(ref, cell)
+    ]
     placed = {id(p.ref) for p in published}
     unmatched = [ref for ref in references if id(ref) not in placed]
-    return Report(runset.root, layout, cells, metric, list(rules), choices, published, unmatched,
-                  runset.unfinished, len(runset.finished))
+    return Report(
+        runset.root,
+        layout,
+        cells,
+        metric,
+        list(rules),
+        choices,
+        published,
+        unmatched,
+        runset.unfinished,
+        len(runset.finished),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- labels
@@ -116,8 +139,9 @@ def _cols(report: Report) -> list[tuple]:
 
 
 def _trains_on_target(report: Report, row: tuple) -> bool:
-    return any(getattr(run, "summary", {}).get("reads_target_labels")
-               for c in report.cells if c.row == row for run in c.runs)
+    return any(
+        getattr(run, "summary", {}).get("reads_target_labels") for c in report.cells if c.row == row for run in c.runs
+    )
 
 
 def our_row_label(report: Report, row: tuple, keyed: bool = False) -> str:
@@ -134,6 +158,7 @@ def our_row_label(report: Report, row: tuple, keyed: bool = False) -> str:
 @dataclass(frozen=True)
 class Footnotes:
     """Numbers for the published sources (``[1]``) and for the distinct setting differences (``†1``)."""
+
     sources: dict[str, int]
     differences: dict[tuple[str, ...], int]
 
@@ -155,6 +180,7 @@ def footnotes(report: Report) -> Footnotes:
 def _md_table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
     def fmt(cells):
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
     return [fmt(header), fmt(["---"] * len(header)), *map(fmt, lines)]
 
 
@@ -162,11 +188,9 @@ def _published_lines(report: Report, row: tuple, notes: Footnotes) -> list[list[
     """One line per source with a number for ``row``: ``<row>, published [1]`` then the numbers."""
     lines = []
     for source, number in notes.sources.items():
-        here = {p.cell_id[1]: notes.mark(p) for p in report.published
-                if p.cell_id[0] == row and p.ref.source == source}
+        here = {p.cell_id[1]: notes.mark(p) for p in report.published if p.cell_id[0] == row and p.ref.source == source}
         if here:
-            lines.append([f"{row_label(row)}, published [{number}]",
-                          *(here.get(col, "") for col in _cols(report))])
+            lines.append([f"{row_label(row)}, published [{number}]", *(here.get(col, "") for col in _cols(report))])
     return lines
 
 
@@ -174,8 +198,12 @@ def _rule_table(report: Report, rule: str, notes: Footnotes) -> list[str]:
     header = [", ".join(report.layout.rows) or "runs", *(col_label(report.layout, c) for c in _cols(report))]
     lines = []
     for row in _rows(report):
-        lines.append([our_row_label(report, row),
-                      *(format_choice(report.choices[rule].get((row, col))) for col in _cols(report))])
+        lines.append(
+            [
+                our_row_label(report, row),
+                *(format_choice(report.choices[rule].get((row, col))) for col in _cols(report)),
+            ]
+        )
         lines += _published_lines(report, row, notes)
     return _md_table(header, lines)
 
@@ -190,26 +218,40 @@ def _hparams_text(choice: Choice, cell: Cell, hparams: Sequence[str]) -> str:
 def _chosen_section(report: Report, rule: str) -> list[str]:
     """The chosen values in each cell where the rule chose among several hyperparameter settings; no
     heading at all when it chose in no cell (one setting per cell, or no choice where there were more)."""
-    items = [f"- {row_label(cell.row)} / {col_label(report.layout, cell.col)}: "
-             f"{_hparams_text(report.choices[rule][cell.id], cell, report.layout.hparams)}"
-             for cell in report.cells if len(cell.settings) > 1 and cell.id in report.choices[rule]]
+    items = [
+        f"- {row_label(cell.row)} / {col_label(report.layout, cell.col)}: "
+        f"{_hparams_text(report.choices[rule][cell.id], cell, report.layout.hparams)}"
+        for cell in report.cells
+        if len(cell.settings) > 1 and cell.id in report.choices[rule]
+    ]
     if not items:
         return []
-    heading = (f"Chosen hyperparameters ({RULES[rule].score_key} of the `{RULES[rule].score_entry}` selection, "
-               f"mean over seeds{', over the other targets' if RULES[rule].cross_task else ''}):")
+    heading = (
+        f"Chosen hyperparameters ({RULES[rule].score_key} of the `{RULES[rule].score_entry}` selection, "
+        f"mean over seeds{', over the other targets' if RULES[rule].cross_task else ''}):"
+    )
     return [heading, "", *items, ""]
 
 
 def _unavailable_section(report: Report, rule: str) -> list[str]:
-    missing = [(cell, rule_unavailable(rule, cell, report.cells)) for cell in report.cells
-               if cell.id not in report.choices[rule]]
-    return [f"n/a: {row_label(c.row)} / {col_label(report.layout, c.col)}: {why}"
-            for c, why in missing] + ([""] if missing else [])
+    missing = [
+        (cell, rule_unavailable(rule, cell, report.cells))
+        for cell in report.cells
+        if cell.id not in report.choices[rule]
+    ]
+    return [f"n/a: {row_label(c.row)} / {col_label(report.layout, c.col)}: {why}" for c, why in missing] + (
+        [""] if missing else []
+    )
 
 
 def _rule_section(report: Report, rule: str, notes: Footnotes) -> list[str]:
-    lines = [f"## Selection rule {rule_title(rule)}", "", f"Selection `{rule}`: {RULES[rule].description}. "
-             f"Reported: `{report.metric}` of the `{RULES[rule].report_entry}` selection's epoch.", ""]
+    lines = [
+        f"## Selection rule {rule_title(rule)}",
+        "",
+        f"Selection `{rule}`: {RULES[rule].description}. "
+        f"Reported: `{report.metric}` of the `{RULES[rule].report_entry}` selection's epoch.",
+        "",
+    ]
     lines += _rule_table(report, rule, notes) + [""]
     return lines + _unavailable_section(report, rule) + _chosen_section(report, rule)
 
@@ -223,9 +265,15 @@ def gap_lines(report: Report) -> list[dict[str, Any]]:
     for rule in (r for r in report.rules if r != ORACLE):
         for cell_id, choice in report.choices[rule].items():
             if cell_id in oracle:
-                out.append({"rule": rule, "cell_id": cell_id, "rule_mean_pct": 100 * choice.mean,
-                            "oracle_mean_pct": 100 * oracle[cell_id].mean,
-                            "gap_points": 100 * (choice.mean - oracle[cell_id].mean)})
+                out.append(
+                    {
+                        "rule": rule,
+                        "cell_id": cell_id,
+                        "rule_mean_pct": 100 * choice.mean,
+                        "oracle_mean_pct": 100 * oracle[cell_id].mean,
+                        "gap_points": 100 * (choice.mean - oracle[cell_id].mean),
+                    }
+                )
     return out
 
 
@@ -234,19 +282,30 @@ def _gap_section(report: Report) -> list[str]:
     if not gaps:
         return []
     by_key = {(g["cell_id"][0], g["rule"], g["cell_id"][1]): g["gap_points"] for g in gaps}
-    header = [", ".join(report.layout.rows) or "runs", "rule", *(col_label(report.layout, c) for c in _cols(report)),
-              "mean"]
+    header = [
+        ", ".join(report.layout.rows) or "runs",
+        "rule",
+        *(col_label(report.layout, c) for c in _cols(report)),
+        "mean",
+    ]
     lines = []
     for row in _rows(report):
         for rule in (r for r in report.rules if r != ORACLE):
             values = [by_key.get((row, rule, col)) for col in _cols(report)]
             present = [v for v in values if v is not None]
             if present:
-                lines.append([row_label(row), f"`{rule}`",
-                              *("" if v is None else f"{v:+.1f}" for v in values),
-                              f"{sum(present) / len(present):+.1f}"])
-    intro = (f"Rule mean minus `{ORACLE}` mean ({ORACLE_LABEL}), in percentage points of {report.metric}: how far "
-             "each rule lands from the best the target labels could pick (0 = as good as the oracle).")
+                lines.append(
+                    [
+                        row_label(row),
+                        f"`{rule}`",
+                        *("" if v is None else f"{v:+.1f}" for v in values),
+                        f"{sum(present) / len(present):+.1f}",
+                    ]
+                )
+    intro = (
+        f"Rule mean minus `{ORACLE}` mean ({ORACLE_LABEL}), in percentage points of {report.metric}: how far "
+        "each rule lands from the best the target labels could pick (0 = as good as the oracle)."
+    )
     return ["## Selection gap to the oracle", "", intro, "", *_md_table(header, lines), ""]
 
 
@@ -268,13 +327,17 @@ def _rank_text(rank: RowRank, columns: int) -> str:
 def _ranks_section(report: Report, ranked: dict[str, list[RowRank]]) -> list[str]:
     columns = len(_cols(report))
     header = [", ".join(report.layout.rows) or "runs", *map(rule_header, report.rules)]
-    lines = [[our_row_label(report, row), *(_rank_text(ranked[rule][i], columns) for rule in report.rules)]
-             for i, row in enumerate(_rows(report))]
+    lines = [
+        [our_row_label(report, row), *(_rank_text(ranked[rule][i], columns) for rule in report.rules)]
+        for i, row in enumerate(_rows(report))
+    ]
     oracles = [f"`{r}`" for r in report.rules if RULES[r].reads_target_labels]
     oracle = f" {', '.join(oracles)}: {ORACLE_LABEL}, for reference only." if oracles else ""
-    intro = (f"Each cell: mean of the rule's {report.metric} over the {columns} columns, in %, and in brackets "
-             "the row's rank under that rule (1 = best; tied means share the mean rank). A row without a cell "
-             f"in every column under a rule is not ranked under it (n/a).{oracle}")
+    intro = (
+        f"Each cell: mean of the rule's {report.metric} over the {columns} columns, in %, and in brackets "
+        "the row's rank under that rule (1 = best; tied means share the mean rank). A row without a cell "
+        f"in every column under a rule is not ranked under it (n/a).{oracle}"
+    )
     return ["## Ranks of the methods under each rule", "", intro, "", *_md_table(header, lines), ""]
 
 
@@ -284,11 +347,15 @@ def _correlation_section(report: Report, ranked: dict[str, list[RowRank]]) -> li
     if why_not:
         return title + [why_not, ""]
     matrix = correlation_matrix(ranked)
-    lines = [[rule_header(a), *("n/a" if matrix[a, b] is None else f"{matrix[a, b]:+.2f}" for b in report.rules)]
-             for a in report.rules]
-    intro = ("Spearman's rank correlation between two rules' rankings of the rows, over the rows ranked under "
-             "both: +1 = the same order, -1 = the reverse order; n/a: fewer than "
-             f"{MIN_ROWS} common rows, or all tied.")
+    lines = [
+        [rule_header(a), *("n/a" if matrix[a, b] is None else f"{matrix[a, b]:+.2f}" for b in report.rules)]
+        for a in report.rules
+    ]
+    intro = (
+        "Spearman's rank correlation between two rules' rankings of the rows, over the rows ranked under "
+        "both: +1 = the same order, -1 = the reverse order; n/a: fewer than "
+        f"{MIN_ROWS} common rows, or all tied."
+    )
     if ORACLE in report.rules:
         intro += f" A rule with a low value in the `{ORACLE}` column orders the methods unlike the target labels."
     return title + [intro, "", *_md_table(["", *map(rule_header, report.rules)], lines), ""]
@@ -296,26 +363,41 @@ def _correlation_section(report: Report, ranked: dict[str, list[RowRank]]) -> li
 
 def _notes_section(report: Report, notes: Footnotes) -> list[str]:
     lines = [f"- [{n}] {source}: published number, not measured by shiftlab." for source, n in notes.sources.items()]
-    lines += [f"- †{n} our runs' setting differs from the published one: {'; '.join(diff)}."
-              for diff, n in notes.differences.items()]
-    lines += [f"- published number matching no cell of this table: {ref.value:g} for "
-              f"{', '.join(f'{k}={v}' for k, v in ref.where.items())} ({ref.source})." for ref in report.unmatched]
+    lines += [
+        f"- †{n} our runs' setting differs from the published one: {'; '.join(diff)}."
+        for diff, n in notes.differences.items()
+    ]
+    lines += [
+        f"- published number matching no cell of this table: {ref.value:g} for "
+        f"{', '.join(f'{k}={v}' for k, v in ref.where.items())} ({ref.source})."
+        for ref in report.unmatched
+    ]
     fallbacks = {rule: sum(c.fallbacks for c in report.choices[rule].values()) for rule in report.rules}
     if any(fallbacks.values()):
         counts = ", ".join(f"{rule}: {n}" for rule, n in fallbacks.items() if n)
-        lines.append(f"- `{report.metric}` was missing in some runs' selections, which report `target_acc` "
-                     f"instead (reported runs, per rule: {counts}).")
+        lines.append(
+            f"- `{report.metric}` was missing in some runs' selections, which report `target_acc` "
+            f"instead (reported runs, per rule: {counts})."
+        )
     if any(_trains_on_target(report, row) for row in _rows(report)):
-        lines.append("- Rows marked \"trains on target labels\" are methods that train on labelled target images "
-                     "(an upper bound, not domain adaptation).")
+        lines.append(
+            '- Rows marked "trains on target labels" are methods that train on labelled target images '
+            "(an upper bound, not domain adaptation)."
+        )
     return ["## Notes", "", *lines, ""] if lines else []
 
 
 def _unfinished_section(report: Report) -> list[str]:
     if not report.unfinished:
         return []
-    return ["## Unfinished runs", "", f"{len(report.unfinished)} run folders have no summary.json and are not in "
-            "the tables:", "", *(f"- `{u.path}`: {u.status}" for u in report.unfinished), ""]
+    return [
+        "## Unfinished runs",
+        "",
+        f"{len(report.unfinished)} run folders have no summary.json and are not in the tables:",
+        "",
+        *(f"- `{u.path}`: {u.status}" for u in report.unfinished),
+        "",
+    ]
 
 
 def _published_rows(report: Report) -> list[str]:
@@ -332,12 +414,17 @@ def _intro(report: Report) -> list[str]:
     layout = report.layout
     hparams = ", ".join(f"`{k}`" for k in layout.hparams) or "none (the runs of a cell differ by seed only)"
     unfinished = f", {len(report.unfinished)} unfinished (listed below)" if report.unfinished else ""
-    return [f"# shiftlab report: {report.root}", "",
-            f"{report.run_count} finished runs in {len(report.cells)} cells{unfinished}. Cells: "
-            f"{METRIC_NAMES[report.metric]} (`{report.metric}`) in %, mean ± sample standard deviation over "
-            f"seeds (ddof = 1), n = number of seeds. Rows: {', '.join(f'`{k}`' for k in layout.rows) or '(none)'}; "
-            f"columns: {cols_title(layout)}. Each table names the rule that chose the epoch and the "
-            f"hyperparameters ({hparams}).", "", *_published_rows(report)]
+    return [
+        f"# shiftlab report: {report.root}",
+        "",
+        f"{report.run_count} finished runs in {len(report.cells)} cells{unfinished}. Cells: "
+        f"{METRIC_NAMES[report.metric]} (`{report.metric}`) in %, mean ± sample standard deviation over "
+        f"seeds (ddof = 1), n = number of seeds. Rows: {', '.join(f'`{k}`' for k in layout.rows) or '(none)'}; "
+        f"columns: {cols_title(layout)}. Each table names the rule that chose the epoch and the "
+        f"hyperparameters ({hparams}).",
+        "",
+        *_published_rows(report),
+    ]
 
 
 def render_markdown(report: Report, plots: Sequence[Path] = ()) -> str:
@@ -365,24 +452,45 @@ def _pct(value: float | None) -> str:
 
 
 def _choice_line(report: Report, rule: str, cell_id: CellId, choice: Choice) -> dict[str, Any]:
-    return {"rule": rule, "rule_reads_target_labels": RULES[rule].reads_target_labels, "kind": "ours",
-            **_coords(report, cell_id), "cell": format_choice(choice), "mean_pct": _pct(choice.mean),
-            "std_pct": _pct(choice.std), "n": choice.n, "metric": report.metric,
-            "seeds": ";".join(map(str, choice.seeds)), "values_pct": ";".join(map(_pct, choice.values)),
-            "epochs": ";".join(map(str, choice.epochs)), "score": f"{choice.score:.6g}",
-            "metric_fallbacks": choice.fallbacks,
-            **{f"chosen.{k}": v for k, v in choice.hparams.items()}}
+    return {
+        "rule": rule,
+        "rule_reads_target_labels": RULES[rule].reads_target_labels,
+        "kind": "ours",
+        **_coords(report, cell_id),
+        "cell": format_choice(choice),
+        "mean_pct": _pct(choice.mean),
+        "std_pct": _pct(choice.std),
+        "n": choice.n,
+        "metric": report.metric,
+        "seeds": ";".join(map(str, choice.seeds)),
+        "values_pct": ";".join(map(_pct, choice.values)),
+        "epochs": ";".join(map(str, choice.epochs)),
+        "score": f"{choice.score:.6g}",
+        "metric_fallbacks": choice.fallbacks,
+        **{f"chosen.{k}": v for k, v in choice.hparams.items()},
+    }
 
 
 def _published_line(report: Report, pub: Published) -> dict[str, Any]:
-    return {"rule": "", "kind": "published", **_coords(report, pub.cell_id), "cell": f"{pub.ref.value:g}",
-            "mean_pct": pub.ref.value, "published_loss": "" if pub.ref.loss is None else f"{pub.ref.loss:g}",
-            "source": pub.ref.source, "setting_differences": "; ".join(pub.differences)}
+    return {
+        "rule": "",
+        "kind": "published",
+        **_coords(report, pub.cell_id),
+        "cell": f"{pub.ref.value:g}",
+        "mean_pct": pub.ref.value,
+        "published_loss": "" if pub.ref.loss is None else f"{pub.ref.loss:g}",
+        "source": pub.ref.source,
+        "setting_differences": "; ".join(pub.differences),
+    }
 
 
 def table_lines(report: Report) -> list[dict[str, Any]]:
-    lines = [_choice_line(report, rule, cell.id, report.choices[rule][cell.id])
-             for rule in report.rules for cell in report.cells if cell.id in report.choices[rule]]
+    lines = [
+        _choice_line(report, rule, cell.id, report.choices[rule][cell.id])
+        for rule in report.rules
+        for cell in report.cells
+        if cell.id in report.choices[rule]
+    ]
     return lines + [_published_line(report, pub) for pub in report.published]
 
 
@@ -398,10 +506,19 @@ def _csv_text(lines: list[dict[str, Any]], first: Sequence[str]) -> str:
 def rank_csv_lines(report: Report) -> list[dict[str, Any]]:
     """Per rule and row: the mean over the columns (percent), the rank, and how many columns it has."""
     columns = len(_cols(report))
-    return [{"rule": rule, "rule_reads_target_labels": RULES[rule].reads_target_labels,
-             **dict(zip(report.layout.rows, r.row)), "mean_pct": "" if r.mean_pct is None else f"{r.mean_pct:.4f}",
-             "rank": "" if r.rank is None else f"{r.rank:g}", "columns": r.pairs, "columns_total": columns}
-            for rule, ranked in rankings(report).items() for r in ranked]
+    return [
+        {
+            "rule": rule,
+            "rule_reads_target_labels": RULES[rule].reads_target_labels,
+            **dict(zip(report.layout.rows, r.row)),
+            "mean_pct": "" if r.mean_pct is None else f"{r.mean_pct:.4f}",
+            "rank": "" if r.rank is None else f"{r.rank:g}",
+            "columns": r.pairs,
+            "columns_total": columns,
+        }
+        for rule, ranked in rankings(report).items()
+        for r in ranked
+    ]
 
 
 def write_tables(report: Report, out: Path, plots: Sequence[Path] = ()) -> list[Path]:
@@ -411,9 +528,16 @@ def write_tables(report: Report, out: Path, plots: Sequence[Path] = ()) -> list[
     atomic_write_text(written[0], render_markdown(report, plots) + "\n")
     atomic_write_text(written[1], _csv_text(table_lines(report), ["rule", "kind", *report.layout.keys]))
     atomic_write_text(written[2], _csv_text(rank_csv_lines(report), ["rule", *report.layout.rows]))
-    gaps = [{"rule": g["rule"], **_coords(report, g["cell_id"]), "rule_mean_pct": f"{g['rule_mean_pct']:.4f}",
-             "oracle_mean_pct": f"{g['oracle_mean_pct']:.4f}", "gap_points": f"{g['gap_points']:.4f}"}
-            for g in gap_lines(report)]
+    gaps = [
+        {
+            "rule": g["rule"],
+            **_coords(report, g["cell_id"]),
+            "rule_mean_pct": f"{g['rule_mean_pct']:.4f}",
+            "oracle_mean_pct": f"{g['oracle_mean_pct']:.4f}",
+            "gap_points": f"{g['gap_points']:.4f}",
+        }
+        for g in gap_lines(report)
+    ]
     if gaps:
         written.append(out / "gap.csv")
         atomic_write_text(written[-1], _csv_text(gaps, ["rule", *report.layout.keys]))

@@ -3,6 +3,7 @@
 Each names the metric of ``metrics.csv`` it maximises (``None``: the last epoch) and says what it reads.
 ``train.selection``'s choices and the report's per-run rules are derived from it.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -17,12 +18,21 @@ class EpochRule(NamedTuple):
 
 EPOCH_RULES: dict[str, EpochRule] = {
     "source_val": EpochRule("source_val_acc", "epoch of best source-validation accuracy (reads no target label)"),
-    "target_val": EpochRule("target_val_acc", "epoch of best accuracy on the labelled target validation part "
-                                              "(the method trains on target labels; its test part is never read)"),
+    "target_val": EpochRule(
+        "target_val_acc",
+        "epoch of best accuracy on the labelled target validation part "
+        "(the method trains on target labels; its test part is never read)",
+    ),
     "last": EpochRule(None, "last epoch"),
     "target_oracle": EpochRule("target_acc", "epoch of best target accuracy (ORACLE: reads target test labels)"),
-    **{name: EpochRule(metric_name(name), f"epoch of best unsupervised validator '{name}' on the unlabelled target "
-                                          f"adaptation images (reads no target label)") for name in VALIDATORS},
+    **{
+        name: EpochRule(
+            metric_name(name),
+            f"epoch of best unsupervised validator '{name}' on the unlabelled target "
+            f"adaptation images (reads no target label)",
+        )
+        for name in VALIDATORS
+    },
 }
 
 

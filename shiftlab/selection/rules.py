@@ -19,33 +19,64 @@ written in its scoring function below: no rule but ``target_oracle`` reads a tar
 it chooses for (``cross_domain`` reads those of *other* targets only; ``tests/test_selection_rules.py``
 checks both by perturbing target accuracies).
 """
+
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
-from .epochs import EPOCH_RULES
 from ..errors import SelectionError
 from ..utils import did_you_mean
+from .epochs import EPOCH_RULES
 
-__all__ = ["SEED_KEY", "TASK_KEYS", "IGNORED_KEYS", "METRICS", "RULE_ORDER", "RULES",
-           "RunLike", "Run", "Layout", "Cell", "Choice", "Rule", "varying_keys", "plan_layout",
-           "group_cells", "rule_not_recorded", "rule_unavailable", "supported_rules", "choose", "sort_key"]
+__all__ = [
+    "SEED_KEY",
+    "TASK_KEYS",
+    "IGNORED_KEYS",
+    "METRICS",
+    "RULE_ORDER",
+    "RULES",
+    "RunLike",
+    "Run",
+    "Layout",
+    "Cell",
+    "Choice",
+    "Rule",
+    "varying_keys",
+    "plan_layout",
+    "group_cells",
+    "rule_not_recorded",
+    "rule_unavailable",
+    "supported_rules",
+    "choose",
+    "sort_key",
+]
 
 SEED_KEY = "experiment.seed"
 TASK_KEYS = ("data.dataset", "data.source", "data.target")
 #: Config keys that never count as hyperparameters: names and paths of the run, how it was shown or
 #: loaded, the device it ran on, which rule the run itself reported and which validators it logged
 #: (a report applies every rule itself). ``model.weights`` is a path that differs between machines.
-IGNORED_KEYS = frozenset({
-    "experiment.name", "experiment.output_dir", "experiment.plugins",
-    "data.root", "data.num_workers", "data.eval_batch_size",
-    "model.weights",
-    "train.progress", "train.device", "train.precision", "train.deterministic", "train.selection",
-    "train.validators",
-})
+IGNORED_KEYS = frozenset(
+    {
+        "experiment.name",
+        "experiment.output_dir",
+        "experiment.plugins",
+        "data.root",
+        "data.num_workers",
+        "data.eval_batch_size",
+        "model.weights",
+        "train.progress",
+        "train.device",
+        "train.precision",
+        "train.deterministic",
+        "train.selection",
+        "train.validators",
+    }
+)
 #: The metrics a rule may report: the target test accuracy, or the held-out target part's.
 METRICS = ("target_acc", "target_holdout_acc")
 
@@ -59,6 +90,7 @@ class RunLike(Protocol):
 @dataclass(frozen=True)
 class Run:
     """A minimal run: flat config, ``summary.json``'s ``selections`` and a name for messages."""
+
     config: Mapping[str, Any]
     selections: Mapping[str, Mapping[str, Any]]
     label: str = ""
@@ -67,6 +99,7 @@ class Run:
 @dataclass(frozen=True)
 class Layout:
     """How runs become a table: rows and columns by config keys, hyperparameters chosen inside a cell."""
+
     rows: tuple[str, ...]
     cols: tuple[str, ...]
     hparams: tuple[str, ...]
@@ -79,10 +112,11 @@ class Layout:
 @dataclass
 class Cell:
     """The runs of one table cell, by hyperparameter setting (values in ``Layout.hparams`` order)."""
+
     row: tuple
     col: tuple
-    coords: dict[str, Any]                    # row and column key -> value
-    settings: dict[tuple, list[RunLike]]      # setting -> its runs, one per seed, in seed order
+    coords: dict[str, Any]  # row and column key -> value
+    settings: dict[tuple, list[RunLike]]  # setting -> its runs, one per seed, in seed order
 
     @property
     def id(self) -> tuple[tuple, tuple]:
@@ -96,6 +130,7 @@ class Cell:
 @dataclass(frozen=True)
 class Choice:
     """One rule's pick in one cell: the setting, its score and the reported metric per seed."""
+
     rule: str
     setting: tuple
     hparams: dict[str, Any]
@@ -103,7 +138,7 @@ class Choice:
     seeds: tuple
     values: tuple[float, ...]
     epochs: tuple[Any, ...]
-    fallbacks: int            # runs that lacked the asked metric and reported target_acc instead
+    fallbacks: int  # runs that lacked the asked metric and reported target_acc instead
 
     @property
     def n(self) -> int:
@@ -156,12 +191,15 @@ def _check_known(keys: Iterable[str], kind: str, runs: Sequence[RunLike]) -> Non
     for key in keys:
         if key not in known:
             varying = varying_keys(runs)
-            raise SelectionError(f"unknown {kind} key '{key}'; keys that vary among these runs: "
-                                 f"{', '.join(varying) or '(none)'}.{did_you_mean(key, known)}")
+            raise SelectionError(
+                f"unknown {kind} key '{key}'; keys that vary among these runs: "
+                f"{', '.join(varying) or '(none)'}.{did_you_mean(key, known)}"
+            )
 
 
-def plan_layout(runs: Sequence[RunLike], rows: Sequence[str], cols: Sequence[str],
-                hparams: Sequence[str] | None = None) -> Layout:
+def plan_layout(
+    runs: Sequence[RunLike], rows: Sequence[str], cols: Sequence[str], hparams: Sequence[str] | None = None
+) -> Layout:
     """The table's layout; hyperparameters are detected (varying inside a cell, not ignored, not seed, not a
     row or column key) unless ``hparams`` names them. A task key varying outside rows/cols is an error."""
     rows, cols = tuple(rows), tuple(cols)
@@ -170,8 +208,10 @@ def plan_layout(runs: Sequence[RunLike], rows: Sequence[str], cols: Sequence[str
     varying = varying_keys(runs)
     for key in TASK_KEYS:
         if key in varying and key not in rows + cols:
-            raise SelectionError(f"'{key}' varies among these runs ({_values_text(runs, key)}) but is neither a "
-                                 f"row nor a column key: a task is not a hyperparameter; put it in --rows or --cols")
+            raise SelectionError(
+                f"'{key}' varies among these runs ({_values_text(runs, key)}) but is neither a "
+                f"row nor a column key: a task is not a hyperparameter; put it in --rows or --cols"
+            )
     if hparams is None:
         candidates = [k for k in varying if k not in IGNORED_KEYS and k != SEED_KEY and k not in rows + cols]
         hparams = _varying_within_cells(runs, rows + cols, candidates)
@@ -179,8 +219,9 @@ def plan_layout(runs: Sequence[RunLike], rows: Sequence[str], cols: Sequence[str
         _check_known(hparams, "hyperparameter", runs)
         for key in hparams:
             if key in TASK_KEYS or key == SEED_KEY or key in rows + cols:
-                raise SelectionError(f"'{key}' cannot be a hyperparameter: it is a task key, the seed, or a row "
-                                     f"or column key")
+                raise SelectionError(
+                    f"'{key}' cannot be a hyperparameter: it is a task key, the seed, or a row or column key"
+                )
     return Layout(rows, cols, tuple(hparams))
 
 
@@ -214,9 +255,11 @@ def _by_seed(runs: list[RunLike]) -> list[RunLike]:
     runs = sorted(runs, key=lambda r: sort_key(_value(r, SEED_KEY)))
     for a, b in zip(runs, runs[1:]):
         if _value(a, SEED_KEY) == _value(b, SEED_KEY):
-            raise SelectionError(f"two runs with the same seed and hyperparameters in one cell: {a.label} and "
-                                 f"{b.label}; name the key that tells them apart with --hparams, --rows or --cols, "
-                                 f"or report on a folder that holds one of them")
+            raise SelectionError(
+                f"two runs with the same seed and hyperparameters in one cell: {a.label} and "
+                f"{b.label}; name the key that tells them apart with --hparams, --rows or --cols, "
+                f"or report on a folder that holds one of them"
+            )
     return runs
 
 
@@ -282,18 +325,25 @@ def score_target_oracle(runs: Sequence[RunLike]) -> float:
 @dataclass(frozen=True)
 class Rule:
     """A selection rule: how a setting is scored, and which ``selections`` entry its reported metric is read from."""
+
     name: str
     score: Callable[[Sequence[RunLike]], float]
-    score_entry: str            # the selections entry the score reads
-    score_key: str              # ... and the metric in it
-    report_entry: str           # the selections entry (its epoch) whose metric the table reports
-    reads_target_labels: bool   # of the cell it chooses for
+    score_entry: str  # the selections entry the score reads
+    score_key: str  # ... and the metric in it
+    report_entry: str  # the selections entry (its epoch) whose metric the table reports
+    reads_target_labels: bool  # of the cell it chooses for
     description: str
-    cross_task: bool = False    # scored on the other targets' cells instead of the cell itself
+    cross_task: bool = False  # scored on the other targets' cells instead of the cell itself
 
 
-def _per_run(name: str, score: Callable[[Sequence[RunLike]], float], description: str, *,
-             score_key: str | None = None, reads_target_labels: bool = False) -> Rule:
+def _per_run(
+    name: str,
+    score: Callable[[Sequence[RunLike]], float],
+    description: str,
+    *,
+    score_key: str | None = None,
+    reads_target_labels: bool = False,
+) -> Rule:
     """A rule over runs built on the run-level epoch rule of the same name (``shiftlab.selection.epochs``, the one
     registry of those names): it scores and reports that rule's ``selections`` entry."""
     metric = score_key or EPOCH_RULES[name].metric
@@ -301,31 +351,63 @@ def _per_run(name: str, score: Callable[[Sequence[RunLike]], float], description
     return Rule(name, score, name, metric, name, reads_target_labels, description)
 
 
-RULES: dict[str, Rule] = {r.name: r for r in (
-    _per_run("source_val", score_source_val,
-             "epoch and hyperparameters by source-validation accuracy; reads no target label"),
-    _per_run("last", score_last,
-             "last epoch; hyperparameters by last-epoch source-validation accuracy; reads no target label",
-             score_key="source_val_acc"),
-    _per_run("entropy", score_entropy,
-             "epoch and hyperparameters by the prediction-entropy validator (Morerio et al., ICLR 2018) on the "
-             "unlabelled target images; reads no target label"),
-    _per_run("im", score_im,
-             "epoch and hyperparameters by the information-maximisation validator (Gomes et al., NeurIPS 2010; "
-             "Musgrave et al., ECCV 2022) on the unlabelled target images; reads no target label"),
-    _per_run("snd", score_snd,
-             "epoch and hyperparameters by the soft-neighborhood-density validator (Saito et al., ICCV 2021) on the "
-             "unlabelled target images; reads no target label"),
-    _per_run("target_val", score_target_val,
-             "epoch and hyperparameters by accuracy on the labelled target validation part (methods trained on "
-             "target labels); reads no target test label"),
-    Rule("cross_domain", score_cross_domain, "last", "target_acc", "last", False,
-         "last epoch; hyperparameters by the mean target accuracy of the other targets of the same source "
-         "(PACS DANN assignment protocol); reads no label of the target it reports", cross_task=True),
-    _per_run("target_oracle", score_target_oracle,
-             "ORACLE: reads target labels. Epoch and hyperparameters by target test accuracy; for reference only",
-             reads_target_labels=True),
-)}
+RULES: dict[str, Rule] = {
+    r.name: r
+    for r in (
+        _per_run(
+            "source_val",
+            score_source_val,
+            "epoch and hyperparameters by source-validation accuracy; reads no target label",
+        ),
+        _per_run(
+            "last",
+            score_last,
+            "last epoch; hyperparameters by last-epoch source-validation accuracy; reads no target label",
+            score_key="source_val_acc",
+        ),
+        _per_run(
+            "entropy",
+            score_entropy,
+            "epoch and hyperparameters by the prediction-entropy validator (Morerio et al., ICLR 2018) on the "
+            "unlabelled target images; reads no target label",
+        ),
+        _per_run(
+            "im",
+            score_im,
+            "epoch and hyperparameters by the information-maximisation validator (Gomes et al., NeurIPS 2010; "
+            "Musgrave et al., ECCV 2022) on the unlabelled target images; reads no target label",
+        ),
+        _per_run(
+            "snd",
+            score_snd,
+            "epoch and hyperparameters by the soft-neighborhood-density validator (Saito et al., ICCV 2021) on the "
+            "unlabelled target images; reads no target label",
+        ),
+        _per_run(
+            "target_val",
+            score_target_val,
+            "epoch and hyperparameters by accuracy on the labelled target validation part (methods trained on "
+            "target labels); reads no target test label",
+        ),
+        Rule(
+            "cross_domain",
+            score_cross_domain,
+            "last",
+            "target_acc",
+            "last",
+            False,
+            "last epoch; hyperparameters by the mean target accuracy of the other targets of the same source "
+            "(PACS DANN assignment protocol); reads no label of the target it reports",
+            cross_task=True,
+        ),
+        _per_run(
+            "target_oracle",
+            score_target_oracle,
+            "ORACLE: reads target labels. Epoch and hyperparameters by target test accuracy; for reference only",
+            reads_target_labels=True,
+        ),
+    )
+}
 assert set(EPOCH_RULES) <= set(RULES), "every run-level epoch rule is also a rule over runs"
 #: Rules in the order a report shows them: the default first, the oracle last.
 RULE_ORDER = tuple(RULES)
@@ -336,8 +418,12 @@ def _other_targets(cell: Cell, cells: Sequence[Cell]) -> list[Cell]:
     if "data.target" not in cell.coords:
         return []
     rest = {k: v for k, v in cell.coords.items() if k != "data.target"}
-    return [c for c in cells if c.coords["data.target"] != cell.coords["data.target"]
-            and {k: v for k, v in c.coords.items() if k != "data.target"} == rest]
+    return [
+        c
+        for c in cells
+        if c.coords["data.target"] != cell.coords["data.target"]
+        and {k: v for k, v in c.coords.items() if k != "data.target"} == rest
+    ]
 
 
 def _pool(rule: Rule, cell: Cell, cells: Sequence[Cell]) -> list[Cell]:
@@ -373,8 +459,10 @@ def rule_unavailable(rule_name: str, cell: Cell, cells: Sequence[Cell]) -> str |
     entry = RULES[rule_name].report_entry
     null = [run for run in cell.runs if not _has(run, entry, "target_acc")]
     if null:
-        return (f"{len(null)} run(s) have no target_acc (null) at the epoch of their '{entry}' selection, e.g. "
-                f"{null[0].label}; that epoch has no target accuracy to report")
+        return (
+            f"{len(null)} run(s) have no target_acc (null) at the epoch of their '{entry}' selection, e.g. "
+            f"{null[0].label}; that epoch has no target accuracy to report"
+        )
     return None
 
 
@@ -408,28 +496,42 @@ def _choose_in_cell(rule: Rule, cell: Cell, cells: Sequence[Cell], layout: Layou
             best, best_score = setting, score
     runs = cell.settings[best]
     reported = [_reported(run, rule.report_entry, metric) for run in runs]
-    return Choice(rule.name, best, dict(zip(layout.hparams, best)), _score(rule, best, pool),
-                  tuple(_value(run, SEED_KEY) for run in runs), tuple(v for v, _ in reported),
-                  tuple(run.selections[rule.report_entry].get("epoch") for run in runs),
-                  sum(fell for _, fell in reported))
+    return Choice(
+        rule.name,
+        best,
+        dict(zip(layout.hparams, best)),
+        _score(rule, best, pool),
+        tuple(_value(run, SEED_KEY) for run in runs),
+        tuple(v for v, _ in reported),
+        tuple(run.selections[rule.report_entry].get("epoch") for run in runs),
+        sum(fell for _, fell in reported),
+    )
 
 
-def choose(rule_name: str, cells: Sequence[Cell], layout: Layout,
-           metric: str = "target_acc") -> dict[tuple[tuple, tuple], Choice]:
+def choose(
+    rule_name: str, cells: Sequence[Cell], layout: Layout, metric: str = "target_acc"
+) -> dict[tuple[tuple, tuple], Choice]:
     """Each cell's choice under ``rule_name``, by cell id; cells the rule cannot choose for are left out.
 
     A rule that can choose for no cell at all is an error naming the reason and the rules that can.
     """
     if rule_name not in RULES:
-        raise SelectionError(f"unknown selection rule '{rule_name}'; valid: {', '.join(RULE_ORDER)}."
-                             f"{did_you_mean(rule_name, RULE_ORDER)}")
+        raise SelectionError(
+            f"unknown selection rule '{rule_name}'; valid: {', '.join(RULE_ORDER)}."
+            f"{did_you_mean(rule_name, RULE_ORDER)}"
+        )
     if metric not in METRICS:
         raise SelectionError(f"unknown metric '{metric}'; valid: {', '.join(METRICS)}")
     rule = RULES[rule_name]
-    choices = {c.id: _choose_in_cell(rule, c, cells, layout, metric)
-               for c in cells if rule_unavailable(rule_name, c, cells) is None}
+    choices = {
+        c.id: _choose_in_cell(rule, c, cells, layout, metric)
+        for c in cells
+        if rule_unavailable(rule_name, c, cells) is None
+    }
     if not choices and rule_name not in supported_rules(cells):  # recorded but null everywhere: all n/a
         reason = rule_unavailable(rule_name, cells[0], cells) if cells else "no runs"
-        raise SelectionError(f"rule '{rule_name}' is not supported by these runs ({reason}); rules they "
-                             f"support: {', '.join(supported_rules(cells)) or '(none)'}")
+        raise SelectionError(
+            f"rule '{rule_name}' is not supported by these runs ({reason}); rules they "
+            f"support: {', '.join(supported_rules(cells)) or '(none)'}"
+        )
     return choices

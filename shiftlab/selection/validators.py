@@ -23,9 +23,10 @@ that yields images only).
   The paper computes it over the whole target set; above ``max_samples`` images an evenly spaced
   subset keeps the ``N x N`` matrix in memory (a fixed choice, so the score stays deterministic).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -53,8 +54,9 @@ def information_maximization(probs: torch.Tensor) -> float:
     return (_entropy(p.mean(0)) - _entropy(p).mean()).item()
 
 
-def soft_neighborhood_density(probs: torch.Tensor, temperature: float = SND_TEMPERATURE,
-                              max_samples: int = SND_MAX_SAMPLES) -> float:
+def soft_neighborhood_density(
+    probs: torch.Tensor, temperature: float = SND_TEMPERATURE, max_samples: int = SND_MAX_SAMPLES
+) -> float:
     """Mean entropy of each sample's soft neighbourhood (Saito et al., ICCV 2021).
 
     ``N`` identical predictions give ``log(N - 1)`` (every neighbour equally close)."""

@@ -12,6 +12,7 @@ Optuna); shiftlab adds what a table needs:
   not stop the others;
 * a progress bar counts trials done / running / failed.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..config import Config, build_config, run_dir
 from ..checkpoints import load_checkpoint
+from ..config import Config, build_config, run_dir
 from ..extras import require
 from ..utils import atomic_write_text, write_json
 from .spec import SweepSpec, Trial, check_sampled_keys, expand, grid_trials, sweep_dir, trial_name
@@ -90,8 +91,11 @@ def _set_aside_unreadable_summary(folder: Path) -> None:
     if path.is_file():
         kept = path.with_name("summary.json.unreadable")
         os.replace(path, kept)
-        log.warning("%s is damaged (renamed to %s): the trial is unfinished and runs again from its last "
-                    "checkpoint, if any", path, kept.name)
+        log.warning(
+            "%s is damaged (renamed to %s): the trial is unfinished and runs again from its last checkpoint, if any",
+            path,
+            kept.name,
+        )
 
 
 def _tune_trainable(config: dict[str, Any]) -> None:
@@ -127,8 +131,9 @@ class _Progress:
                 self.running, self.failed = set(), set()
 
             def _show(self):
-                self.bar.set_postfix(done=self.bar.n - len(self.failed), running=len(self.running),
-                                     failed=len(self.failed))
+                self.bar.set_postfix(
+                    done=self.bar.n - len(self.failed), running=len(self.running), failed=len(self.failed)
+                )
 
             def on_trial_start(self, iteration, trials, trial, **info):
                 self.running.add(trial.trial_id)
@@ -166,8 +171,14 @@ def _init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None) -
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
-                 runtime_env=runtime_env, configure_logging=False)
+        ray.init(
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env=runtime_env,
+            configure_logging=False,
+        )
 
 
 def _scheduler(spec: SweepSpec):
@@ -177,18 +188,23 @@ def _scheduler(spec: SweepSpec):
 
     a = spec.asha
     epochs = max(Config.model_validate(t.config).train.epochs for t in grid_trials(spec))
-    return ASHAScheduler(metric=a.metric, mode="max", time_attr="epoch", max_t=max(epochs, 1),
-                         grace_period=a.grace_period, reduction_factor=a.reduction_factor)
+    return ASHAScheduler(
+        metric=a.metric,
+        mode="max",
+        time_attr="epoch",
+        max_t=max(epochs, 1),
+        grace_period=a.grace_period,
+        reduction_factor=a.reduction_factor,
+    )
 
 
 def _space(spec: SweepSpec) -> dict[str, Any]:
     from ray import tune
 
-    makers = {"choice": tune.choice, "uniform": tune.uniform, "loguniform": tune.loguniform,
-              "randint": tune.randint}
+    makers = {"choice": tune.choice, "uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
     out = {}
     for key, dist in spec.search.space.items():
-        (kind, args), = dist.items()
+        ((kind, args),) = dist.items()
         out[key] = makers[kind](args) if kind == "choice" else makers[kind](*args)
     return out
 
@@ -204,22 +220,40 @@ def _tuner(spec: SweepSpec, trials: list[Trial], storage: Path, name: str, progr
     else:
         from ray.tune.search.optuna import OptunaSearch
 
-        param_space = {**_space(spec), "_config": optuna_point.config, "_point": optuna_point.point,
-                       "_threads": threads}
+        param_space = {
+            **_space(spec),
+            "_config": optuna_point.config,
+            "_point": optuna_point.point,
+            "_threads": threads,
+        }
         search_alg = OptunaSearch(metric=spec.search.metric, mode="max", seed=spec.search.seed)
         num_samples = spec.search.num_samples
     sched = _scheduler(spec)
     tune_config = tune.TuneConfig(
-        num_samples=num_samples, search_alg=search_alg, scheduler=sched,
+        num_samples=num_samples,
+        search_alg=search_alg,
+        scheduler=sched,
         max_concurrent_trials=spec.max_concurrent,  # the ASHA scheduler carries its own metric and mode
-        trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}")
-    run_config = tune.RunConfig(name=name, storage_path=str(storage), verbose=0, callbacks=[progress],
-                                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False))
+        trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+    )
+    run_config = tune.RunConfig(
+        name=name,
+        storage_path=str(storage),
+        verbose=0,
+        callbacks=[progress],
+        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+    )
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
-def run_sweep(spec: SweepSpec, *, address: str | None = None, num_cpus: int | None = None,
-              num_gpus: int | None = None, progress: bool = True) -> dict[str, Any]:
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run every trial of ``spec`` (skipping finished ones, resuming unfinished ones); write
     ``<sweep>/sweep.yaml`` and ``<sweep>/trials.json``; return ``{"dir", "trials": [...], "failed": n}``."""
     root = sweep_dir(spec)
@@ -309,9 +343,13 @@ def _summary_status(folder: Path) -> dict[str, Any]:
     if summary is None:
         return {"status": "stopped", "epochs": None}  # its summary.json was damaged since the trial ended
     by_scheduler = (folder / "stopped_by_scheduler").is_file()
-    return {"status": "stopped" if by_scheduler else "finished",
-            "early_stopped": bool(summary.get("stopped_early")) and not by_scheduler,
-            "selection": summary["selection"], "target_acc": summary["target_acc"], "epochs": summary["epochs"]}
+    return {
+        "status": "stopped" if by_scheduler else "finished",
+        "early_stopped": bool(summary.get("stopped_early")) and not by_scheduler,
+        "selection": summary["selection"],
+        "target_acc": summary["target_acc"],
+        "epochs": summary["epochs"],
+    }
 
 
 def outcome_line(name: str, result: dict[str, Any]) -> str:
@@ -321,8 +359,10 @@ def outcome_line(name: str, result: dict[str, Any]) -> str:
     done = [r for r in rows if r["status"] == "finished"]
     early = sum(bool(r.get("early_stopped")) for r in done)
     patience = f" ({early} of them early-stopped by train.early_stopping_patience)" if early else ""
-    return (f"sweep {name}: {len(done)} finished{patience}, {result['failed']} failed, "
-            f"{len(rows) - len(done) - result['failed']} stopped by the scheduler; {result['dir']}/trials.json")
+    return (
+        f"sweep {name}: {len(done)} finished{patience}, {result['failed']} failed, "
+        f"{len(rows) - len(done) - result['failed']} stopped by the scheduler; {result['dir']}/trials.json"
+    )
 
 
 def _one_line(error: BaseException) -> str:

@@ -35,6 +35,7 @@ Every trial's config is built and validated before anything runs, the method's o
 (``method.*``, typed by the method's ``Params``), so a typo fails the whole sweep at once with the key named. A trial is named by the values that make it differ (``method.name=adabn,
 experiment.seed=1``), so a re-run finds its run folder again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,11 +53,14 @@ from ..errors import ShiftlabError, SweepError
 from ..resources import find
 from ..utils import read_yaml_mapping, unknown_choice_error
 
+
 def blind_metric(metric: str, key: str) -> str:
     """``metric`` if it reads no target test label (a search or a scheduler may only follow such a metric)."""
     if metric.startswith("target_") and metric != "target_val_acc":
-        raise ValueError(f"{key} '{metric}' reads target test labels; use source_val_acc, an unsupervised "
-                         f"validator (unsup_entropy, unsup_im, unsup_snd) or target_val_acc")
+        raise ValueError(
+            f"{key} '{metric}' reads target test labels; use source_val_acc, an unsupervised "
+            f"validator (unsup_entropy, unsup_im, unsup_snd) or target_val_acc"
+        )
     return metric
 
 
@@ -72,17 +76,15 @@ class SearchSpec(_Strict):
     num_samples: int = Field(4, ge=1, description="trials per grid point")
     seed: int = Field(0, description="seed of the draws (random search repeats its trials on a re-run)")
     metric: str = Field("source_val_acc", description="metric optuna maximises at each trial's last evaluation")
-    space: dict[str, dict[str, list[Any]]] = Field(default_factory=dict,
-                                                    description="key -> {distribution: arguments}")
+    space: dict[str, dict[str, list[Any]]] = Field(default_factory=dict, description="key -> {distribution: arguments}")
 
     @field_validator("space")
     @classmethod
     def _known_distributions(cls, space):
         for key, dist in space.items():
             if len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
-                raise ValueError(f"search.space.{key} must be one of {{{', '.join(DISTRIBUTIONS)}: [...]}}, "
-                                 f"got {dist}")
-            (kind, args), = dist.items()
+                raise ValueError(f"search.space.{key} must be one of {{{', '.join(DISTRIBUTIONS)}: [...]}}, got {dist}")
+            ((kind, args),) = dist.items()
             if kind != "choice" and len(args) != 2:
                 raise ValueError(f"search.space.{key}: {kind} takes [low, high], got {args}")
         return space
@@ -116,9 +118,12 @@ class SweepSpec(_Strict):
     max_concurrent: int | None = Field(None, ge=1)
     asha: AshaSpec | None = None
     report: dict[str, Any] = Field(default_factory=dict)
-    method_search: bool = Field(False, description="expand each grid point by its method's own search space "
-                                "(``Method.search_space``, declared beside its Params), so a benchmark over many "
-                                "methods lists no method's weights itself")
+    method_search: bool = Field(
+        False,
+        description="expand each grid point by its method's own search space "
+        "(``Method.search_space``, declared beside its Params), so a benchmark over many "
+        "methods lists no method's weights itself",
+    )
 
     @field_validator("grid")
     @classmethod
@@ -157,13 +162,16 @@ class SweepSpec(_Strict):
         valid = ("rows", "cols", "rules", "metric", "hparams", "reference", "x", "no_plots")
         for key in report:
             if key not in valid:
-                raise ValueError(unknown_choice_error("report", key, valid)
-                                 + " (in a {...} mapping quote comma-separated keys: cols: 'data.source,data.target')")
+                raise ValueError(
+                    unknown_choice_error("report", key, valid)
+                    + " (in a {...} mapping quote comma-separated keys: cols: 'data.source,data.target')"
+                )
         return report
 
 
 class Trial(BaseModel):
     """One run of a sweep: its name (= its run folder's name) and the keys that make it differ."""
+
     name: str
     point: dict[str, Any]  # the grid point and sampled values (dotted keys)
     config: dict[str, Any]  # the resolved config (paths absolute), ready for Config.model_validate
@@ -209,7 +217,7 @@ def draw(space: dict[str, dict[str, list[Any]]], rng: np.random.Generator) -> di
     """One random draw of every key of ``space`` (Bergstra & Bengio, JMLR 2012: random search)."""
     out = {}
     for key, dist in space.items():
-        (kind, args), = dist.items()
+        ((kind, args),) = dist.items()
         if kind == "choice":
             out[key] = args[int(rng.integers(len(args)))]
         elif kind == "uniform":
@@ -270,10 +278,14 @@ def fill_templates(values: dict[str, Any], point: dict[str, Any], where: str = "
 
         def one(match: re.Match) -> str:
             if match.group(1) not in flat:
-                raise SweepError(f"{where}.{key}: '{{{match.group(1)}}}' names no grid key of the trial; grid keys: "
-                                 f"{', '.join(flat) or '(none)'}")
+                raise SweepError(
+                    f"{where}.{key}: '{{{match.group(1)}}}' names no grid key of the trial; grid keys: "
+                    f"{', '.join(flat) or '(none)'}"
+                )
             return _format(flat[match.group(1)])
+
         return _TEMPLATE.sub(one, value)
+
     return {k: fill(v, k) for k, v in values.items()}
 
 
@@ -319,8 +331,9 @@ def _trials(spec: SweepSpec, points: list[dict[str, Any]]) -> list[Trial]:
     for point in points:
         name = trial_name(point)
         if name in names:
-            raise SweepError(f"sweep '{spec.name}': two trials would share the run folder '{name}' "
-                             f"(a grid list repeats a value?)")
+            raise SweepError(
+                f"sweep '{spec.name}': two trials would share the run folder '{name}' (a grid list repeats a value?)"
+            )
         names.add(name)
         cfg = _config_for(spec, point, name, f"sweep '{spec.name}', trial {name}")
         trials.append(Trial(name=name, point=point, config=cfg.to_dict()))
@@ -335,5 +348,15 @@ def check_sampled_keys(spec: SweepSpec) -> None:
     _config_for(spec, {**(_grid_points(spec) or [{}])[0], **first}, "check", f"sweep '{spec.name}', search.space")
 
 
-__all__ = ["SweepSpec", "SearchSpec", "Trial", "load_sweep", "sweep_dir", "expand",
-           "grid_trials", "trial_name", "draw", "check_sampled_keys"]
+__all__ = [
+    "SweepSpec",
+    "SearchSpec",
+    "Trial",
+    "load_sweep",
+    "sweep_dir",
+    "expand",
+    "grid_trials",
+    "trial_name",
+    "draw",
+    "check_sampled_keys",
+]
