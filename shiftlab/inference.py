@@ -57,9 +57,9 @@ from torch.utils.data import Dataset
 
 from .checkpoints import load_checkpoint
 from .config import Config, build_config, read_yaml
-from .data.base import DataError, load_rgb, path_text
+from .data.base import load_rgb, path_text
 from .data.transforms import FAMILY_SIZES, build_transforms
-from .errors import InferenceDataError, PredictInputError, RunModelError, ShiftlabError
+from .errors import DataError, InferenceDataError, PredictInputError, RunModelError, ShiftlabError
 
 CHECKPOINTS = ("best", "last")
 # Built-in methods whose inference state is computed at evaluation from images (see the module docstring):
@@ -441,28 +441,13 @@ def restore_inference_state(model: RunModel, method_cls) -> None:
 def _data(cfg: Config, target: str, why: str, method_cls=None):
     """The run's domain pair (with ``target``), built as the run built it; unreadable data is one line naming
     ``why`` the images are needed, the dataset and the data root."""
-    from .data.pair import build_domain_pair
+    from .engine.loaders import build_pair
     from .methods import get_method
 
     d = cfg.data
     method_cls = method_cls or get_method(cfg.method.name)
     try:
-        return build_domain_pair(
-            d.dataset,
-            d.root,
-            d.source,
-            target,
-            image_size=d.image_size,
-            augment=d.augment,
-            limit=d.limit,
-            target_labels=method_cls.target_stream == "labelled",
-            target_adapt_split=d.target_adapt_split,
-            target_eval_split=d.target_eval_split,
-            holdout_fraction=d.target_holdout_fraction,
-            strict_classes=d.strict_classes,
-            skip_unreadable=d.skip_unreadable,
-            target_train_limit=d.target_train_limit,
-        )
+        return build_pair(cfg, method_cls, target)  # the run's own pair: the loop's function, so they agree
     except (DataError, OSError) as err:
         raise InferenceDataError(
             f"{why} (dataset '{d.dataset}', source '{d.source}', target '{target}', data.root={path_text(d.root)}), "

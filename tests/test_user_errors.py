@@ -18,10 +18,10 @@ from PIL import Image
 from shiftlab import cli
 from shiftlab.config import ConfigError, build_config
 from shiftlab.data import decoded
-from shiftlab.data.base import ArrayDataset, DataError, load_rgb
+from shiftlab.data.base import ArrayDataset, load_rgb
 from shiftlab.data.pair import build_domain_pair
 from shiftlab.data.splits import fingerprint, per_sample
-from shiftlab.errors import ShiftlabError, TrainingDivergedError
+from shiftlab.errors import DataError, ShiftlabError, TrainingDivergedError
 from shiftlab.sweep.spec import SweepError, load_sweep
 from shiftlab.utils import read_yaml_mapping
 

@@ -38,14 +38,15 @@ def stream_seed(seed: int, epoch: int, stream: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + stream) % 2**63
 
 
-def build_pair(cfg: Config, method_cls) -> DomainPair:
-    """The source and target splits of ``cfg.data`` for a method (labelled target parts only if it reads them)."""
+def build_pair(cfg: Config, method_cls, target: str | None = None) -> DomainPair:
+    """The source and target splits of ``cfg.data`` for a method (labelled target parts only if it reads them);
+    ``target`` replaces ``data.target`` (``shiftlab predict`` on another domain of the run's dataset)."""
     d = cfg.data
     return build_domain_pair(
         d.dataset,
         d.root,
         d.source,
-        d.target,
+        target or d.target,
         image_size=d.image_size,
         augment=d.augment,
         limit=d.limit,
