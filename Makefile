@@ -18,8 +18,8 @@ test-fast: setup
 
 # ruff: lint and format check (CI runs it before the tests)
 lint: setup
-	.venv/bin/ruff check shiftlab tests benchmarks scripts
-	.venv/bin/ruff format --check shiftlab tests benchmarks scripts
+	.venv/bin/ruff check shiftlab tests benchmarks scripts examples
+	.venv/bin/ruff format --check shiftlab tests benchmarks scripts examples
 
 benchmark: setup
 	.venv/bin/python benchmarks/pacs_source_only_cpu.py

@@ -4,6 +4,8 @@ documentation site's generated CLI reference."""
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import re
 import shutil
@@ -302,6 +304,19 @@ def test_the_wheel_installs_a_working_command_away_from_the_repository(tmp_path)
     run(str(command), "train", "--config", "demo", "--experiment.name=again", *TINY)
     assert (work / "runs" / "again" / "summary.json").is_file()
     assert "9 trials" in run(str(command), "sweep", "demo_methods", "--dry-run")
+    # using the trained model from the installed command: predict on the run's target, export to ONNX, run it
+    demo = json.loads((work / "runs" / "demo" / "source_only" / "summary.json").read_text())
+    run(str(command), "predict", "--run", "runs/demo/source_only", "--images", "target", "--out", "preds.csv")
+    with open(work / "preds.csv") as f:
+        assert len(list(csv.DictReader(f))) == demo["splits"]["target_eval"]["size"]
+    run(str(command), "export", "--run", "runs/demo/source_only", "--format", "onnx", "--out", "model.onnx")
+    logits = run(
+        str(python),
+        "-c",
+        "import numpy as np, onnxruntime as ort; s = ort.InferenceSession('model.onnx'); "
+        "x = np.zeros((3, 3, 32, 32), np.uint8); print(*s.run(None, {s.get_inputs()[0].name: x})[0].shape)",
+    )
+    assert logits.split() == ["3", "10"]  # a dynamic batch of 3 uint8 images -> 10 class logits
 
 
 # --------------------------------------------------------------------------------------- documentation
