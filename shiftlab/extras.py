@@ -8,6 +8,7 @@ sweep     ray[tune], optuna                   ``shiftlab sweep`` (optuna: ``sear
 report    matplotlib                          ``shiftlab report``'s plots (not ``--no-plots``)
 onnx      onnx, onnxruntime                   ONNX export
 docs      mkdocs-material, mkdocstrings       ``make docs``
+timm      timm                                ``--model.name=timm:<name>``
 all       all of the above
 ========  ==================================  ==========================================
 
@@ -26,6 +27,7 @@ EXTRAS = {
     "report": ("matplotlib",),
     "onnx": ("onnx", "onnxruntime"),
     "docs": ("mkdocs", "mkdocstrings"),
+    "timm": ("timm",),
 }
 
 

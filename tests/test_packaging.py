@@ -81,7 +81,7 @@ def test_metadata_ranges_and_extras():
     assert {"sweep", "report", "onnx", "docs", "all", "dev"} <= set(extras)
     assert any(d.startswith("ray[tune]") for d in extras["sweep"]) and any("optuna" in d for d in extras["sweep"])
     assert any("matplotlib" in d for d in extras["report"])
-    assert "shiftlab[sweep,report,onnx,docs]" in extras["all"] and "shiftlab[all]" in extras["dev"]
+    assert "shiftlab[sweep,report,onnx,docs,timm]" in extras["all"] and "shiftlab[all]" in extras["dev"]
     assert "torch==2.14.1" in (REPO / "scripts" / "setup.sh").read_text()
 
 

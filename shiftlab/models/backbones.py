@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import ModelError, WeightsError
 from ..utils import did_you_mean
 from .normalization import IMAGENET_MEAN, IMAGENET_STD, InputNormalization
+from .timm_models import build_timm_features, check_timm_name, is_timm, refuse_hub_weights
 from .weights import load_imagenet, load_local
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,8 @@ def available_models() -> tuple[str, ...]:
 
 def check_model_name(name: str) -> str:
     """``name`` if it is a valid ``model.name``, else a :class:`ModelError` with a did-you-mean and the list."""
+    if is_timm(name):
+        return check_timm_name(name)
     if name in available_models():
         return name
     extra = did_you_mean(name, available_models())
@@ -290,6 +293,8 @@ def build_backbone(
         raise WeightsError("give either model.pretrained or model.weights, not both")
     state = None
     if pretrained != "none":
+        if is_timm(name):
+            refuse_hub_weights(name)
         if name in OWN_MODELS:
             raise WeightsError(f"{name} has no ImageNet weights; use model.pretrained=none or model.weights")
         state = load_imagenet(name, pretrained, progress=progress)
@@ -298,6 +303,19 @@ def build_backbone(
     own = state is not None and is_backbone_state(state)
     what = f"{name} ({weights or pretrained})"
 
+    if is_timm(name):
+        features, feature_dim = build_timm_features(name, None if own else state, what)
+        backbone = Backbone(
+            features,
+            feature_dim,
+            num_classes,
+            bottleneck_dim,
+            mean=IMAGENET_MEAN if mean is None else mean,
+            std=IMAGENET_STD if std is None else std,
+        )
+        if own:
+            _load(backbone, _backbone_keys(state), what)
+        return backbone
     if name in OWN_MODELS:
         model = OWN_MODELS[name]()
     else:
