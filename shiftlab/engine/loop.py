@@ -190,6 +190,8 @@ class Trainer:
         self.dist = DistEnv.from_environment()  # torchrun's ranks; rank 0 of 1 otherwise
         self.folder = RunFolder(self.run_dir, cfg.experiment.output_dir, main=self.dist.is_main)
         saved = self.folder.load_for_resume() if resume else None  # refused keys fail before data is read
+        if not resume and self.dist.is_main:
+            self.folder.check(overwrite=overwrite)  # a folder that cannot be used fails before data is read too
         if saved is not None:
             changed_on_resume(saved.get("config", {}), cfg.to_dict(), self.folder.last)
         self.device = resolve_device(t.device)

@@ -96,11 +96,7 @@ class RunLock:
             except FileExistsError:
                 owner = self._owner()
                 if owner is not None and self._alive(owner):
-                    raise RunFolderError(
-                        f"run folder {self.path.parent} is in use by process {owner.get('pid')} on "
-                        f"{owner.get('host')} (lock file {self.path}); wait for it to finish or stop it, or choose "
-                        f"another --experiment.name (delete the lock file only if that process is gone)"
-                    ) from None
+                    raise RunFolderError(self._in_use(owner)) from None
                 log.warning("taking over the stale lock %s of process %s", self.path, owner)
                 self.path.unlink(missing_ok=True)
                 continue
@@ -111,6 +107,19 @@ class RunLock:
             self._finalizer = weakref.finalize(self, RunLock._remove, str(self.path))
             return
         raise RunFolderError(f"could not take the lock {self.path}: another process keeps creating it")
+
+    def check_free(self) -> None:
+        """An error if a live process holds the lock (read only: :meth:`acquire` takes it)."""
+        owner = self._owner() if self.path.exists() else None
+        if owner is not None and self._alive(owner):
+            raise RunFolderError(self._in_use(owner))
+
+    def _in_use(self, owner: dict) -> str:
+        return (
+            f"run folder {self.path.parent} is in use by process {owner.get('pid')} on {owner.get('host')} "
+            f"(lock file {self.path}); wait for it to finish or stop it, or choose another --experiment.name "
+            f"(delete the lock file only if that process is gone)"
+        )
 
     def release(self) -> None:
         if self._finalizer is not None:
@@ -198,22 +207,11 @@ class RunFolder:
                 self._remove_temporaries()
                 self._mark()
             return
-        if self.path.exists() and not self.path.is_dir():
-            raise RunFolderError(f"{self.path} is a file, not a run folder; choose another --experiment.name")
-        occupied = self.path.is_dir() and any(self.path.iterdir())
-        if occupied:
-            self._check_ours(self.path, "overwrite" if overwrite else "restart")
-            started = self.last.is_file() or self.previous.is_file() or (self.path / "summary.json").is_file()
-            if started and not overwrite:
-                raise RunExistsError(
-                    f"run folder {self.path} already exists; pass --resume to continue it, "
-                    f"--overwrite to replace it, or choose another --experiment.name"
-                )
-            if not started:
-                log.warning(
-                    "run folder %s holds no checkpoint (killed before its first epoch ended): starting it again",
-                    self.path,
-                )
+        occupied = self.check(overwrite=overwrite)
+        if occupied and not self._started():
+            log.warning(
+                "run folder %s holds no checkpoint (killed before its first epoch ended): starting it again", self.path
+            )
         before_changes()
         if not self.main:
             return
@@ -226,6 +224,27 @@ class RunFolder:
         except BaseException:
             self.lock.release()
             raise
+
+    def check(self, *, overwrite: bool) -> bool:
+        """Whether a new run (not a resume) may use this folder, changing nothing: an error if not; returns
+        whether the folder holds files already. The trainer calls it before reading any data, then again
+        in :meth:`prepare`."""
+        self._check_place()
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"{self.path} is a file, not a run folder; choose another --experiment.name")
+        occupied = self.path.is_dir() and any(self.path.iterdir())
+        if occupied:
+            self._check_ours(self.path, "overwrite" if overwrite else "restart")
+            if self._started() and not overwrite:
+                raise RunExistsError(
+                    f"run folder {self.path} already exists; pass --resume to continue it, "
+                    f"--overwrite to replace it, or choose another --experiment.name"
+                )
+            self.lock.check_free()
+        return occupied
+
+    def _started(self) -> bool:
+        return self.last.is_file() or self.previous.is_file() or (self.path / "summary.json").is_file()
 
     def _check_place(self) -> None:
         """The folder lies strictly inside the output folder and inside no other run."""
