@@ -277,6 +277,12 @@ class TrainConfig(Section):
     steps_per_epoch: int | None = Field(
         None, ge=1, description="cap on steps per epoch (default: one pass over the main stream)"
     )
+    exact_steps: bool = Field(
+        False,
+        description="train.steps_per_epoch is the exact number of steps of every epoch, the main stream "
+        "cycling when it is shorter, so that methods whose main stream differs (the target oracle trains on "
+        "the target's images) or pairs whose source is small (USPS) get the same budget; default: a cap",
+    )
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', 'mps'")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="'auto' = bf16 autocast on GPUs that support it, fp32 elsewhere"

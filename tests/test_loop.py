@@ -172,3 +172,23 @@ def test_schedules():
     )
     assert lr_factor("inverse", 1) == pytest.approx(11**-0.75)  # Ganin & Lempitsky: (1 + 10 p)^-0.75
     assert lr_factor("constant", 0.7) == 1.0
+
+
+def test_exact_steps_gives_every_stream_the_same_budget(tmp_path):
+    """train.steps_per_epoch caps an epoch at one pass of the main stream unless train.exact_steps, which cycles
+    it: the target oracle (a short target stream) then trains as many steps as a source-stream method."""
+    common = [
+        f"--experiment.output_dir={tmp_path}",
+        "--data.limit=128",
+        "--data.batch_size=32",
+        "--train.steps_per_epoch=6",
+        "--train.epochs=1",
+        "--train.progress=false",
+        "--train.validators=[]",
+    ]
+    capped = Trainer(build_config(["configs/demo.yaml"], [*common, "--experiment.name=capped"]))
+    exact = Trainer(
+        build_config(["configs/demo.yaml"], [*common, "--experiment.name=exact", "--train.exact_steps=true"])
+    )
+    assert len(capped.loaders.source) < 6 and capped.steps_per_epoch == len(capped.loaders.source)
+    assert exact.steps_per_epoch == 6 and exact.fit()["steps"] == 6

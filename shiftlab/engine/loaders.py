@@ -135,7 +135,8 @@ class RunLoaders:
         # reuse the evaluation pass's probabilities instead of a second pass over the same images
         self.validators_reuse_target_pass = keys_of(p.target_eval.base) == keys_of(p.target_adapt_images.base)
         main = self.source if self.source is not None else self.target
-        self.steps_per_epoch = min(len(main), t.steps_per_epoch or len(main))
+        exact = t.exact_steps and t.steps_per_epoch  # a budget in steps, the same whatever the stream's length
+        self.steps_per_epoch = t.steps_per_epoch if exact else min(len(main), t.steps_per_epoch or len(main))
         self.total_steps = max(1, self.steps_per_epoch * t.epochs)
 
     def batches(self, stream: int, epoch: int) -> Iterator | None:
