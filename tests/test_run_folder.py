@@ -285,3 +285,17 @@ def test_a_sweep_trial_takes_the_same_lock(tmp_path):
         sleeper.kill()
         sleeper.wait()
     assert sorted(p.name for p in run.iterdir()) == sorted([MARKER, LOCK, "error.txt"])  # nothing else touched
+
+
+def test_a_lock_being_written_counts_as_held_and_an_old_empty_one_is_stale(tmp_path):
+    Trainer(_cfg(tmp_path, "--experiment.name=r")).fit()
+    lock = tmp_path / "r" / LOCK
+    lock.write_text("")  # created by O_EXCL, its owner not yet done writing
+    with pytest.raises(RunFolderError, match="in use by process"):
+        Trainer(_cfg(tmp_path, "--experiment.name=r", "--train.epochs=2", resume=True), resume=True)
+    old = lock.stat().st_mtime - 60
+    os.utime(lock, (old, old))  # a process killed between creating and writing it, a minute ago
+    assert (
+        Trainer(_cfg(tmp_path, "--experiment.name=r", "--train.epochs=2", resume=True), resume=True).fit()["epochs"]
+        == 2
+    )

@@ -40,6 +40,7 @@ from ..utils import atomic_write_text, write_json
 log = logging.getLogger(__name__)
 
 MARKER = ".shiftlab-run"
+FRESH_LOCK_S = 10.0  # an unreadable lock younger than this is being written by its owner, not stale
 LOCK = ".lock"
 # what a run (the loop, a sweep, a method) writes into its folder; anything else makes it not ours
 RUN_ENTRIES = frozenset(
@@ -95,7 +96,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 owner = self._owner()
-                if owner is not None and self._alive(owner):
+                if self._held_by_another(owner):
                     raise RunFolderError(self._in_use(owner)) from None
                 log.warning("taking over the stale lock %s of process %s", self.path, owner)
                 self.path.unlink(missing_ok=True)
@@ -110,11 +111,23 @@ class RunLock:
 
     def check_free(self) -> None:
         """An error if a live process holds the lock (read only: :meth:`acquire` takes it)."""
-        owner = self._owner() if self.path.exists() else None
-        if owner is not None and self._alive(owner):
-            raise RunFolderError(self._in_use(owner))
+        if self.path.exists():
+            owner = self._owner()
+            if self._held_by_another(owner):
+                raise RunFolderError(self._in_use(owner))
 
-    def _in_use(self, owner: dict) -> str:
+    def _held_by_another(self, owner: dict | None) -> bool:
+        """A lock file whose owner lives, or one just created whose owner has not written it yet (a few
+        seconds: a process killed in between leaves it empty for good, and then it is stale)."""
+        if owner is None:
+            try:
+                return time.time() - self.path.stat().st_mtime < FRESH_LOCK_S
+            except OSError:
+                return False
+        return self._alive(owner)
+
+    def _in_use(self, owner: dict | None) -> str:
+        owner = owner or {"pid": "(starting)", "host": "?"}
         return (
             f"run folder {self.path.parent} is in use by process {owner.get('pid')} on {owner.get('host')} "
             f"(lock file {self.path}); wait for it to finish or stop it, or choose another --experiment.name "
@@ -202,6 +215,7 @@ class RunFolder:
             self._check_resumable()
             before_changes()
             if self.main:
+                self.lock.check_free()
                 self._check_ours(self.path, "resume")
                 self.lock.acquire()
                 self._remove_temporaries()
@@ -234,13 +248,13 @@ class RunFolder:
             raise RunFolderError(f"{self.path} is a file, not a run folder; choose another --experiment.name")
         occupied = self.path.is_dir() and any(self.path.iterdir())
         if occupied:
+            self.lock.check_free()  # first: a run that is starting may not have written its marker yet
             self._check_ours(self.path, "overwrite" if overwrite else "restart")
             if self._started() and not overwrite:
                 raise RunExistsError(
                     f"run folder {self.path} already exists; pass --resume to continue it, "
                     f"--overwrite to replace it, or choose another --experiment.name"
                 )
-            self.lock.check_free()
         return occupied
 
     def _started(self) -> bool:
