@@ -180,3 +180,20 @@ def test_published_numbers_on_many_rows_are_named_in_the_intro(sweep, tmp_path):
     assert "beta, published" not in markdown
     published = [r for r in read_csv(out / "table.csv") if r["kind"] == "published"]
     assert len(published) == 6
+
+
+def test_a_row_key_only_some_methods_have_is_left_out_of_their_labels(sweep):
+    """Rows ``method.name,method.toalign`` (the digits benchmark's ToAlign stage): beta with ToAlign is a
+    row of its own, labelled with the value; methods without the key are labelled by their name alone."""
+    for target in ("cartoon", "sketch"):
+        for seed in (0, 1):
+            config = {**hand_config("beta", target, 0.01, seed), "method.toalign": True}
+            config["experiment.name"] += "/toalign"
+            write_run(sweep / "beta_toalign" / target / f"s{seed}", config, 0.9, 0.8 + SHIFT[0.01, target])
+    code, out = report(sweep, "--no-plots", "--rows", "method.name,method.toalign")
+    assert code == 0
+    section = (out / "report.md").read_text().split("## Ranks of the methods under each rule")[1].split("\n## ")[0]
+    assert "| method.name, method.toalign |" in section
+    assert "| beta, True | 75.0 (1) |" in section  # (80 + 70) / 2 under source_val, ahead of alpha's 55
+    assert "| alpha | 55.0 (2) |" in section and "None" not in section
+    assert {r["method.toalign"] for r in read_csv(out / "ranks.csv")} == {"", "True"}

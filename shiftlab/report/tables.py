@@ -96,7 +96,9 @@ def build_report(
 
 
 def row_label(row: tuple) -> str:
-    return ", ".join(str(v) for v in row) or "all runs"
+    """The row's values; a key the row's runs do not have (``None``: e.g. ``method.toalign`` of a method
+    without ToAlign, in a report whose rows are ``method.name,method.toalign``) is left out."""
+    return ", ".join(str(v) for v in row if v is not None) or "all runs"
 
 
 def col_label(layout: Layout, col: tuple) -> str:
@@ -148,7 +150,7 @@ def our_row_label(report: Report, row: tuple, keyed: bool = False) -> str:
     """The row's values, as ``key=value`` when ``keyed`` and the rows are not just methods (a plot's panel)."""
     label = row_label(row)
     if keyed and report.layout.rows != ("method.name",):
-        label = ", ".join(f"{k}={v}" for k, v in zip(report.layout.rows, row))
+        label = ", ".join(f"{k}={v}" for k, v in zip(report.layout.rows, row) if v is not None)
     return f"{label} (trains on target labels)" if _trains_on_target(report, row) else label
 
 
