@@ -23,7 +23,7 @@ from shiftlab.errors import ConfigError, SweepError
 from shiftlab.losses import discriminator_loss, generator_loss, weight_drift
 from shiftlab.methods import Batch, build_method
 from shiftlab.models import build_backbone
-from shiftlab.nn import ActivationTaps, GaussianMatcher, channel_moments, last_linear_points
+from shiftlab.nn import ActivationTaps, GaussianMatcher, channel_moments, last_linear_points, match_moments
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "activation_matching"
@@ -501,3 +501,26 @@ def test_lenet_setting_makes_10000_steps_of_128_for_every_source(data_root):
     assert len(usps_train) // 128 >= cfg.train.steps_per_epoch  # drop_last batches of the smallest source
     gam = build_config([CONFIGS / "lenet_gam.yaml"], [])
     assert (gam.method.gaussian, gam.method.balance, gam.method.drift) == (True, "document", 1.0)
+
+
+def test_moment_matching_of_a_batch_with_a_dead_unit_has_finite_gradients():
+    """A ReLU unit that is 0 for the whole batch (LeNet's fc3 did this on USPS -> MNIST, seed 1, step 118 of
+    sweeps/activation_matching_lenet.yaml) has variance 0: sqrt's infinite gradient there made every
+    gradient NaN and stopped the run. The dead unit's gradient is now 0 (up to rounding), the live ones are
+    unchanged."""
+    torch.manual_seed(0)
+    a = torch.relu(torch.randn(32, 4))
+    a[:, 2] = 0.0  # dead over the batch
+    a.requires_grad_(True)
+    mean, std = torch.tensor([0.5, 0.2, 0.1, 1.0]), torch.tensor([1.0, 2.0, 0.5, 0.3])
+    matched = match_moments(a, mean, std)
+    matched.square().sum().backward()
+    assert torch.isfinite(a.grad).all()
+    assert a.grad[:, 2].abs().max() < 1e-2  # 0 but for float32 rounding (the scale there is about 45,000)
+    assert torch.allclose(matched[:, 2], torch.full((32,), 0.1))  # a constant channel lands on the given mean
+    live = [0, 1, 3]
+    own_mean, own_std = a.detach()[:, live].mean(0), a.detach()[:, live].std(0, unbiased=False)
+    expected = (a.detach()[:, live] - own_mean) * (std[live] / (own_std + 1e-5)) + mean[live]
+    assert torch.allclose(matched.detach()[:, live], expected, atol=1e-6)
+    m, s = channel_moments(a.detach())
+    assert s[2] <= 1e-6 and torch.allclose(s[live], own_std)

@@ -105,9 +105,12 @@ def last_linear_points(root: nn.Module) -> list[str]:
 
 def channel_moments(a: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel mean and (population) standard deviation of ``a`` over every dimension but 1, in ``a``'s
-    dtype and differentiable (used on a batch while training)."""
+    dtype and differentiable (used on a batch while training). A channel constant over the batch (a dead
+    ReLU unit) has variance 0, where sqrt's gradient is infinite and 0 x inf makes every gradient NaN; the
+    variance is floored at 1e-12 (std 1e-6, under :func:`match_moments`' eps): its own gradient is then 0, and a
+    variance above the floor is unchanged."""
     dims = [0] + list(range(2, a.dim()))
-    return a.mean(dims), a.var(dims, unbiased=False).sqrt()
+    return a.mean(dims), a.var(dims, unbiased=False).clamp_min(1e-12).sqrt()
 
 
 def _per_channel(v: Tensor, a: Tensor) -> Tensor:
