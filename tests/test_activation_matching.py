@@ -504,8 +504,8 @@ def test_lenet_setting_makes_10000_steps_of_128_for_every_source(data_root):
 
 
 def test_moment_matching_of_a_batch_with_a_dead_unit_has_finite_gradients():
-    """A ReLU unit that is 0 for the whole batch (LeNet's fc3 did this on USPS -> MNIST, seed 1, step 118 of
-    sweeps/activation_matching_lenet.yaml) has variance 0: sqrt's infinite gradient there made every
+    """A ReLU unit that is 0 for the whole batch (LeNet's fc3 did this in two GAM runs of
+    sweeps/activation_matching_lenet.yaml, one at step 118) has variance 0: sqrt's infinite gradient there made every
     gradient NaN and stopped the run. The dead unit's gradient is now 0 (up to rounding), the live ones are
     unchanged."""
     torch.manual_seed(0)
