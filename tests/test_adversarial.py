@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from short_digits import same_setting, short_source_only, short_tree, train_short
 
-from shiftlab.config import OptimConfig, build_config, read_yaml
+from shiftlab.config import OptimConfig, build_config
 from shiftlab.engine.loop import Trainer
 from shiftlab.engine.optim import ManagedOptimizer, build_optimizers, lr_factor, schedule_factor
 from shiftlab.errors import ConfigError
@@ -374,55 +375,30 @@ def test_dann_runs_on_mnist_to_mnist_m(tmp_path, data_root):
 # annealed, Ganin's lambda schedule, G_d one hidden layer of 100 with dropout 0.5), every split cut to 2,000
 # evenly spaced images (the target: a fixed 2,000-image slice of MNIST's test set), 620 steps of 64 + 64
 # images (20 passes over the 2,000 source images), one evaluation at the end. Source-only: the same file with
-# its method section replaced, so the same network, optimiser, data, budget and seed.
+# its method section replaced, so the same network, optimiser, data, budget and seed (tests/short_digits.py: that
+# run is trained once per session and shared with tests/test_baselines_discriminative.py).
 # Measured on 2 shared CPU cores, one thread, target accuracy % source-only -> DANN (gain):
 #   seed 0  49.3 -> 68.0 (+18.7, the test's seed)   seed 1  46.4 -> 69.6 (+23.2)   seed 2  45.8 -> 67.7 (+21.9)
 #   seed 3  48.1 -> 73.0 (+24.9)                     seed 4  49.4 -> 69.5 (+20.1)
 # (with 310 steps seed 0 gained only 5.0 points: 51.0 -> 56.0, hence 620). The margin, 9 points, is half the
 # smallest gain, and fails when the gradient reversal is off: --method.lambda_=0 gives 49.3 / 46.4 on seeds
 # 0 / 1, source-only's numbers to the image (gain 0.0).
-SHORT_DIGITS = [
-    "--data.limit=2000",
-    "--train.epochs=20",
-    "--train.eval_every=20",
-    "--train.validators=[]",
-    "--train.progress=false",
-    "--experiment.seed=0",
-]
 SHORT_MARGIN = 0.09  # the least gain in target accuracy (a fraction: 9 points)
 
 
 @pytest.fixture(scope="module")
 def short_digits_runs(tmp_path_factory, data_root):
-    out = tmp_path_factory.mktemp("short_dann_digits")
-    common = [f"--experiment.output_dir={out}", f"--data.root={data_root}", *SHORT_DIGITS]
-    dann_tree = read_yaml(REPO / "configs" / "dann" / "usps_to_mnist.yaml")
-    dann_cfg = build_config([], [*common, "--experiment.name=dann"], start=dann_tree)
-    source_cfg = build_config(
-        [], [*common, "--experiment.name=source_only"], start={**dann_tree, "method": {"name": "source_only"}}
-    )
-    before = torch.get_num_threads()  # module scope: the function-scoped one_thread fixture cannot serve here
-    torch.set_num_threads(1)
-    try:
-        source_only = Trainer(source_cfg, overwrite=True).fit()
-        dann = Trainer(dann_cfg, overwrite=True).fit()
-    finally:
-        torch.set_num_threads(before)
+    out, source_cfg, source_only = short_source_only(tmp_path_factory, data_root)  # tests/short_digits.py
+    dann_cfg, dann = train_short(out, data_root, short_tree("dann"), "dann")
     return source_cfg, dann_cfg, source_only, dann
 
 
 @pytest.mark.slow
 def test_a_short_digits_run_where_dann_beats_source_only(short_digits_runs):
     source_cfg, dann_cfg, source_only, dann = short_digits_runs
-    a, b = source_cfg.model_dump(), dann_cfg.model_dump()
-    assert {k for k in a if a[k] != b[k]} == {"experiment", "method"}  # same data, network, optimiser, budget
-    assert {k for k in a["experiment"] if a["experiment"][k] != b["experiment"][k]} == {"name"}
+    same_setting(source_cfg, dann_cfg, source_only, dann)  # same data, network, optimiser, budget and target images
     assert (source_only["method"], dann["method"]) == ("source_only", "dann") and not dann["reads_target_labels"]
-    assert source_only["steps"] == dann["steps"] == 620
-    assert (dann_cfg.data.source, dann_cfg.data.target, dann_cfg.method.lambda_) == ("usps", "mnist", None)
-    # the same target images for both: the fixed 2,000-image slice of MNIST's test set
-    assert source_only["splits"]["target_eval"]["fingerprint"] == dann["splits"]["target_eval"]["fingerprint"]
-    assert dann["splits"]["target_eval"]["size"] == 2000
+    assert dann_cfg.method.lambda_ is None  # Ganin's schedule
     assert source_only["final_source_val_acc"] > 0.9 and dann["final_source_val_acc"] > 0.9  # real classifiers
     gain = dann["target_acc"] - source_only["target_acc"]
     assert gain >= SHORT_MARGIN, (
