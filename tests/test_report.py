@@ -447,6 +447,8 @@ def test_readable_key_turns_config_keys_into_axis_titles():
     assert readable_key("method.lambda_") == "lambda (adversarial weight)"
     assert readable_key("method.layers") == "layers"
     assert readable_key("data.source,data.target") == "source domain, target domain"
+    # two keys that would both read "name" keep their sections
+    assert readable_key("model.name,method.name,method.drift") == "model name, method name, drift"
     assert readable_key("target_acc") == "target accuracy"
 
 

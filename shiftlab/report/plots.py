@@ -80,9 +80,15 @@ def majority_rate(config: dict) -> float | None:
 
 def readable_key(key: str) -> str:
     """A config key or metric as an axis title: ``method.mask_ratio`` -> ``mask ratio``, ``optim.lr`` ->
-    ``learning rate``, ``method.lambda_`` -> ``lambda (adversarial weight)``; comma-separated keys each."""
+    ``learning rate``, ``method.lambda_`` -> ``lambda (adversarial weight)``; comma-separated keys each, with
+    the section kept where two keys would read alike (``model.name,method.name`` -> ``model name, method name``)."""
     if "," in key:
-        return ", ".join(readable_key(k.strip()) for k in key.split(","))
+        keys = [k.strip() for k in key.split(",")]
+        labels = [readable_key(k) for k in keys]
+        return ", ".join(
+            label if labels.count(label) == 1 else k.replace(".", " ").replace("_", " ").strip()
+            for k, label in zip(keys, labels)
+        )
     if key in KEY_LABELS:
         return KEY_LABELS[key]
     return key.rsplit(".", 1)[-1].strip("_").replace("_", " ") or key
