@@ -33,9 +33,9 @@ def short_tree(method: str) -> dict:
     return read_yaml(REPO / "configs" / method / "usps_to_mnist.yaml")
 
 
-def train_short(out: Path, data_root: Path, tree: dict, name: str, *extra: str) -> tuple[Config, dict]:
-    """Train ``tree`` in the short setting into ``out/name`` with one torch thread; (config, summary)."""
-    cfg = build_config(
+def short_config(out: Path, data_root: Path, tree: dict, name: str, *extra: str) -> Config:
+    """``tree`` in the short setting, run ``out/name``; ``extra`` overrides come last."""
+    return build_config(
         [],
         [
             f"--experiment.output_dir={out}",
@@ -46,12 +46,30 @@ def train_short(out: Path, data_root: Path, tree: dict, name: str, *extra: str) 
         ],
         start=tree,
     )
+
+
+def _fit(cfg: Config) -> tuple[Trainer, dict]:
     before = torch.get_num_threads()  # callers are module- or session-scoped: the one_thread fixture cannot serve
     torch.set_num_threads(1)
     try:
-        return cfg, Trainer(cfg, overwrite=True).fit()
+        trainer = Trainer(cfg, overwrite=True)
+        return trainer, trainer.fit()
     finally:
         torch.set_num_threads(before)
+
+
+def train_short(out: Path, data_root: Path, tree: dict, name: str, *extra: str) -> tuple[Config, dict]:
+    """Train ``tree`` in the short setting into ``out/name`` with one torch thread; (config, summary)."""
+    cfg = short_config(out, data_root, tree, name, *extra)
+    return cfg, _fit(cfg)[1]
+
+
+def brief_backbone(out: Path, data_root: Path, method: dict, name: str) -> tuple[float, dict]:
+    """15 steps of the short setting on 300 images per split with this method section: (target accuracy,
+    the backbone's weights), for checking that a method with its weight at 0 trains as source-only to the bit."""
+    extra = ["--train.epochs=1", "--train.steps_per_epoch=15", "--data.limit=300"]
+    trainer, summary = _fit(short_config(out, data_root, {**short_tree("dann"), "method": method}, name, *extra))
+    return summary["target_acc"], trainer.method.backbone.state_dict()
 
 
 def short_source_only(tmp_path_factory, data_root: Path) -> tuple[Path, Config, dict]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from short_digits import brief_backbone
 
 from shiftlab.config import build_config, read_yaml
 from shiftlab.engine.loop import Trainer
@@ -265,15 +266,11 @@ def _config(out, data_root, name, method, extra=()):
 def test_weight_zero_trains_exactly_as_source_only(tmp_path, data_root, name, params):
     """Same network, data, optimiser and seed: with its weight at 0 a method's steps are source-only's, to the
     bit (so the slow tests' gains vanish at weight 0: at their full budget the accuracies are equal too)."""
-    extra = ["--train.epochs=1", "--train.steps_per_epoch=15", "--data.limit=300"]
-    runs = {}
-    for label, method in (("source_only", {"name": "source_only"}), (name, {"name": name, **params})):
-        trainer = Trainer(_config(tmp_path, data_root, label, method, extra), overwrite=True)
-        summary = trainer.fit()
-        runs[label] = (summary["target_acc"], trainer.method.backbone.state_dict())
-    assert runs[name][0] == runs["source_only"][0]
-    for key, value in runs["source_only"][1].items():
-        assert torch.equal(runs[name][1][key], value), key
+    source = brief_backbone(tmp_path, data_root, {"name": "source_only"}, "source_only")  # tests/short_digits.py
+    off = brief_backbone(tmp_path, data_root, {"name": name, **params}, name)
+    assert off[0] == source[0]
+    for key, value in source[1].items():
+        assert torch.equal(off[1][key], value), key
 
 
 # USPS -> MNIST, configs/dann/usps_to_mnist.yaml's set-up (the DANN paper's digits network, SGD lr 0.02 annealed)

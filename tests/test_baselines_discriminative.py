@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from short_digits import same_setting, short_source_only, short_tree, train_short
+from short_digits import brief_backbone, same_setting, short_source_only, short_tree, train_short
 
 from shiftlab.losses import (
     SOURCE,
@@ -272,13 +272,8 @@ def test_a_short_digits_mdd_run_is_stable(short_source_only_run, data_root):
 def test_weight_zero_trains_exactly_as_source_only_on_digits(tmp_path, data_root, name):
     """Real USPS -> MNIST batches, the short setting's network, optimiser and seed, 15 steps: with its weight at
     0 (MCC: mu) a method ends with source-only's backbone to the bit and source-only's target accuracy."""
-    extra = ["--train.epochs=1", "--train.steps_per_epoch=15", "--data.limit=300"]
-    method = short_tree(name)["method"]
-    runs = {}
-    for label, section in (("source_only", {"name": "source_only"}), (name, {**method, ZERO[name]: 0.0})):
-        _, summary = train_short(tmp_path, data_root, {**short_tree("dann"), "method": section}, label, *extra)
-        state = torch.load(tmp_path / label / "checkpoints" / "last.pt", weights_only=False)["model"]
-        runs[label] = summary["target_acc"], {k: v for k, v in state.items() if k.startswith("backbone.")}
-    assert runs[name][0] == runs["source_only"][0] and runs[name][1].keys() == runs["source_only"][1].keys()
-    for key, value in runs["source_only"][1].items():
-        assert torch.equal(runs[name][1][key], value), key
+    source = brief_backbone(tmp_path, data_root, {"name": "source_only"}, "source_only")
+    off = brief_backbone(tmp_path, data_root, {**short_tree(name)["method"], ZERO[name]: 0.0}, name)
+    assert off[0] == source[0] and off[1].keys() == source[1].keys()
+    for key, value in source[1].items():
+        assert torch.equal(off[1][key], value), key
