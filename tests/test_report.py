@@ -253,6 +253,29 @@ def test_bars_give_no_legend_entry_to_a_row_without_cells_under_the_rule(runs_fo
     assert sorted(legend) == ["adabn", "source_only"]
 
 
+def test_bars_show_each_published_number_on_its_bar_and_tell_many_rows_apart(runs_folder, tmp_path, monkeypatch):
+    import shiftlab.report.plots as plots
+
+    ref = tmp_path / "ref.yaml"
+    entry = {"row": {"method.name": "adabn"}, "col": {"data.target": "sketch"}, "value": 77.5}
+    ref.write_text(yaml.safe_dump({"source": "Some Paper, Table 2", "results": [entry]}))
+    figures, save = {}, plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(Path(path).name, fig) and save(fig, path))
+    report(runs_folder, "--rules", "source_val", "--reference", str(ref))
+    ax = figures["bars.png"].axes[0]
+    # the one published number: a scatter over the adabn bar of sketch
+    (markers,) = [c for c in ax.collections if c.get_label().startswith("published")]
+    ((x, y),) = markers.get_offsets()
+    # adabn on sketch: 55 - 10 (source_only on cartoon is 45 too, in the first group, left of 0.5)
+    adabn_sketch = [b for b in ax.patches if b.get_height() == pytest.approx(45.0) and b.get_x() > 0.5]
+    assert y == 77.5 and len(adabn_sketch) == 1
+    assert x == pytest.approx(adabn_sketch[0].get_x() + adabn_sketch[0].get_width() / 2)
+    legend = [t.get_text() for t in figures["bars.png"].legends[0].get_texts()]
+    assert "published [1]: Some Paper, Table 2 (not measured by shiftlab)" in legend
+    colours = plots.palette(12)  # past matplotlib's ten-colour cycle the colours stay distinct
+    assert len({tuple(c) for c in colours}) == 12
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

@@ -6,7 +6,8 @@
 * ``vs_<key>.png``: the reported metric under the first rule against a numeric config key, one line per
   column value, one subplot per row value, error bars = std over seeds.
 * ``bars.png``: grouped bars under the first rule: groups = column values (domain pairs), bars = row
-  values (methods), error bars = std over seeds.
+  values (methods), error bars = std over seeds; a published number of the cell (``--reference``) is a
+  black marker on its bar, one marker shape per source, named in the legend as the source's number.
 * ``gap.png`` (with the oracle among the rules): the selection gap (rule minus oracle, in points) per row
   and non-oracle rule: bar = mean over the columns, dots = each column's gap; groups = rows, colour = rule.
 * ``rank_correlation.png`` (with 3 or more rows and 2 or more rules): heat map of Spearman's correlation between the rules'
@@ -26,6 +27,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from textwrap import shorten
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -34,7 +36,17 @@ from ..selection.rules import RULES, Cell, Choice, Layout
 from ..utils import atomic_write_bytes
 from .ranks import correlation_matrix
 from .runs import RunRecord
-from .tables import ORACLE, ORACLE_LABEL, Report, col_label, gap_lines, our_row_label, rankings, row_label
+from .tables import (
+    ORACLE,
+    ORACLE_LABEL,
+    Report,
+    col_label,
+    footnotes,
+    gap_lines,
+    our_row_label,
+    rankings,
+    row_label,
+)
 
 SOURCE_STYLE = dict(linestyle="--", linewidth=1.2, alpha=0.8)
 BASELINE_STYLE = dict(linestyle=":", linewidth=1.5, color="0.35")
@@ -50,6 +62,19 @@ KEY_LABELS = {
     "source_val_acc": "source validation accuracy",
     "target_holdout_acc": "accuracy on the held-out target part",
 }
+
+
+PUBLISHED_MARKERS = ("D", "*", "^", "v", "s", "P")  # one shape per published source, in footnote order
+
+
+def palette(n: int) -> list:
+    """``n`` colours that tell ``n`` lines or bars apart: tab10 up to 10 (matplotlib's default cycle),
+    tab20 up to 20; beyond that tab20 repeats."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    return [colormaps["tab20"](i % 20) for i in range(n)]
 
 
 NEAR_MAJORITY = 5.0  # points: a target curve this close to the majority-class rate gets the rate drawn
@@ -244,7 +269,7 @@ def _draw_series(ax, runs: Sequence[RunRecord], column: str, label: str | None, 
 
 def _col_colors(report: Report) -> dict[tuple, str]:
     cols = list(dict.fromkeys(c.col for c in report.cells))
-    return {col: f"C{i % 10}" for i, col in enumerate(cols)}
+    return dict(zip(cols, palette(len(cols))))
 
 
 def plot_versus(report: Report, key: str, path: Path) -> Path:
@@ -254,7 +279,8 @@ def plot_versus(report: Report, key: str, path: Path) -> Path:
     rows = list(dict.fromkeys(c.row for c in report.cells))
     fig, axes = _grid(len(rows))
     rule = report.rules[0]
-    colors = {}
+    line_keys = list(dict.fromkeys(c.col[:-1] for c in report.cells))
+    colors = dict(zip(line_keys, palette(len(line_keys))))
     counts = [c.n for c in report.choices[rule].values()]
     for ax, row in zip(axes, rows):
         lines: dict[tuple, list[tuple[float, Choice]]] = {}
@@ -262,7 +288,7 @@ def plot_versus(report: Report, key: str, path: Path) -> Path:
             lines.setdefault(cell.col[:-1], []).append((float(cell.col[-1]), report.choices[rule][cell.id]))
         for col, points in lines.items():
             points.sort(key=lambda p: p[0])
-            color = colors.setdefault(col, f"C{len(colors) % 10}")
+            color = colors[col]
             label = col_label(Layout(report.layout.rows, base_cols, ()), col)
             ax.errorbar(
                 [x for x, _ in points],
@@ -304,6 +330,7 @@ def plot_bars(report: Report, path: Path) -> Path:
     width = 0.8 / max(len(rows), 2)
     fig = Figure(figsize=(max(5.0, 1.2 + len(cols) * (0.5 * len(rows) + 0.6)), 4.4), layout="constrained")
     ax = fig.subplots()
+    colors = palette(len(rows))
     for i, row in enumerate(rows):
         choices = [report.choices[rule].get((row, col)) for col in cols]
         present = [c for c in choices if c is not None]
@@ -317,8 +344,9 @@ def plot_bars(report: Report, path: Path) -> Path:
             yerr=[_err(c) for c in present],
             capsize=3,
             label=row_label(row),
-            color=f"C{i % 10}",
+            color=colors[i],
         )
+    _draw_published(ax, report, rows, cols, width)
     ax.set_xticks(
         range(len(cols)),
         [col_label(report.layout, c) for c in cols],
@@ -337,6 +365,28 @@ def plot_bars(report: Report, path: Path) -> Path:
     ax.grid(axis="y", alpha=0.3)
     _legend_below(fig, [ax])
     return _save(fig, path)
+
+
+def _draw_published(ax, report: Report, rows: list[tuple], cols: list[tuple], width: float) -> None:
+    """Each published number of a cell as a black marker over that cell's bar (x as in :func:`plot_bars`)."""
+    notes = footnotes(report)
+    points: dict[str, list[tuple[float, float]]] = {}
+    for pub in report.published:
+        row, col = pub.cell_id
+        if row in rows and col in cols:
+            x = cols.index(col) + (rows.index(row) - (len(rows) - 1) / 2) * width
+            points.setdefault(pub.ref.source, []).append((x, pub.ref.value))
+    for source, xy in points.items():
+        number = notes.sources[source]
+        ax.scatter(
+            [x for x, _ in xy],
+            [y for _, y in xy],
+            marker=PUBLISHED_MARKERS[(number - 1) % len(PUBLISHED_MARKERS)],
+            s=30,
+            color="black",
+            zorder=4,
+            label=f"published [{number}]: {shorten(source, 70)} (not measured by shiftlab)",
+        )
 
 
 def _group_axes(n_groups: int, n_bars: int) -> tuple[Figure, object]:
@@ -363,6 +413,7 @@ def plot_gaps(report: Report, path: Path) -> Path:
     rules = [r for r in report.rules if r != ORACLE]
     width = 0.8 / max(len(rules), 1)
     fig, ax = _group_axes(len(rows), len(rules))
+    colors = palette(len(rules))
     for k, rule in enumerate(rules):
         offset = (k - (len(rules) - 1) / 2) * width
         present = [(i, gaps[row][rule]) for i, row in enumerate(rows) if rule in gaps[row]]
@@ -370,7 +421,7 @@ def plot_gaps(report: Report, path: Path) -> Path:
             [i + offset for i, _ in present],
             [statistics.fmean(v) for _, v in present],
             width * 0.9,
-            color=f"C{k % 10}",
+            color=colors[k],
             label=f"{rule} (bar: mean over the pairs)",
         )
         xs = [i + offset for i, values in present for _ in values]
