@@ -79,7 +79,8 @@ def load_references(path: str | Path) -> list[Reference]:
 
 
 def same_value(ours: Any, published: Any) -> bool:
-    """Config values equal up to representation: 30 == 30.0, lists == tuples."""
+    """Config values equal up to representation: 30 == 30.0, lists == tuples, and a one-item list == its
+    item (``method.layers: conv1`` in a reference file is the ``[conv1]`` a run's config stores)."""
     if (
         isinstance(ours, (int, float))
         and isinstance(published, (int, float))
@@ -89,6 +90,10 @@ def same_value(ours: Any, published: Any) -> bool:
         return float(ours) == float(published)
     if isinstance(ours, (list, tuple)) and isinstance(published, (list, tuple)):
         return len(ours) == len(published) and all(map(same_value, ours, published))
+    if isinstance(ours, (list, tuple)) and len(ours) == 1:
+        return same_value(ours[0], published)
+    if isinstance(published, (list, tuple)) and len(published) == 1:
+        return same_value(ours, published[0])
     return ours == published or str(ours) == str(published)
 
 

@@ -95,10 +95,18 @@ def build_report(
 # ---------------------------------------------------------------------------------------------- labels
 
 
+def value_label(value) -> str:
+    """A config value as a table shows it: a list as its items joined by `` + `` (``method.layers``:
+    ``conv1 + layer1.0.conv1``; a one-item list is its item), anything else as ``str``."""
+    if isinstance(value, (list, tuple)):
+        return " + ".join(map(value_label, value))
+    return str(value)
+
+
 def row_label(row: tuple) -> str:
     """The row's values; a key the row's runs do not have (``None``: e.g. ``method.toalign`` of a method
     without ToAlign, in a report whose rows are ``method.name,method.toalign``) is left out."""
-    return ", ".join(str(v) for v in row if v is not None) or "all runs"
+    return ", ".join(value_label(v) for v in row if v is not None) or "all runs"
 
 
 def col_label(layout: Layout, col: tuple) -> str:
@@ -107,7 +115,7 @@ def col_label(layout: Layout, col: tuple) -> str:
     parts = []
     if "data.source" in values and "data.target" in values:
         parts.append(f"{values.pop('data.source')}→{values.pop('data.target')}")
-    parts += [str(v) for v in values.values()]
+    parts += [value_label(v) for v in values.values()]
     return ", ".join(parts) or "all runs"
 
 
@@ -150,7 +158,7 @@ def our_row_label(report: Report, row: tuple, keyed: bool = False) -> str:
     """The row's values, as ``key=value`` when ``keyed`` and the rows are not just methods (a plot's panel)."""
     label = row_label(row)
     if keyed and report.layout.rows != ("method.name",):
-        label = ", ".join(f"{k}={v}" for k, v in zip(report.layout.rows, row) if v is not None)
+        label = ", ".join(f"{k}={value_label(v)}" for k, v in zip(report.layout.rows, row) if v is not None)
     return f"{label} (trains on target labels)" if _trains_on_target(report, row) else label
 
 
