@@ -212,7 +212,7 @@ def test_published_numbers_beside_ours_with_setting_differences(runs_folder, tmp
 
 def test_a_one_module_list_matches_its_reference_and_lists_read_as_modules_joined_by_plus():
     from shiftlab.report.references import same_value
-    from shiftlab.report.tables import row_label
+    from shiftlab.report.tables import _csv_text, row_label
 
     # a run's config stores --method.layers=conv1 as [conv1]; Table 3's reference file writes conv1
     assert same_value(["conv1"], "conv1") and same_value("conv1", ("conv1",))
@@ -220,6 +220,9 @@ def test_a_one_module_list_matches_its_reference_and_lists_read_as_modules_joine
     assert same_value(("conv1", "layer1.0.conv1"), ["conv1", "layer1.0.conv1"])
     assert row_label((("conv1", "layer1.0.conv1"), 0.5)) == "conv1 + layer1.0.conv1, 0.5"
     assert row_label((("bn1",), None)) == "bn1"
+    assert _csv_text([{"method.layers": ("conv1", "layer1.0.conv1"), "n": 3}], ["method.layers"]) == (
+        "method.layers,n\nconv1 + layer1.0.conv1,3\n"
+    )
 
 
 def test_the_ash_reference_file_loads():

@@ -509,7 +509,10 @@ def _csv_text(lines: list[dict[str, Any]], first: Sequence[str]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(lines)
+    # a list value (method.layers) as its table text, not Python's tuple repr "('conv1',)"
+    writer.writerows(
+        {k: value_label(v) if isinstance(v, (list, tuple)) else v for k, v in line.items()} for line in lines
+    )
     return buffer.getvalue()
 
 
