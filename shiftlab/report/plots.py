@@ -7,7 +7,7 @@
   column value, one subplot per row value, error bars = std over seeds.
 * ``bars.png``: grouped bars under the first rule: groups = column values (domain pairs), bars = row
   values (methods), error bars = std over seeds; a published number of the cell (``--reference``) is a
-  black marker on its bar, one marker shape per source, named in the legend as the source's number.
+  black marker on its bar, one marker shape per source, the legend naming the source and its footnote number.
 * ``gap.png`` (with the oracle among the rules): the selection gap (rule minus oracle, in points) per row
   and non-oracle rule: bar = mean over the columns, dots = each column's gap; groups = rows, colour = rule.
 * ``rank_correlation.png`` (with 3 or more rows and 2 or more rules): heat map of Spearman's correlation between the rules'
