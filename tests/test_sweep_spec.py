@@ -371,3 +371,16 @@ def test_method_search_expands_each_method_by_its_own_declared_space(tmp_path):
     assert dann == sorted((s, w) for s in (0, 1) for w in weights)
     assert all(t.config["method"]["weight"] == t.point["method.weight"] for t in trials if "method.weight" in t.point)
     assert len({t.name for t in trials}) == len(trials)  # each setting its own run folder
+
+
+def test_a_trial_interrupted_before_its_first_report_is_left_for_the_next_run(tmp_path):
+    """Ctrl-C while a trial had just started: Ray returns a result without a config; the sweep's record
+    skips it (the next run resumes it) instead of failing with an AttributeError after the interruption."""
+    from types import SimpleNamespace
+
+    from shiftlab.sweep.runner import _record
+
+    interrupted = SimpleNamespace(config=None, error=None, metrics=None)
+    record = _record(None, tmp_path, [[interrupted]], [])
+    assert record["trials"] == [] and record["failed"] == 0
+    assert json.loads((tmp_path / "trials.json").read_text()) == []

@@ -304,7 +304,8 @@ def _record(spec: SweepSpec, root: Path, results, done_before: list[Trial]) -> d
     """One line per trial in ``trials.json``: status, run folder, selected target accuracy or the error."""
     outcomes = [(t.config, {}, None, None) for t in done_before]
     for grid in results:
-        outcomes += [(r.config.get("_config") or {}, r.config, r.error, r.metrics) for r in grid]
+        # a trial interrupted before its first report (Ctrl-C) has no config: unfinished, the next run resumes it
+        outcomes += [(r.config.get("_config") or {}, r.config, r.error, r.metrics) for r in grid if r.config]
     rows = [_row(spec, *outcome) for outcome in outcomes]
     rows.sort(key=lambda r: r["trial"])
     write_json(root / "trials.json", rows)
