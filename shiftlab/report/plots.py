@@ -336,7 +336,7 @@ def plot_bars(report: Report, path: Path) -> Path:
         present = [c for c in choices if c is not None]
         if not present:  # a row with no cell under this rule (e.g. no validation split) gets no legend entry
             continue
-        xs = [j + (i - (len(rows) - 1) / 2) * width for j, c in enumerate(choices) if c is not None]
+        xs = [_bar_x(j, i, len(rows), width) for j, c in enumerate(choices) if c is not None]
         ax.bar(
             xs,
             [100 * c.mean for c in present],
@@ -367,14 +367,19 @@ def plot_bars(report: Report, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _bar_x(group: int, bar: int, n_bars: int, width: float) -> float:
+    """The centre of bar ``bar`` of ``n_bars`` in group ``group`` of :func:`plot_bars`."""
+    return group + (bar - (n_bars - 1) / 2) * width
+
+
 def _draw_published(ax, report: Report, rows: list[tuple], cols: list[tuple], width: float) -> None:
-    """Each published number of a cell as a black marker over that cell's bar (x as in :func:`plot_bars`)."""
+    """Each published number of a cell as a black marker over that cell's bar."""
     notes = footnotes(report)
     points: dict[str, list[tuple[float, float]]] = {}
     for pub in report.published:
         row, col = pub.cell_id
         if row in rows and col in cols:
-            x = cols.index(col) + (rows.index(row) - (len(rows) - 1) / 2) * width
+            x = _bar_x(cols.index(col), rows.index(row), len(rows), width)
             points.setdefault(pub.ref.source, []).append((x, pub.ref.value))
     for source, xy in points.items():
         number = notes.sources[source]
