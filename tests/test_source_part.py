@@ -102,3 +102,7 @@ def test_disjoint_sweeps_learn_on_the_adapter_part_without_early_stopping():
     assert clf.data.source_part == "classifier" and clf.experiment.name == "adapternet/digits/classifier_part"
     init = expand(load_sweep(repo / "sweeps" / "adapternet_digits_init.yaml"))
     assert sorted({t.point["experiment.seed"] for t in init}) == [0, 1, 2]
+    # the initialisation study runs in the document's protocol too: adapter part, no early stopping
+    assert all(t.config["data"]["source_part"] == "adapter" for t in init)
+    assert all(t.config["train"]["early_stopping_patience"] is None for t in init)
+    assert all(str(t.config["model"]["weights"]).endswith("classifier_part/checkpoints/best.pt") for t in init)
