@@ -512,6 +512,32 @@ def test_curve_panels_share_their_y_axis_show_the_baseline_and_count_the_seeds(r
     assert versus.axes[0].get_xlabel() == "learning rate" and versus.axes[0].get_ylabel() == "target accuracy (%)"
 
 
+def test_a_baseline_evaluated_once_is_a_level_line_in_its_columns_colour(tmp_path, monkeypatch):
+    """Pure inference (one evaluation, epoch 0) is the baseline of AdapterNet's sweeps: a lone point at
+    epoch 0 would hide under the axis, so it spans the panel at its accuracy."""
+    from matplotlib.colors import to_hex
+
+    import shiftlab.report.plots as plots
+
+    for seed in (0, 1):
+        write_run(tmp_path / f"ft{seed}", hand_config("finetune", "cartoon", 0.01, seed), 0.9, 0.7, epochs=4)
+    inference = write_run(tmp_path / "inf", hand_config("source_only", "cartoon", 0.01, 0), 0.9, 0.4, epochs=1)
+    text = (inference / "metrics.csv").read_text().splitlines()
+    (inference / "metrics.csv").write_text("\n".join([text[0], "0" + text[1][1:]]) + "\n")  # epoch 0
+    figures, save = {}, plots._save
+    monkeypatch.setattr(
+        plots, "_save", lambda fig, path: (figures.__setitem__(Path(path).name, fig), save(fig, path))[1]
+    )
+    report(tmp_path, "--rules", "last")
+    panel = next(ax for ax in figures["curves.png"].axes if ax.get_title().startswith("finetune"))
+    base = [line for line in panel.get_lines() if line.get_label().startswith("baseline: source_only")]
+    assert len(base) == 1
+    xs, ys = base[0].get_data()
+    assert list(ys) == [40.0, 40.0] and list(xs) == [0, 1]  # axhline: the panel's full width, in axes units
+    target = next(line for line in panel.get_lines() if line.get_label() == "art_painting→cartoon")
+    assert to_hex(base[0].get_color()) == to_hex(target.get_color())
+
+
 def test_a_single_seed_figure_claims_no_spread(tmp_path, monkeypatch):
     import shiftlab.report.plots as plots
 

@@ -49,7 +49,7 @@ from .tables import (
 )
 
 SOURCE_STYLE = dict(linestyle="--", linewidth=1.2, alpha=0.8)
-BASELINE_STYLE = dict(linestyle=":", linewidth=1.5, color="0.35")
+BASELINE_STYLE = dict(linestyle=":", linewidth=1.5)
 BASELINE_METHOD = "source_only"
 # keys whose last part alone would say too little; any other key reads as its last part, '_' -> ' '
 KEY_LABELS = {
@@ -226,8 +226,7 @@ def plot_curves(report: Report, path: Path) -> Path:
                 )
             base = baseline.get(cell.col)
             if base is not None and base.row != row:
-                epochs, mean, _ = epoch_series(_chosen_runs(report, base), "target_acc")
-                ax.plot(epochs, mean, label=f"baseline: {row_label(base.row)} (target, mean)", **BASELINE_STYLE)
+                _draw_baseline(ax, report, base, color)
         ax.set_title(our_row_label(report, row, keyed=True), fontsize="medium")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -242,6 +241,20 @@ def plot_curves(report: Report, path: Path) -> Path:
     )
     _legend_below(fig, axes)
     return _save(fig, path)
+
+
+def _draw_baseline(ax, report: Report, base: Cell, color) -> None:
+    """The baseline's target accuracy per epoch; a baseline evaluated once (pure inference: one point, epoch 0)
+    is a level line across the panel, since a lone point at epoch 0 hides under the axis."""
+    epochs, mean, _ = epoch_series(_chosen_runs(report, base), "target_acc")
+    if not epochs:
+        return
+    label = f"baseline: {row_label(base.row)} (target, mean; dotted, its column's colour)"
+    style = {**BASELINE_STYLE, "color": color}  # one baseline per column: the colour says whose
+    if len(epochs) == 1:
+        ax.axhline(mean[0], label=label, **style)
+    else:
+        ax.plot(epochs, mean, label=label, **style)
 
 
 def _baseline_cells(report: Report) -> dict[tuple, Cell]:
