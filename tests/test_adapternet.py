@@ -48,6 +48,33 @@ def test_default_architecture_is_the_papers():
     assert sum(p.numel() for p in adapter.parameters()) == 5 * (9 + 3)
 
 
+def test_pointwise_layers_compute_the_1x1_convolution_and_its_gradients():
+    """The 1x1 layers are a channel product (fast on CPU), but the function and the gradients are the
+    convolution's; the state-dict keys are those of nn.Conv2d, so adapter.pt files load either way."""
+    torch.manual_seed(0)
+    adapter = AdapterNet(init="kaiming", hidden_channels=8)
+    x = torch.rand(4, 3, 9, 11, requires_grad=True)
+
+    def reference(x):
+        for layer in adapter.layers:
+            x = (
+                torch.nn.functional.conv2d(x, layer.weight, layer.bias)
+                if isinstance(layer, torch.nn.Conv2d)
+                else layer(x)
+            )
+        return x
+
+    fast, slow = adapter(x), reference(x)
+    torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-6)
+    first = adapter.layers[0]
+    grads = torch.autograd.grad(fast.square().sum(), (x, first.weight, first.bias))
+    expected = torch.autograd.grad(slow.square().sum(), (x, first.weight, first.bias))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert list(adapter.state_dict())[:2] == ["layers.0.weight", "layers.0.bias"]
+    assert adapter.layers[0].weight.shape == (8, 3, 1, 1)
+
+
 def test_random_initialisations_are_not_the_identity_and_bad_shapes_are_refused():
     x = torch.rand(2, 3, 8, 8)
     for init in ("kaiming", "xavier"):

@@ -23,6 +23,19 @@ Init = Literal["identity", "kaiming", "xavier"]
 INITS = ("identity", "kaiming", "xavier")
 
 
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 :class:`~torch.nn.Conv2d` computed as a per-pixel matrix product over channels: the same
+    parameters and state-dict keys, the same function, but on CPU oneDNN's convolution of a few channels
+    is 10-20x slower than this product (3 -> 3 channels, 512 digits images: 116 ms against 6 ms)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.einsum("oc,nchw->nohw", self.weight[:, :, 0, 0], x)
+        return y + self.bias.view(1, -1, 1, 1)
+
+
 class AdapterNet(nn.Module):
     """``depth`` convolutions of ``kernel_size`` (odd) with ``hidden_channels`` channels between them and
     ReLU between layers (none after the last), mapping ``channels`` to ``channels`` at the same resolution.
@@ -62,15 +75,12 @@ class AdapterNet(nn.Module):
         widths = [channels] + [hidden_channels] * (depth - 1) + [channels]
         layers: list[nn.Module] = []
         for i in range(depth):
-            layers.append(
-                nn.Conv2d(
-                    widths[i],
-                    widths[i + 1],
-                    kernel_size,
-                    padding=kernel_size // 2,
-                    padding_mode="replicate" if kernel_size > 1 else "zeros",
+            if kernel_size == 1:
+                layers.append(PointwiseConv2d(widths[i], widths[i + 1]))
+            else:
+                layers.append(
+                    nn.Conv2d(widths[i], widths[i + 1], kernel_size, padding=kernel_size // 2, padding_mode="replicate")
                 )
-            )
             if i < depth - 1:
                 layers.append(nn.ReLU())  # not in place: the input tensor must stay untouched
         self.layers = nn.Sequential(*layers)
