@@ -536,6 +536,10 @@ def test_a_baseline_evaluated_once_is_a_level_line_in_its_columns_colour(tmp_pat
     assert list(ys) == [40.0, 40.0] and list(xs) == [0, 1]  # axhline: the panel's full width, in axes units
     target = next(line for line in panel.get_lines() if line.get_label() == "art_painting→cartoon")
     assert to_hex(base[0].get_color()) == to_hex(target.get_color())
+    # no panel of its own (nothing per epoch to show), so the title counts the finetune runs' 2 seeds
+    titles = [ax.get_title() for ax in figures["curves.png"].axes if ax.get_visible() and ax.get_title()]
+    assert titles == [next(t for t in titles if t.startswith("finetune"))]
+    assert "mean ± std over 2 seeds" in figures["curves.png"]._suptitle.get_text()
 
 
 def test_a_single_seed_figure_claims_no_spread(tmp_path, monkeypatch):

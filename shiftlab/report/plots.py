@@ -201,11 +201,15 @@ def _legend_below(fig: Figure, axes: list) -> None:
 
 
 def plot_curves(report: Report, path: Path) -> Path:
-    """``curves.png``: target (solid) and source-validation (dashed) accuracy per epoch, mean ± std over seeds."""
+    """``curves.png``: target (solid) and source-validation (dashed) accuracy per epoch, mean ± std over seeds.
+
+    A baseline evaluated once (pure inference) gets no panel of its own: it is a level line in every other."""
     rows = list(dict.fromkeys(c.row for c in report.cells))
-    fig, axes = _grid(len(rows))
     colors = _col_colors(report)
     baseline = _baseline_cells(report)
+    if len(rows) > 1 and baseline and all(_evaluated_once(report, cell) for cell in baseline.values()):
+        rows = [row for row in rows if row != next(iter(baseline.values())).row]  # a level line in every panel
+    fig, axes = _grid(len(rows))
     counts = []
     for ax, row in zip(axes, rows):
         for cell in (c for c in report.cells if c.row == row):
@@ -241,6 +245,12 @@ def plot_curves(report: Report, path: Path) -> Path:
     )
     _legend_below(fig, axes)
     return _save(fig, path)
+
+
+def _evaluated_once(report: Report, cell: Cell) -> bool:
+    """Whether the cell's runs were evaluated at one epoch at most (pure inference: nothing to plot per epoch)."""
+    epochs, _, _ = epoch_series(_chosen_runs(report, cell), "target_acc")
+    return len(epochs) <= 1
 
 
 def _draw_baseline(ax, report: Report, base: Cell, color) -> None:
