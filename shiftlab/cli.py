@@ -205,8 +205,10 @@ def cmd_sweep(argv: list[str]) -> int:
             if spec.search and spec.search.algorithm == "optuna"
             else sweep_spec.expand(spec)
         )
+        missing = sweep_spec.missing_weights(trials)
         for t in trials:
-            print(f"{t.name}\t{Path(t.config['experiment']['output_dir']) / t.name}")
+            mark = f"\t(model.weights not found: {missing[t.name]})" if t.name in missing else ""
+            print(f"{t.name}\t{Path(t.config['experiment']['output_dir']) / t.name}{mark}")
         extra = (
             f" x {spec.search.num_samples} Optuna samples each"
             if spec.search and spec.search.algorithm == "optuna"

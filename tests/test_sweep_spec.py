@@ -384,3 +384,29 @@ def test_a_trial_interrupted_before_its_first_report_is_left_for_the_next_run(tm
     record = _record(None, tmp_path, [[interrupted]], [])
     assert record["trials"] == [] and record["failed"] == 0
     assert json.loads((tmp_path / "trials.json").read_text()) == []
+
+
+def test_a_sweep_whose_trials_all_lack_their_weights_file_stops_before_ray_and_names_them(tmp_path, capsys):
+    """A second-stage sweep run before its first stage (AdapterNet, SHOT, activation matching start from
+    another run's checkpoint): one error naming the missing files, no Ray, no sweep folder written."""
+    from shiftlab.cli import main
+    from shiftlab.sweep.runner import run_sweep
+    from shiftlab.sweep.spec import missing_weights
+
+    present = tmp_path / "present.pt"
+    present.write_bytes(b"")
+    template = str(tmp_path / "stage1" / "seed{experiment.seed}.pt")
+    spec = load_sweep(_write(tmp_path, set={"model.weights": template}, grid={"experiment.seed": [0, 1, 2, 3, 4]}))
+    missing = missing_weights(expand(spec))
+    assert sorted(missing) == [f"experiment.seed={s}" for s in range(5)]
+    assert missing["experiment.seed=3"] == tmp_path / "stage1" / "seed3.pt"
+    with pytest.raises(SweepError, match=r"5 of 5 unfinished trials .* model.weights file that does not exist") as err:
+        run_sweep(spec, progress=False)
+    assert "seed0.pt" in str(err.value) and "and 2 more" in str(err.value)
+    assert not sweep_dir(spec).exists()
+    # --dry-run marks each trial whose file is missing
+    path = _write(tmp_path, set={"model.weights": template}, grid={"experiment.seed": [0]})
+    assert main(["sweep", "--dry-run", str(path)]) == 0
+    assert f"(model.weights not found: {tmp_path / 'stage1' / 'seed0.pt'})" in capsys.readouterr().out
+    spec = load_sweep(_write(tmp_path, set={"model.weights": str(present)}, grid={"experiment.seed": [0]}))
+    assert missing_weights(expand(spec)) == {}

@@ -28,9 +28,20 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import load_checkpoint
 from ..config import Config, build_config, run_dir
+from ..errors import SweepError
 from ..extras import require
 from ..utils import atomic_write_text, write_json
-from .spec import SweepSpec, Trial, check_sampled_keys, expand, grid_trials, sweep_dir, trial_name
+from .spec import (
+    SweepSpec,
+    Trial,
+    check_sampled_keys,
+    expand,
+    grid_trials,
+    missing_weights,
+    missing_weights_message,
+    sweep_dir,
+    trial_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -264,10 +275,17 @@ def run_sweep(
     if optuna:
         check_sampled_keys(spec)
     trials = grid_trials(spec) if optuna else expand(spec)  # every config validated before Ray starts
+    unfinished = [t for t in trials if not _finished(t)]
+    missing = missing_weights(unfinished)
+    if missing:  # all missing: nothing could start, say so before Ray; some: those trials fail, named
+        message = missing_weights_message(spec, missing, len(unfinished))
+        if len(missing) == len(unfinished):
+            raise SweepError(message)
+        log.warning("%s", message)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "sweep.yaml", _dump(spec))
     total = len(trials) * (spec.search.num_samples if optuna else 1)
-    finished_before = sum(map(_finished, trials))
+    finished_before = len(trials) - len(unfinished)
     log.info("sweep %s: %d trials (%d finished earlier) in %s", spec.name, total, finished_before, root)
 
     storage = root / "tune"

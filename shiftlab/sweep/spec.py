@@ -340,6 +340,29 @@ def _trials(spec: SweepSpec, points: list[dict[str, Any]]) -> list[Trial]:
     return trials
 
 
+def missing_weights(trials: list[Trial]) -> dict[str, Path]:
+    """Trial name -> its ``model.weights`` file where that file does not exist (yet): a sweep whose trials
+    start from another sweep's runs (``"{grid.key}"`` templates: SHOT, activation matching, AdapterNet)
+    needs those runs first."""
+    missing = {}
+    for trial in trials:
+        weights = trial.config.get("model", {}).get("weights")
+        if weights is not None and not Path(weights).is_file():
+            missing[trial.name] = Path(weights)
+    return missing
+
+
+def missing_weights_message(spec: SweepSpec, missing: dict[str, Path], of: int) -> str:
+    """What :func:`missing_weights` found, in words: how many, the first few files, and what to do."""
+    shown = "; ".join(f"{name} -> {path}" for name, path in list(missing.items())[:3])
+    more = f"; and {len(missing) - 3} more" if len(missing) > 3 else ""
+    return (
+        f"sweep '{spec.name}': {len(missing)} of {of} unfinished trials start from a model.weights file that "
+        f"does not exist ({shown}{more}). Train those models first (the sweep file's comment names the command "
+        f"or the sweep that writes them), or point model.weights at existing files."
+    )
+
+
 def check_sampled_keys(spec: SweepSpec) -> None:
     """A sampled key must be a valid config key: build one config with the space's first values."""
     if not spec.search:
