@@ -542,6 +542,22 @@ def test_a_baseline_evaluated_once_is_a_level_line_in_its_columns_colour(tmp_pat
     assert "mean ± std over 2 seeds" in figures["curves.png"]._suptitle.get_text()
 
 
+def test_include_adds_the_runs_of_another_folder_once(tmp_path):
+    """`--include DIR`: a second sweep's runs (a baseline) join the table; a folder given twice counts once."""
+    write_run(tmp_path / "init" / "a0", hand_config("adabn", "cartoon", 0.01, 0), 0.9, 0.7)
+    write_run(tmp_path / "init" / "a1", hand_config("adabn", "cartoon", 0.01, 1), 0.9, 0.6)
+    write_run(tmp_path / "inference" / "s0", hand_config("source_only", "cartoon", 0.01, 0), 0.9, 0.4)
+    code, out = report(tmp_path / "init", "--include", str(tmp_path / "inference"), "--include", str(tmp_path / "init"))
+    assert code == 0 and out == tmp_path / "init" / "report"
+    rows = read_csv(out / "table.csv")
+    assert {r["method.name"] for r in rows} == {"adabn", "source_only"}
+    assert line(rows, **{"method.name": "adabn", "rule": "last"})["n"] == "2"  # not 4: init counted once
+    assert float(line(rows, **{"method.name": "source_only", "rule": "last"})["mean_pct"]) == 40.0
+    assert f"With the runs of {tmp_path / 'inference'}" in (out / "report.md").read_text()
+    with pytest.raises(ShiftlabError, match="nowhere is not a folder"):
+        report(tmp_path / "init", "--include", str(tmp_path / "nowhere"))
+
+
 def test_a_single_seed_figure_claims_no_spread(tmp_path, monkeypatch):
     import shiftlab.report.plots as plots
 

@@ -72,6 +72,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY",
         help="numeric config key (e.g. optim.lr): also plot the metric against it, vs_<KEY>.png",
     )
+    parser.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another folder whose runs join the report (repeatable), e.g. the pure-inference baseline "
+        "of a second sweep: shiftlab report runs/sweeps/adapternet_digits_init --include "
+        "runs/sweeps/adapternet_digits_disjoint/inference",
+    )
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: <folder>/report)")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only, no PNG")
 
@@ -117,7 +126,7 @@ def _write_plots(report: Report, runset: RunSet, x: str | None, out: Path) -> li
 
 def make_report(args) -> tuple[Report, RunSet]:
     """Load the runs, lay out the table and apply every rule, as ``args`` say."""
-    runset = load_runs(args.folder)
+    runset = load_runs(args.folder, args.include)
     hparams = [] if args.hparams == "none" else (split_keys(args.hparams) or None)
     layout = plan_layout(runset.finished, split_keys(args.rows), split_keys(args.cols), hparams)
     cells = group_cells(runset.finished, layout)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ class RunSet:
     root: Path
     finished: list[RunRecord]
     unfinished: list[UnfinishedRun]
+    included: tuple[Path, ...] = ()  # further folders whose runs joined root's (``--include``)
 
 
 def flatten_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -137,15 +139,19 @@ def _unfinished_status(folder: Path) -> str:
     return "no summary.json yet"
 
 
-def load_runs(root: str | Path) -> RunSet:
-    """The finished and unfinished runs under ``root``; no finished run at all is an error."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ReportError(f"{root} is not a folder; give a sweep folder or a folder of run folders")
-    folders = find_run_folders(root)
+def load_runs(root: str | Path, include: Sequence[str | Path] = ()) -> RunSet:
+    """The finished and unfinished runs under ``root`` and under each ``include`` folder (a run folder found
+    twice counts once); no finished run at all is an error."""
+    roots = [Path(root), *map(Path, include)]
+    folders: list[Path] = []
+    for folder in roots:
+        if not folder.is_dir():
+            raise ReportError(f"{folder} is not a folder; give a sweep folder or a folder of run folders")
+        folders += [f for f in find_run_folders(folder) if f.resolve() not in {g.resolve() for g in folders}]
     finished = [load_run(f) for f in folders if (f / "summary.json").is_file()]
     unfinished = [UnfinishedRun(f, _unfinished_status(f)) for f in folders if not (f / "summary.json").is_file()]
     if not finished:
         extra = f" ({len(unfinished)} unfinished: no summary.json yet)" if unfinished else ""
-        raise ReportError(f"no finished run folder (a folder with config.yaml and summary.json) under {root}{extra}")
-    return RunSet(root, finished, unfinished)
+        where = " or ".join(map(str, roots))
+        raise ReportError(f"no finished run folder (a folder with config.yaml and summary.json) under {where}{extra}")
+    return RunSet(roots[0], finished, unfinished, tuple(roots[1:]))

@@ -58,6 +58,7 @@ class Report:
     unmatched: list[Reference]
     unfinished: list[UnfinishedRun]
     run_count: int
+    included: tuple[Path, ...] = ()
 
 
 def build_report(
@@ -89,6 +90,7 @@ def build_report(
         unmatched,
         runset.unfinished,
         len(runset.finished),
+        runset.included,
     )
 
 
@@ -427,6 +429,7 @@ def _intro(report: Report) -> list[str]:
     return [
         f"# shiftlab report: {report.root}",
         "",
+        *([f"With the runs of {', '.join(map(str, report.included))} (`--include`).", ""] if report.included else []),
         f"{report.run_count} finished runs in {len(report.cells)} cells{unfinished}. Cells: "
         f"{METRIC_NAMES[report.metric]} (`{report.metric}`) in %, mean ± sample standard deviation over "
         f"seeds (ddof = 1), n = number of seeds. Rows: {', '.join(f'`{k}`' for k in layout.rows) or '(none)'}; "
