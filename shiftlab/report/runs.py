@@ -144,10 +144,14 @@ def load_runs(root: str | Path, include: Sequence[str | Path] = ()) -> RunSet:
     twice counts once); no finished run at all is an error."""
     roots = [Path(root), *map(Path, include)]
     folders: list[Path] = []
+    seen: set[Path] = set()
     for folder in roots:
         if not folder.is_dir():
             raise ReportError(f"{folder} is not a folder; give a sweep folder or a folder of run folders")
-        folders += [f for f in find_run_folders(folder) if f.resolve() not in {g.resolve() for g in folders}]
+        for found in find_run_folders(folder):
+            if found.resolve() not in seen:
+                seen.add(found.resolve())
+                folders.append(found)
     finished = [load_run(f) for f in folders if (f / "summary.json").is_file()]
     unfinished = [UnfinishedRun(f, _unfinished_status(f)) for f in folders if not (f / "summary.json").is_file()]
     if not finished:
