@@ -195,6 +195,18 @@ def test_resume_refuses_keys_that_would_change_the_run_and_names_them(tmp_path):
     assert summary["epochs"] == 2 and summary["config"]["optim"]["lr"] == pytest.approx(0.05)
 
 
+def test_resume_may_change_the_memory_format_a_speed_setting(tmp_path):
+    finals = {}
+    for cl in ("false", "true"):  # the same first epoch, resumed in either memory format
+        Trainer(_cfg(tmp_path, f"--experiment.name={cl}")).fit()
+        cfg = _cfg(tmp_path, f"--experiment.name={cl}", "--train.epochs=2", f"--train.channels_last={cl}", resume=True)
+        summary = Trainer(cfg, resume=True).fit()
+        assert summary["epochs"] == 2 and summary["resumed_at_epochs"] == [1]
+        assert summary["config"]["train"]["channels_last"] is (cl == "true")
+        finals[cl] = summary["final_train_loss"]
+    assert finals["true"] == pytest.approx(finals["false"], rel=1e-3)  # the same training, up to rounding
+
+
 def test_a_damaged_last_checkpoint_falls_back_on_the_previous_epoch(tmp_path, caplog):
     Trainer(_cfg(tmp_path, "--experiment.name=r", "--train.epochs=2")).fit()
     ckpt = tmp_path / "r" / "checkpoints"

@@ -104,6 +104,15 @@ def test_the_synthetic_runs_support_every_rule():
     assert supported_rules(group_cells(runs, layout)) == list(RULES)
 
 
+def test_speed_keys_varying_between_runs_are_no_hyperparameters():
+    # a sweep resumed after its config gained train.channels_last holds runs of both formats
+    runs = synthetic_runs()
+    for i, run in enumerate(runs):
+        run.config["train.channels_last"] = i % 2 == 0
+        run.config["train.compile"] = i % 3 == 0
+    assert plan_layout(runs, **LAYOUT_KEYS).hparams == ("optim.lr",)
+
+
 @pytest.mark.parametrize("rule", BLIND_RULES)
 @pytest.mark.parametrize("target", TARGETS)
 def test_no_rule_but_the_oracle_reads_the_target_labels_of_its_task(rule, target):

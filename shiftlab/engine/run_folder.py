@@ -532,6 +532,7 @@ RESUMABLE_KEYS = frozenset(
         "train.device",
         "train.progress",
         "train.compile",
+        "train.channels_last",
         "train.early_stopping_patience",
         "model.weights",
     }

@@ -71,6 +71,8 @@ IGNORED_KEYS = frozenset(
         "model.weights",
         "train.progress",
         "train.device",
+        "train.compile",
+        "train.channels_last",
         "train.precision",
         "train.deterministic",
         "train.selection",
