@@ -350,3 +350,18 @@ def test_discovery_target_class_the_source_lacks(tmp_path, sources):
     assert "target 'sketchy' has images of class(es) that source 'real' has none of: zebra" in str(err.value)
     pair = build_domain_pair("folder:Toy", root, "sketchy", "real", image_size=32)  # the other way: a warning
     assert pair.missing_target_classes == ["zebra"]
+
+
+def test_keys_are_paths_relative_to_the_dataset_folder_however_the_samples_are_written(tmp_path):
+    from shiftlab.data.base import ImageListDataset
+
+    root = tmp_path / "PACS"
+    samples = [
+        (root / "cartoon" / "dog" / "pic_001.jpg", 0),  # a Path under the root: the fast string slice
+        (str(root / "photo" / "dog" / "a.jpg"), 0),  # a string
+        (Path(f"{root}//sketch/./dog/b.png"), 1),  # written oddly: Path normalises it
+    ]
+    keys = ImageListDataset(samples, ["dog"], key_root=root).keys
+    assert keys == ["cartoon/dog/pic_001.jpg", "photo/dog/a.jpg", "sketch/dog/b.png"]
+    with pytest.raises(ValueError):  # a file outside the dataset's folder has no key
+        _ = ImageListDataset([(tmp_path / "elsewhere.jpg", 0)], ["dog"], key_root=root).keys
