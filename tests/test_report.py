@@ -558,6 +558,35 @@ def test_include_adds_the_runs_of_another_folder_once(tmp_path):
         report(tmp_path / "init", "--include", str(tmp_path / "nowhere"))
 
 
+def test_where_restricts_the_report_to_the_runs_whose_config_matches(tmp_path):
+    """`--where KEY=VALUES`: one pair of a sweep still running; values typed as in YAML; errors name the choices."""
+    for target in ("cartoon", "sketch"):
+        for seed in (0, 1, 2):
+            write_run(tmp_path / f"{target}{seed}", hand_config("adabn", target, 0.01, seed), 0.9, 0.5 + 0.1 * seed)
+    (tmp_path / "cartoon9").mkdir()  # unfinished runs: one of the chosen target is listed, the other is not
+    (tmp_path / "cartoon9" / "config.yaml").write_text(
+        yaml.safe_dump(nest_dotted(hand_config("adabn", "cartoon", 0.01, 2)))
+    )
+    (tmp_path / "sketch9").mkdir()
+    (tmp_path / "sketch9" / "config.yaml").write_text(
+        yaml.safe_dump(nest_dotted(hand_config("adabn", "sketch", 0.01, 2)))
+    )
+    code, out = report(tmp_path, "--where", "data.target=cartoon", "--where", "experiment.seed=0,2", "--no-plots")
+    rows = read_csv(out / "table.csv")
+    assert {r["data.target"] for r in rows} == {"cartoon"}
+    last = line(rows, **{"method.name": "adabn", "rule": "last"})
+    assert last["n"] == "2" and float(last["mean_pct"]) == pytest.approx(60.0)  # seeds 0 and 2: 50 and 70
+    markdown = (out / "report.md").read_text()
+    assert "Only the runs with `data.target` = cartoon and `experiment.seed` = 0 or 2 (`--where`)." in markdown
+    assert "cartoon9" in markdown and "sketch9" not in markdown
+    with pytest.raises(ShiftlabError, match="no run has config key 'data.targt'. Did you mean 'data.target'"):
+        report(tmp_path, "--where", "data.targt=cartoon", "--no-plots")
+    with pytest.raises(ShiftlabError, match="leaves no finished run; the runs have data.target: cartoon, sketch"):
+        report(tmp_path, "--where", "data.target=photo", "--no-plots")
+    with pytest.raises(ShiftlabError, match="write KEY=VALUE"):
+        report(tmp_path, "--where", "data.target", "--no-plots")
+
+
 def test_a_single_seed_figure_claims_no_spread(tmp_path, monkeypatch):
     import shiftlab.report.plots as plots
 

@@ -16,7 +16,7 @@ from ..errors import ReportError
 from ..selection.rules import METRICS, RULE_ORDER, Layout, group_cells, plan_layout, supported_rules
 from .ranks import correlation_unavailable
 from .references import load_references
-from .runs import RunSet, load_runs
+from .runs import RunSet, load_runs, restrict_runs
 from .tables import Report, build_report, gap_lines, render_markdown, write_tables
 
 
@@ -81,6 +81,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "of a second sweep: shiftlab report runs/sweeps/adapternet_digits_init --include "
         "runs/sweeps/adapternet_digits_disjoint/inference",
     )
+    parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUES",
+        help="only the runs whose config key has one of these comma-separated values (repeatable, all must "
+        "hold), e.g. --where data.target=mnist_m for one pair of a sweep still running, or "
+        "--where experiment.seed=0,1",
+    )
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: <folder>/report)")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only, no PNG")
 
@@ -126,7 +135,7 @@ def _write_plots(report: Report, runset: RunSet, x: str | None, out: Path) -> li
 
 def make_report(args) -> tuple[Report, RunSet]:
     """Load the runs, lay out the table and apply every rule, as ``args`` say."""
-    runset = load_runs(args.folder, args.include)
+    runset = restrict_runs(load_runs(args.folder, args.include), args.where)
     hparams = [] if args.hparams == "none" else (split_keys(args.hparams) or None)
     layout = plan_layout(runset.finished, split_keys(args.rows), split_keys(args.cols), hparams)
     cells = group_cells(runset.finished, layout)

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic_core import to_jsonable_python
 
 from ..errors import ReportError
-from ..utils import read_yaml_mapping
+from ..utils import did_you_mean, read_yaml_mapping
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class RunSet:
     finished: list[RunRecord]
     unfinished: list[UnfinishedRun]
     included: tuple[Path, ...] = ()  # further folders whose runs joined root's (``--include``)
+    where: tuple[str, ...] = ()  # the ``--where`` conditions the runs were restricted to, as given
 
 
 def flatten_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -159,3 +161,54 @@ def load_runs(root: str | Path, include: Sequence[str | Path] = ()) -> RunSet:
         where = " or ".join(map(str, roots))
         raise ReportError(f"no finished run folder (a folder with config.yaml and summary.json) under {where}{extra}")
     return RunSet(roots[0], finished, unfinished, tuple(roots[1:]))
+
+
+def parse_where(condition: str) -> tuple[str, list[str]]:
+    """``"data.target=mnist_m,usps"`` -> ``("data.target", ["mnist_m", "usps"])``: a key and its allowed values."""
+    key, sep, values = condition.partition("=")
+    allowed = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not key.strip() or not allowed:
+        raise ReportError(f"--where {condition!r}: write KEY=VALUE or KEY=VALUE1,VALUE2 (e.g. data.target=mnist_m)")
+    return key.strip(), allowed
+
+
+def _matches(value: Any, allowed: Sequence[str]) -> bool:
+    """A config value against ``--where`` values written on the command line: ``0.1`` matches 0.1, ``true``
+    matches True, ``none`` / ``null`` match None, anything else its text."""
+    for text in allowed:
+        if str(value) == text or (value is None and text.lower() in ("none", "null")):
+            return True
+        try:
+            if value == yaml.safe_load(text):
+                return True
+        except yaml.YAMLError:
+            pass
+    return False
+
+
+def restrict_runs(runset: RunSet, where: Sequence[str]) -> RunSet:
+    """Only the runs whose config matches every ``--where`` condition (a sweep's finished part, one pair of a
+    benchmark); an unknown key, or conditions that leave no finished run, are errors naming what there is."""
+    if not where:
+        return runset
+    conditions = [parse_where(c) for c in where]
+    known = set().union(*(run.config for run in runset.finished))
+    for key, _ in conditions:
+        if key not in known:
+            raise ReportError(f"--where: no run has config key '{key}'.{did_you_mean(key, known)}")
+    finished = [r for r in runset.finished if all(_matches(r.config.get(k), v) for k, v in conditions)]
+    if not finished:
+        present = "; ".join(
+            f"{k}: {', '.join(sorted({str(r.config.get(k)) for r in runset.finished}))}" for k, _ in conditions
+        )
+        raise ReportError(f"--where {' '.join(where)} leaves no finished run; the runs have {present}")
+
+    def unfinished_matches(run: UnfinishedRun) -> bool:  # one whose config cannot be read is kept: it may match
+        try:
+            config = flatten_config(read_yaml_mapping(run.path / "config.yaml", "run config", ReportError))
+        except ReportError:
+            return True
+        return all(_matches(config.get(k), v) for k, v in conditions)
+
+    unfinished = [r for r in runset.unfinished if unfinished_matches(r)]
+    return RunSet(runset.root, finished, unfinished, runset.included, tuple(where))

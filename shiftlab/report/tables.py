@@ -28,7 +28,7 @@ from ..selection.rules import RULES, Cell, Choice, Layout, choose, rule_unavaila
 from ..utils import atomic_write_text
 from .ranks import MIN_ROWS, RowRank, correlation_matrix, correlation_unavailable, rank_rows
 from .references import Reference, matches, setting_differences
-from .runs import RunSet, UnfinishedRun
+from .runs import RunSet, UnfinishedRun, parse_where
 
 ORACLE = "target_oracle"
 ORACLE_LABEL = "ORACLE: reads target labels"
@@ -59,6 +59,7 @@ class Report:
     unfinished: list[UnfinishedRun]
     run_count: int
     included: tuple[Path, ...] = ()
+    where: tuple[str, ...] = ()
 
 
 def build_report(
@@ -91,6 +92,7 @@ def build_report(
         runset.unfinished,
         len(runset.finished),
         runset.included,
+        runset.where,
     )
 
 
@@ -422,6 +424,10 @@ def _published_rows(report: Report) -> list[str]:
     return [f"Rows with published numbers beside ours ({len(published)} of {len(rows)}): {named}.", ""]
 
 
+def _where_text(where: Sequence[str]) -> str:
+    return " and ".join(f"`{key}` = {' or '.join(values)}" for key, values in map(parse_where, where))
+
+
 def _intro(report: Report) -> list[str]:
     layout = report.layout
     hparams = ", ".join(f"`{k}`" for k in layout.hparams) or "none (the runs of a cell differ by seed only)"
@@ -430,6 +436,7 @@ def _intro(report: Report) -> list[str]:
         f"# shiftlab report: {report.root}",
         "",
         *([f"With the runs of {', '.join(map(str, report.included))} (`--include`).", ""] if report.included else []),
+        *([f"Only the runs with {_where_text(report.where)} (`--where`).", ""] if report.where else []),
         f"{report.run_count} finished runs in {len(report.cells)} cells{unfinished}. Cells: "
         f"{METRIC_NAMES[report.metric]} (`{report.metric}`) in %, mean ± sample standard deviation over "
         f"seeds (ddof = 1), n = number of seeds. Rows: {', '.join(f'`{k}`' for k in layout.rows) or '(none)'}; "
