@@ -542,6 +542,24 @@ def test_a_baseline_evaluated_once_is_a_level_line_in_its_columns_colour(tmp_pat
     assert "mean ± std over 2 seeds" in figures["curves.png"]._suptitle.get_text()
 
 
+def test_panel_titles_read_as_words_and_wrap_instead_of_running_into_each_other(tmp_path, monkeypatch):
+    import shiftlab.report.plots as plots
+
+    for gaussian in (True, False):
+        for drift in (0.0, 1.0):
+            config = {**hand_config("activation_matching", "cartoon", 0.01, 0), "method.gaussian": gaussian}
+            config["method.drift"] = drift
+            write_run(tmp_path / f"g{gaussian}d{drift}", config, 0.9, 0.6)
+    figures, save = {}, plots._save
+    monkeypatch.setattr(
+        plots, "_save", lambda fig, path: (figures.__setitem__(Path(path).name, fig), save(fig, path))[1]
+    )
+    report(tmp_path, "--rows", "method.name,method.gaussian,method.drift", "--rules", "last")
+    titles = {ax.get_title() for ax in figures["curves.png"].axes if ax.get_visible() and ax.get_title()}
+    assert "activation_matching, gaussian=True, drift=0.0" in titles  # the method bare, keys without sections
+    assert all(len(part) <= 50 for title in titles for part in title.split("\n"))
+
+
 def test_include_adds_the_runs_of_another_folder_once(tmp_path):
     """`--include DIR`: a second sweep's runs (a baseline) join the table; a folder given twice counts once."""
     write_run(tmp_path / "init" / "a0", hand_config("adabn", "cartoon", 0.01, 0), 0.9, 0.7)

@@ -27,7 +27,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from textwrap import shorten
+from textwrap import shorten, wrap
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -117,6 +117,11 @@ def readable_key(key: str) -> str:
     if key in KEY_LABELS:
         return KEY_LABELS[key]
     return key.rsplit(".", 1)[-1].strip("_").replace("_", " ") or key
+
+
+def _panel_title(report: Report, row: tuple) -> str:
+    """A panel's title: its row with readable keys, wrapped so that neighbouring panels' titles never meet."""
+    return "\n".join(wrap(our_row_label(report, row, key_label=readable_key), 50))
 
 
 def _seed_count(runs: Sequence[RunRecord]) -> int:
@@ -231,7 +236,7 @@ def plot_curves(report: Report, path: Path) -> Path:
             base = baseline.get(cell.col)
             if base is not None and base.row != row:
                 _draw_baseline(ax, report, base, color)
-        ax.set_title(our_row_label(report, row, keyed=True), fontsize="medium")
+        ax.set_title(_panel_title(report, row), fontsize="medium")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("accuracy (%)")
@@ -323,7 +328,7 @@ def plot_versus(report: Report, key: str, path: Path) -> Path:
                 label=label,
             )
         _numeric_x_axis(ax, [float(c.col[-1]) for c in report.cells])
-        ax.set_title(our_row_label(report, row, keyed=True), fontsize="medium")
+        ax.set_title(_panel_title(report, row), fontsize="medium")
         ax.set_xlabel(readable_key(key))
         ax.set_ylabel(f"{readable_key(report.metric)} (%)")
         ax.grid(alpha=0.3)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,11 +158,16 @@ def _trains_on_target(report: Report, row: tuple) -> bool:
     )
 
 
-def our_row_label(report: Report, row: tuple, keyed: bool = False) -> str:
-    """The row's values, as ``key=value`` when ``keyed`` and the rows are not just methods (a plot's panel)."""
+def our_row_label(report: Report, row: tuple, key_label: Callable[[str], str] | None = None) -> str:
+    """The row's values; with ``key_label`` and rows that are not just methods (a plot's panel), each value but
+    the method's as ``<key_label(key)>=value`` (``activation_matching, gaussian=True, drift=0.0``)."""
     label = row_label(row)
-    if keyed and report.layout.rows != ("method.name",):
-        label = ", ".join(f"{k}={value_label(v)}" for k, v in zip(report.layout.rows, row) if v is not None)
+    if key_label is not None and report.layout.rows != ("method.name",):
+        label = ", ".join(
+            value_label(v) if k == "method.name" else f"{key_label(k)}={value_label(v)}"
+            for k, v in zip(report.layout.rows, row)
+            if v is not None
+        )
     return f"{label} (trains on target labels)" if _trains_on_target(report, row) else label
 
 
