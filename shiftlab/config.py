@@ -327,7 +327,7 @@ class TrainConfig(Section):
         description="channels-last memory format for the model and its inputs; "
         "null = on CUDA only (faster convolutions with bf16 there). On this project's CPU it speeds the "
         "digits networks' training steps about 1.5x and slows ResNet-18 (benchmarks/channels_last.py): "
-        "the digits configs set it",
+        "configs/dann/digits_base.yaml and the LeNet config set it",
     )
     deterministic: bool = Field(
         True, description="deterministic algorithms, so a resumed CPU run matches an uninterrupted one"
